@@ -1,0 +1,48 @@
+# make demo | make test | make bench -- each builds .venv itself.
+# BACKEND: auto (Metal on macOS arm64, CPU elsewhere), cpu, cuda12 or cuda13.
+PYTHON ?= python3
+BACKEND ?= auto
+VENV := .venv
+BIN := $(VENV)/bin
+UNAME_S := $(shell uname -s)
+
+ifeq ($(BACKEND),auto)
+  ifeq ($(UNAME_S),Darwin)
+    MLX_EXTRA :=
+  else
+    MLX_EXTRA := cpu
+  endif
+else
+  MLX_EXTRA := $(BACKEND)
+endif
+comma := ,
+EXTRAS = $(subst $(eval) ,$(comma),$(strip $(MLX_EXTRA) $(1)))
+
+.PHONY: demo test bench blas clean
+
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[$(call EXTRAS,$*)]"
+	touch $@
+
+# On Linux, MLX's CPU wheel links reference BLAS; install OpenBLAS where we may (root + apt).
+blas:
+ifeq ($(UNAME_S),Linux)
+	@ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing Debian's libopenblas0-pthread for MLX's CPU backend"; \
+	      (apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 || \
+	       (apt-get update -qq && apt-get install -y -qq libopenblas0-pthread)) >/dev/null; \
+	    else echo "note: install libopenblas0-pthread (Debian/Ubuntu) for a fast CPU backend"; fi; }
+endif
+
+demo: $(VENV)/.installed-plot blas
+	mkdir -p reports
+	$(BIN)/mlx-imgen profile --json reports/profile.json --markdown reports/profile.md
+
+test: $(VENV)/.installed-dev blas
+	$(BIN)/python -m mlx_imgen.blas $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

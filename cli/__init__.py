@@ -1,0 +1,1 @@
+"""The `mlx-imgen` command line (Typer)."""

@@ -1,0 +1,28 @@
+"""The Typer application behind the `mlx-imgen` console script."""
+
+import typer
+
+from mlx_imgen import blas
+
+from .generate import generate
+from .models import convert, info, models
+from .profile import profile
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Diffusion, masked-token and next-token image generation on MLX.")
+for command in (models, convert, generate, info, profile):
+    app.command()(command)
+
+
+@app.callback()
+def root() -> None:
+    """Diffusion, masked-token and next-token image generation on MLX."""
+
+
+def main() -> None:
+    blas.ensure_optimized_blas()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""`mlx-imgen generate`: sample images and write PNGs with their parameters in the metadata."""
+
+import random
+from pathlib import Path
+
+import typer
+from PIL import Image, PngImagePlugin
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mlx_imgen.io import atomic_write_bytes
+
+from .errors import user_errors
+
+console = Console(stderr=True)
+
+
+def output_paths(output: Path, count: int, grid: bool) -> list[Path]:
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"--output {output} must end in .png")
+    if grid or count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+
+
+def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:
+    columns = columns or min(len(images), 4)
+    rows = -(-len(images) // columns)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (columns * w, rows * h))
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % columns) * w, (i // columns) * h))
+    return sheet
+
+
+def png_bytes(image: Image.Image, parameters: dict) -> bytes:
+    import io
+
+    meta = PngImagePlugin.PngInfo()
+    for key, value in parameters.items():
+        meta.add_text(key, str(value))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=meta)
+    return buffer.getvalue()
+
+
+def generate(
+    model: str = typer.Argument(..., help="An alias or a converted pipeline folder."),
+    classes: list[int] = typer.Option(None, "--class", help="ImageNet class id (repeatable)."),
+    n: int = typer.Option(1, "--n", help="Images per class (or random classes if none given)."),
+    batch_size: int = typer.Option(None, help="Images sampled together (default: all)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same images."),
+    steps: int = typer.Option(None, help="Sampling steps (masked-token and diffusion)."),
+    cfg: float = typer.Option(None, help="Classifier-free guidance scale."),
+    temperature: float = typer.Option(None, help="Sampling temperature (0 = greedy)."),
+    top_k: int = typer.Option(None, help="Keep the k most likely tokens (0 = all)."),
+    top_p: float = typer.Option(None, help="Keep the smallest set with this probability."),
+    sampler: str = typer.Option(None, help="Paradigm sampler variant, where the model has several."),
+    output: Path = typer.Option(Path("image.png"), help="PNG path; several images get -0, -1, ..."),
+    grid: bool = typer.Option(False, help="Write one grid image instead of one PNG per image."),
+    force: bool = typer.Option(False, help="Overwrite existing images."),
+    dtype: str = typer.Option(None, help="Weights dtype when converting an alias on first use."),
+):
+    """Generate class-conditional images."""
+    from mlx_imgen.pipeline import load
+
+    with user_errors():
+        if n < 1:
+            raise ValueError(f"--n must be at least 1, got {n}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        if steps is not None and steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {steps}")
+        labels = [c for c in (classes or []) for _ in range(n)] or \
+            [random.Random(seed).randrange(1000) for _ in range(n)]
+        paths = output_paths(output, len(labels), grid)
+        existing = [p for p in paths if p.exists()]
+        if existing and not force:
+            raise ValueError(f"{existing[0]} already exists; pass --force to overwrite it")
+        if not output.parent.exists():
+            raise ValueError(f"folder {output.parent} does not exist; create it first")
+        with console.status(f"loading {model}"):
+            pipe = load(model, dtype=dtype)
+        pipe.check_classes(labels)
+        overrides = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
+                         steps=steps, sampler=sampler)
+        plan, sampling = pipe.plan(**overrides)
+        unit = "tokens" if pipe.paradigm == "next-token" else "steps"
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=console) as progress:
+            task = progress.add_task(f"{pipe.paradigm} {unit}", total=None)
+
+            def on_step(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            images = pipe.generate(labels, seed=seed, batch_size=batch_size, on_step=on_step,
+                                   **overrides)
+        parameters = {"model": model, "family": pipe.index["family"], "paradigm": pipe.paradigm,
+                      "seed": seed, "classes": labels, **sampling,
+                      "software": "mlx-imgen"}
+        if grid:
+            images = [make_grid(images)]
+        for i, (path, image) in enumerate(zip(paths, images)):
+            meta = dict(parameters, **({} if grid else {"class": labels[i]}))
+            atomic_write_bytes(path, png_bytes(image, meta))
+            console.print(f"wrote {path}")

@@ -1,0 +1,76 @@
+"""`mlx-imgen models`, `convert` and `info`: the model list, conversion, and folder details."""
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlx_imgen.registry import CARDS
+
+from .errors import user_errors
+
+console = Console()
+
+
+def models():
+    """List the known model aliases."""
+    table = Table(title="mlx-imgen models")
+    for column in ("alias", "paradigm", "params", "resolution", "FID", "license", "source"):
+        table.add_column(column)
+    for card in CARDS.values():
+        table.add_row(card.alias, card.paradigm, card.parameters,
+                      f"{card.image_size}px", f"{card.fid}" if card.fid else "-", card.license,
+                      f"{card.transformer.repo}/{card.transformer.filename}")
+    console.print(table)
+
+
+def convert(
+    source: str = typer.Argument(..., help="An alias, or a local .pt/.pth/.safetensors checkpoint."),
+    out: Path = typer.Option(..., "--out", help="The pipeline folder to write."),
+    family: str = typer.Option(None, help="Family of a local checkpoint (detected if omitted)."),
+    dtype: str = typer.Option(None, help="float32, float16 or bfloat16 (default: float16 on a "
+                              "GPU, float32 on the CPU)."),
+    config: str = typer.Option(None, help="JSON (or a JSON file) for what shapes cannot tell, "
+                               "e.g. '{\"heads\": 16, \"image_size\": 256}'."),
+    autoencoder: Path = typer.Option(None, help="A local tokenizer/VAE checkpoint instead of "
+                                     "the family's default from the hub."),
+    revision: str = typer.Option(None, help="Pin the hub revision (a commit hash or tag)."),
+    force: bool = typer.Option(False, help="Replace an existing output folder."),
+):
+    """Convert a PyTorch checkpoint into an MLX pipeline folder."""
+    from mlx_imgen.convert.converter import convert as run_convert
+
+    with user_errors():
+        with console.status(f"converting {source}"):
+            folder = run_convert(source, out, family=family, dtype=dtype, config=config,
+                                 autoencoder=str(autoencoder) if autoencoder else None,
+                                 revision=revision, force=force)
+        console.print(f"wrote {folder}")
+
+
+def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")):
+    """Describe a converted pipeline folder."""
+    from mlx_imgen.pipeline import INDEX_FILE, read_json
+
+    with user_errors():
+        if not (folder / INDEX_FILE).is_file():
+            raise ValueError(f"{folder} is not a converted pipeline folder (no {INDEX_FILE}); "
+                             "create one with `mlx-imgen convert`")
+        index = read_json(folder / INDEX_FILE)
+        table = Table(title=str(folder), show_header=False)
+        for key in ("alias", "family", "paradigm", "license", "dtype", "quantization", "created"):
+            table.add_row(key, str(index.get(key)))
+        table.add_row("sampling", json.dumps(index.get("sampling")))
+        for name in ("transformer", "autoencoder"):
+            config = read_json(folder / name / "config.json")
+            weights = folder / name / "model.safetensors"
+            size = weights.stat().st_size / 1e6 if weights.exists() else 0
+            source = config.get("source", {})
+            table.add_row(name, f"{size:.1f} MB {config.get('dtype')}, from "
+                          f"{source.get('repo') or 'local file'} {source.get('file')} "
+                          f"(sha256 {str(source.get('sha256'))[:12]}…)")
+            shape = config.get("backbone") or config.get("config")
+            table.add_row(f"{name} config", json.dumps(shape))
+        console.print(table)

@@ -1,0 +1,1 @@
+"""Checkpoint conversion: restricted readers, hub download, key maps, dtype cast, writer."""

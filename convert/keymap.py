@@ -1,0 +1,95 @@
+"""Declarative key maps from upstream checkpoints to mlx-imgen modules, and strict shape checks.
+
+A map is a list of `Rule(source regex, target template, transform)`; each upstream key must match
+exactly one rule or an `ignore` pattern. Transforms run once, at conversion time.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+
+class KeyMismatchError(ValueError):
+    """Checkpoint keys or shapes that do not fit the model; the message lists them."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    source: str
+    target: str
+    transform: Callable[[mx.array], mx.array] | None = None
+
+
+def conv_weight(w: mx.array) -> mx.array:
+    """PyTorch conv weights (O, I, kH, kW) to MLX layout (O, kH, kW, I)."""
+    return w.transpose(0, 2, 3, 1) if w.ndim == 4 else w
+
+
+def strip_prefixes(weights: dict, prefixes: Iterable[str]) -> dict:
+    """Remove wrapper prefixes such as DDP's `module.` and torch.compile's `_orig_mod.`."""
+    pattern = re.compile("|".join(re.escape(p) for p in prefixes))
+    return {pattern.sub("", key): value for key, value in weights.items()}
+
+
+def as_mlx(value) -> mx.array:
+    """A stored tensor (LazyTensor from a .pt, numpy array, or mx.array) as an mx.array."""
+    if hasattr(value, "to_mlx"):
+        return value.to_mlx()
+    return value if isinstance(value, mx.array) else mx.array(np.asarray(value))
+
+
+def map_keys(weights: dict, rules: list[Rule], ignore: Iterable[str] = (), *,
+             load: Callable = as_mlx) -> dict[str, mx.array]:
+    """Rename and transform upstream weights; `load` turns a stored value into an mx.array."""
+    compiled = [(re.compile(rule.source + r"\Z"), rule) for rule in rules]
+    ignored = [re.compile(p + r"\Z") for p in ignore]
+    out, unexpected = {}, []
+    for key, value in weights.items():
+        for pattern, rule in compiled:
+            match = pattern.match(key)
+            if match:
+                array = load(value)
+                out[match.expand(rule.target)] = rule.transform(array) if rule.transform else array
+                break
+        else:
+            if not any(p.match(key) for p in ignored):
+                unexpected.append(key)
+    if unexpected:
+        raise KeyMismatchError(_listing("The checkpoint has keys this family does not know",
+                                        unexpected))
+    return out
+
+
+def check_weights(model: nn.Module, weights: dict[str, mx.array], what: str = "checkpoint") -> None:
+    """Raise KeyMismatchError listing missing, unexpected and mis-shaped keys, if any."""
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    misshaped = sorted(f"{k}: {tuple(weights[k].shape)} in the {what}, {tuple(expected[k].shape)} "
+                       f"in the model" for k in set(expected) & set(weights)
+                       if tuple(weights[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(_listing("missing", missing))
+        if unexpected:
+            parts.append(_listing("unexpected", unexpected))
+        if misshaped:
+            parts.append(_listing("wrong shape", misshaped))
+        raise KeyMismatchError(f"The {what} does not fit the model: " + "; ".join(parts))
+
+
+def _listing(title: str, keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{title} ({len(keys)}): {shown}{more}"
+
+
+def load_checked(model: nn.Module, weights: dict[str, mx.array], what: str = "checkpoint") -> None:
+    check_weights(model, weights, what)
+    model.load_weights(list(weights.items()), strict=True)

@@ -1,0 +1,252 @@
+"""The one Transformer stack. Every family and every paradigm is a `BackboneConfig` of it."""
+
+from dataclasses import asdict, dataclass, fields
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .nn import (Attention, KVCache, LearnedPositions, PatchEmbed, TimestepEmbedder, make_mlp,
+                 make_norm, rope_2d_table, sincos_2d)
+
+
+@dataclass
+class BackboneConfig:
+    depth: int
+    width: int
+    heads: int
+    head_dim: int | None = None       # default width // heads
+    # block
+    mlp: str = "gelu_tanh"            # "gelu_tanh" | "swiglu"
+    mlp_hidden: int | None = None     # default 4 * width
+    mlp_bias: bool = True
+    norm: str = "layer"               # "layer" | "rms"
+    norm_eps: float = 1e-6
+    norm_affine: bool = True          # block norms; adaLN models usually have none
+    final_norm_affine: bool = True
+    final_norm_bias: bool = False     # an RMSNorm bias (Halton-MaskGIT); LayerNorm's follows affine
+    fused_qkv: bool = True
+    qkv_bias: bool = True
+    out_bias: bool = True
+    qk_norm: str | None = None        # None | "layer" | "rms"
+    qk_norm_per_head: bool = True     # else over the whole projection, without a learned scale
+    qk_norm_eps: float = 1e-6
+    causal: bool = False
+    # input: discrete codes or continuous latent patches on a grid_size x grid_size grid
+    input: str = "tokens"             # "tokens" | "patches"
+    grid_size: int = 16
+    vocab_size: int = 16384
+    mask_token: bool = False          # one extra embedding row (id vocab_size) for masked tokens
+    in_channels: int = 4
+    patch_size: int = 2
+    out_channels: int | None = None   # patches only; default in_channels
+    # condition: class prefix tokens, or adaLN modulation from class (+ timestep)
+    conditioning: str = "prefix"      # "prefix" | "adaln"
+    num_classes: int = 1000           # the null class for CFG has id num_classes
+    timestep: bool = False
+    context_dim: int | None = None    # width of a text sequence for cross-attention
+    registers: int = 0                # learned tokens after the prefix whose outputs are dropped
+    # positions
+    positions: str = "rope2d"         # "rope2d" | "sincos2d" | "learned" | "none"
+    rope_base: float = 10000.0
+    rope_prefix: str = "zeros"        # rotation at prefix positions: "zeros" (LlamaGen) | "identity"
+    head_bias: bool = False
+
+    def __post_init__(self):
+        for name in ("depth", "width", "heads", "grid_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.head_dim is None and self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
+        if self.causal and self.conditioning != "prefix":
+            raise ValueError("a causal backbone takes its condition as prefix tokens")
+
+    @property
+    def dims_per_head(self) -> int:
+        return self.head_dim or self.width // self.heads
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or 4 * self.width
+
+    @property
+    def prefix_tokens(self) -> int:
+        return 1 if self.conditioning == "prefix" else 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size * self.grid_size
+
+    @property
+    def seq_len(self) -> int:
+        """Length of a full forward pass: prefix, registers and image tokens."""
+        return self.prefix_tokens + self.registers + self.num_tokens
+
+    @property
+    def output_dims(self) -> int:
+        if self.input == "tokens":
+            return self.vocab_size
+        return self.patch_size ** 2 * (self.out_channels or self.in_channels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BackboneConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def modulate(x: mx.array, shift: mx.array, scale: mx.array) -> mx.array:
+    return x * (1 + scale) + shift
+
+
+class Block(nn.Module):
+    """Pre-norm attention and MLP, optionally cross-attention, optionally adaLN-Zero modulated."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        attention = dict(head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias,
+                         qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
+                         qk_norm_per_head=cfg.qk_norm_per_head)
+        self.norm1 = make_norm(cfg.norm, cfg.width, cfg.norm_eps, cfg.norm_affine)
+        self.attn = Attention(cfg.width, cfg.heads, fused_qkv=cfg.fused_qkv, **attention)
+        if cfg.context_dim:
+            self.norm_cross = make_norm(cfg.norm, cfg.width, cfg.norm_eps, True)
+            self.cross_attn = Attention(cfg.width, cfg.heads, kv_dims=cfg.context_dim, **attention)
+        self.norm2 = make_norm(cfg.norm, cfg.width, cfg.norm_eps, cfg.norm_affine)
+        self.mlp = make_mlp(cfg.mlp, cfg.width, cfg.hidden, cfg.mlp_bias)
+        if cfg.conditioning == "adaln":
+            self.modulation = nn.Linear(cfg.width, 6 * cfg.width)
+
+    def __call__(self, x, cond=None, *, mask=None, rope=None, cache=None, context=None):
+        if "modulation" in self:
+            shift1, scale1, gate1, shift2, scale2, gate2 = mx.split(
+                self.modulation(cond)[:, None], 6, axis=-1)
+            x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1),
+                                      mask=mask, rope=rope, cache=cache)
+        else:
+            x = x + self.attn(self.norm1(x), mask=mask, rope=rope, cache=cache)
+        if context is not None:
+            x = x + self.cross_attn(self.norm_cross(x), context=context)
+        if "modulation" in self:
+            return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """Embeds codes or latent patches, runs the blocks, and returns logits or patch predictions.
+
+    Inputs: `x` is (B, L) token ids or (B, H, W, C) latents; `labels` (B,) class ids, where
+    `num_classes` is the null class; `timesteps` (B,) for diffusion; `cache` a list of KVCache
+    for incremental decoding. A causal model returns an output for every input position
+    (prefix included), a bidirectional one for the image tokens only.
+    """
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.config = cfg
+        w = cfg.width
+        if cfg.input == "tokens":
+            self.token_embed = nn.Embedding(cfg.vocab_size + int(cfg.mask_token), w)
+        else:
+            self.patch_embed = PatchEmbed(cfg.in_channels, w, cfg.patch_size)
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, w)
+        if cfg.timestep:
+            self.time_embed = TimestepEmbedder(w)
+        if cfg.registers:
+            self.register_tokens = mx.zeros((cfg.registers, w))
+        if cfg.positions == "learned":
+            self.pos_embed = LearnedPositions(cfg.num_tokens, w)
+        elif cfg.positions == "sincos2d":
+            self._sincos = sincos_2d(w, cfg.grid_size)
+        elif cfg.positions == "rope2d":
+            self._rope = rope_2d_table(cfg.grid_size, cfg.dims_per_head, cfg.rope_base,
+                                       cfg.prefix_tokens + cfg.registers, cfg.rope_prefix)
+        elif cfg.positions != "none":
+            raise ValueError(f"unknown positions {cfg.positions!r}")
+        self.blocks = [Block(cfg) for _ in range(cfg.depth)]
+        self.norm = make_norm(cfg.norm, w, cfg.norm_eps, cfg.final_norm_affine, cfg.final_norm_bias)
+        if cfg.conditioning == "adaln":
+            self.final_modulation = nn.Linear(w, 2 * w)
+        self.head = nn.Linear(w, cfg.output_dims, bias=cfg.head_bias)
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.vocab_size
+
+    def make_cache(self, batch: int, max_length: int | None = None) -> list[KVCache]:
+        cfg = self.config
+        length = max_length or cfg.seq_len
+        dtype = self.head.weight.dtype
+        return [KVCache(batch, cfg.heads, cfg.dims_per_head, length, dtype)
+                for _ in range(cfg.depth)]
+
+    def condition(self, labels=None, timesteps=None) -> mx.array | None:
+        """The per-sample adaLN vector, already through its SiLU (computed once per forward)."""
+        if self.config.conditioning != "adaln":
+            return None
+        c = self.class_embed(labels)
+        if self.config.timestep:
+            c = c + self.time_embed(timesteps).astype(c.dtype)
+        return nn.silu(c)
+
+    def __call__(self, x, labels=None, timesteps=None, *, context=None, cache=None):
+        cfg = self.config
+        offset = cache[0].offset if cache else 0
+        if cfg.input == "tokens":
+            h = self.token_embed(x)
+        else:
+            h = self.patch_embed(x.astype(self.head.weight.dtype))
+        # Additive positions index image tokens only; the prefix sits before them.
+        image_offset = max(offset - cfg.prefix_tokens - cfg.registers, 0)
+        if cfg.positions == "learned":
+            h = h + self.pos_embed(image_offset, h.shape[1])
+        elif cfg.positions == "sincos2d":
+            h = h + self._sincos[image_offset:image_offset + h.shape[1]].astype(h.dtype)
+        image_tokens = h.shape[1]
+        extra = []
+        if cfg.conditioning == "prefix" and labels is not None:
+            extra.append(self.class_embed(labels)[:, None])
+        if cfg.registers and offset == 0:
+            extra.append(mx.broadcast_to(self.register_tokens, (h.shape[0], *self.register_tokens.shape)))
+        if extra:
+            h = mx.concatenate([*extra, h], axis=1)
+        length = h.shape[1]
+        rope = None
+        if cfg.positions == "rope2d":
+            rope = (self._rope[0][offset:offset + length], self._rope[1][offset:offset + length])
+        mask = None
+        if cfg.causal and length > 1:
+            mask = "causal" if offset == 0 else _causal_mask(offset, length)
+        cond = self.condition(labels, timesteps)
+        for i, block in enumerate(self.blocks):
+            h = block(h, cond, mask=mask, rope=rope, cache=cache[i] if cache else None,
+                      context=context)
+        h = self.norm(h)
+        if cond is not None:
+            shift, scale = mx.split(self.final_modulation(cond)[:, None], 2, axis=-1)
+            h = modulate(h, shift, scale)
+        if not cfg.causal and extra:
+            h = h[:, length - image_tokens:]
+        out = self.head(h)
+        if cfg.input == "patches":
+            out = self.unpatchify(out)
+        return out
+
+    def unpatchify(self, out: mx.array) -> mx.array:
+        cfg = self.config
+        g, p = cfg.grid_size, cfg.patch_size
+        channels = out.shape[-1] // (p * p)
+        out = out.reshape(out.shape[0], g, g, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+        return out.reshape(out.shape[0], g * p, g * p, channels)
+
+
+def _causal_mask(offset: int, length: int) -> mx.array:
+    """Boolean mask letting query i (at absolute position offset+i) see keys 0..offset+i."""
+    queries = mx.arange(offset, offset + length)[:, None]
+    keys = mx.arange(offset + length)[None]
+    return keys <= queries

@@ -1,0 +1,13 @@
+"""Shared layers from which every family's Transformer is configured."""
+
+from .attention import Attention, KVCache
+from .embeddings import PatchEmbed, TimestepEmbedder
+from .mlp import GeluMLP, SwiGLU, make_mlp, swiglu_hidden
+from .norms import RMSNorm, make_norm
+from .positions import LearnedPositions, apply_rope, rope_2d_table, sincos_2d, timestep_frequencies
+
+__all__ = [
+    "Attention", "KVCache", "PatchEmbed", "TimestepEmbedder", "GeluMLP", "SwiGLU", "make_mlp",
+    "swiglu_hidden", "RMSNorm", "make_norm", "LearnedPositions", "apply_rope", "rope_2d_table",
+    "sincos_2d", "timestep_frequencies",
+]

@@ -1,0 +1,89 @@
+"""The one attention layer: self or cross, fused or split q/k/v, optional qk-norm, RoPE, KV cache."""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .norms import make_norm
+from .positions import apply_rope
+
+
+class KVCache:
+    """Preallocated keys and values of one layer, filled left to right during decoding."""
+
+    def __init__(self, batch: int, heads: int, head_dim: int, max_length: int,
+                 dtype: mx.Dtype = mx.float32):
+        self.keys = mx.zeros((batch, heads, max_length, head_dim), dtype=dtype)
+        self.values = mx.zeros((batch, heads, max_length, head_dim), dtype=dtype)
+        self.offset = 0
+
+    @property
+    def max_length(self) -> int:
+        return self.keys.shape[2]
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        end = self.offset + keys.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; cannot write up to {end}")
+        self.keys[:, :, self.offset:end] = keys
+        self.values[:, :, self.offset:end] = values
+        self.offset = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head attention through `mx.fast.scaled_dot_product_attention`.
+
+    `kv_dims` makes it a cross-attention over a context sequence of that width; cross-attention
+    always projects q, k and v separately. `head_dim` defaults to dims // heads; the inner width
+    heads * head_dim may differ from dims. qk-norm acts on each head, or on the whole projection
+    before the head split when `qk_norm_per_head` is False (then it has no learned scale).
+    """
+
+    def __init__(self, dims: int, heads: int, *, head_dim: int | None = None,
+                 kv_dims: int | None = None, fused_qkv: bool = True, qkv_bias: bool = False,
+                 out_bias: bool = False, qk_norm: str | None = None, qk_norm_eps: float = 1e-6,
+                 qk_norm_per_head: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = head_dim or dims // heads
+        inner = heads * self.head_dim
+        self.scale = self.head_dim ** -0.5
+        self.fused = fused_qkv and kv_dims is None
+        if self.fused:
+            self.qkv = nn.Linear(dims, 3 * inner, bias=qkv_bias)
+        else:
+            self.q = nn.Linear(dims, inner, bias=qkv_bias)
+            self.k = nn.Linear(kv_dims or dims, inner, bias=qkv_bias)
+            self.v = nn.Linear(kv_dims or dims, inner, bias=qkv_bias)
+        self.out = nn.Linear(inner, dims, bias=out_bias)
+        self.qk_norm_per_head = qk_norm_per_head
+        if qk_norm:
+            norm_dims = self.head_dim if qk_norm_per_head else inner
+            self.q_norm = make_norm(qk_norm, norm_dims, qk_norm_eps, affine=qk_norm_per_head)
+            self.k_norm = make_norm(qk_norm, norm_dims, qk_norm_eps, affine=qk_norm_per_head)
+
+    def _heads(self, x: mx.array) -> mx.array:
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def __call__(self, x: mx.array, *, context: mx.array | None = None,
+                 mask: mx.array | str | None = None, rope: tuple[mx.array, mx.array] | None = None,
+                 cache: KVCache | None = None) -> mx.array:
+        if self.fused:
+            q, k, v = mx.split(self.qkv(x), 3, axis=-1)
+        else:
+            source = x if context is None else context
+            q, k, v = self.q(x), self.k(source), self.v(source)
+        has_qk_norm = "q_norm" in self
+        if has_qk_norm and not self.qk_norm_per_head:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if has_qk_norm and self.qk_norm_per_head:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        batch, _, length, _ = out.shape
+        return self.out(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))

@@ -1,0 +1,41 @@
+"""Feed-forward layers: GELU (tanh approximation) and SwiGLU."""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, dims: int, hidden: int, bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(dims, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dims, bias=bias)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.fc2(nn.gelu_approx(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dims: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.gate = nn.Linear(dims, hidden, bias=bias)
+        self.up = nn.Linear(dims, hidden, bias=bias)
+        self.down = nn.Linear(hidden, dims, bias=bias)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down(nn.silu(self.gate(x)) * self.up(x))
+
+
+def swiglu_hidden(dims: int, multiple_of: int = 256, multiplier: float | None = None) -> int:
+    """LLaMA's SwiGLU width: 2/3 of 4*dims, scaled, rounded up to a multiple."""
+    hidden = int(2 * 4 * dims / 3)
+    if multiplier is not None:
+        hidden = int(multiplier * hidden)
+    return multiple_of * -(-hidden // multiple_of)
+
+
+def make_mlp(kind: str, dims: int, hidden: int, bias: bool) -> nn.Module:
+    if kind == "gelu_tanh":
+        return GeluMLP(dims, hidden, bias)
+    if kind == "swiglu":
+        return SwiGLU(dims, hidden, bias)
+    raise ValueError(f"unknown MLP {kind!r}; use 'gelu_tanh' or 'swiglu'")

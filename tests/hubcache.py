@@ -1,0 +1,35 @@
+"""A local Hugging Face hub cache built by the tests, so hub code runs with HF_HUB_OFFLINE=1."""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+
+def add_to_hub_cache(hf_home: Path, repo: str, files: dict[str, Path], revision: str = "main") -> None:
+    """Lay files out as huggingface_hub's cache does: blobs, a snapshot, and a ref to it."""
+    root = Path(hf_home) / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / revision).write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (root / "blobs").mkdir(exist_ok=True)
+    for name, source in files.items():
+        data = Path(source).read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        target = snapshot / name
+        if target.exists():
+            target.unlink()
+        os.symlink(os.path.relpath(blob, snapshot), target)
+
+
+def offline_env(hf_home: Path, cache: Path) -> dict:
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", MLX_IMGEN_CACHE=str(cache))
+    env.pop("HF_HUB_CACHE", None)
+    return env
+
+
+def clear(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
