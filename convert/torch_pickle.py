@@ -142,12 +142,30 @@ def _numpy_scalar(dtype, data):
     return np.frombuffer(data, dtype.dtype)[0]
 
 
+_TENSOR_CLASS = _TorchType("tensor-class")
+
+
+def _rebuild_from_type(func, new_type, args, state=None):
+    # torch wraps a tensor with Python attributes (FSDP's 3B checkpoint has some) in this record;
+    # rebuild the plain tensor with one of our own rebuild functions and drop the attributes.
+    if func not in (_rebuild_v2, _rebuild_v3, _rebuild_parameter) or new_type is not _TENSOR_CLASS:
+        raise _Malformed("a tensor subclass record names an unknown rebuild function or class")
+    return func(*args)
+
+
+def _rebuild_parameter(data, *_):
+    return data
+
+
 _SAFE_GLOBALS = {
     "collections.OrderedDict": collections.OrderedDict,
     "torch._utils._rebuild_tensor_v2": _rebuild_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_v3,
-    "torch._utils._rebuild_parameter": lambda data, *_: data,
-    "torch._utils._rebuild_parameter_with_state": lambda data, *_: data,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type,
+    "torch.Tensor": _TENSOR_CLASS,
+    "torch.nn.parameter.Parameter": _TENSOR_CLASS,
     "torch.storage.UntypedStorage": _TorchType(None),
     "torch.storage.TypedStorage": _TorchType(None),
     "torch.Size": tuple,

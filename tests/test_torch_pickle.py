@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-try:
-    from mlx_imgen.convert import torch_pickle
-except ImportError:  # not installed yet: the module lives at <repo>/convert/torch_pickle.py
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from convert import torch_pickle
+from mlx_imgen.convert import torch_pickle
 
 CheckpointError = torch_pickle.CheckpointError
 UnsafeCheckpointError = torch_pickle.UnsafeCheckpointError
@@ -241,3 +237,15 @@ def test_missing_file_raises_file_not_found(tmp_path):
 
     assert isinstance(err.value, CheckpointError)
     assert_one_sentence(str(err.value), path)
+
+
+def test_tensor_with_python_attributes_loads_as_plain_tensor(tmp_path):
+    # torch saves such tensors through _rebuild_from_type_v2, as in LlamaGen's 3B FSDP checkpoint
+    tagged = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    tagged.note = "fsdp"
+    path = tmp_path / "tagged.pt"
+    torch.save({"w": tagged, "p": torch.nn.Parameter(torch.ones(2))}, path)
+    assert b"_rebuild_from_type_v2" in zipfile.ZipFile(path).read("tagged/data.pkl")
+    loaded = load_pt(path)
+    np.testing.assert_array_equal(loaded["w"].numpy(), tagged.detach().numpy())
+    np.testing.assert_array_equal(loaded["p"].numpy(), np.ones(2, dtype=np.float32))
