@@ -44,5 +44,9 @@ demo: $(VENV)/.installed-plot blas
 test: $(VENV)/.installed-dev blas
 	$(BIN)/python -m mlx_imgen.blas $(BIN)/python -m pytest
 
+bench: $(VENV)/.installed-dev blas
+	mkdir -p reports
+	$(BIN)/python -m mlx_imgen.blas $(BIN)/python benchmarks/bench.py --out reports
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,5 +1,7 @@
 """`mlx-imgen generate`: sample images and write PNGs with their parameters in the metadata."""
 
+import dataclasses
+import json
 import random
 from pathlib import Path
 
@@ -52,7 +54,9 @@ def generate(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same images."),
     steps: int = typer.Option(None, help="Sampling steps (masked-token and diffusion)."),
     cfg: float = typer.Option(None, help="Classifier-free guidance scale."),
-    temperature: float = typer.Option(None, help="Sampling temperature (0 = greedy)."),
+    temperature: float = typer.Option(None, help="Sampling temperature. Next-token divides the "
+                                      "logits by it (0 = greedy); Halton-MaskGIT multiplies "
+                                      "them, as upstream does."),
     top_k: int = typer.Option(None, help="Keep the k most likely tokens (0 = all)."),
     top_p: float = typer.Option(None, help="Keep the smallest set with this probability."),
     sampler: str = typer.Option(None, help="Paradigm sampler variant, where the model has several."),
@@ -60,6 +64,10 @@ def generate(
     grid: bool = typer.Option(False, help="Write one grid image instead of one PNG per image."),
     force: bool = typer.Option(False, help="Overwrite existing images."),
     dtype: str = typer.Option(None, help="Weights dtype when converting an alias on first use."),
+    quantize: int = typer.Option(None, help="Quantize the transformer on the fly (8 or 4 bits)."),
+    group_size: int = typer.Option(64, help="Quantization group size (32, 64 or 128)."),
+    low_memory: bool = typer.Option(False, help="Free the transformer before decoding, decode "
+                                    "one image at a time, keep MLX's cache small."),
 ):
     """Generate class-conditional images."""
     from mlx_imgen.pipeline import load
@@ -80,7 +88,7 @@ def generate(
         if not output.parent.exists():
             raise ValueError(f"folder {output.parent} does not exist; create it first")
         with console.status(f"loading {model}"):
-            pipe = load(model, dtype=dtype)
+            pipe = load(model, dtype=dtype, quantize=quantize, group_size=group_size)
         pipe.check_classes(labels)
         overrides = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
                          steps=steps, sampler=sampler)
@@ -94,9 +102,12 @@ def generate(
                 progress.update(task, completed=done, total=total)
 
             images = pipe.generate(labels, seed=seed, batch_size=batch_size, on_step=on_step,
-                                   **overrides)
+                                   low_memory=low_memory, plan=plan)
+        quant = pipe.index.get("quantization")
         parameters = {"model": model, "family": pipe.index["family"], "paradigm": pipe.paradigm,
+                      "quantization": f"{quant['bits']}-bit" if quant else "none",
                       "seed": seed, "classes": labels, **sampling,
+                      "plan": json.dumps(dataclasses.asdict(plan)),
                       "software": "mlx-imgen"}
         if grid:
             images = [make_grid(images)]

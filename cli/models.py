@@ -22,7 +22,8 @@ def models():
     for card in CARDS.values():
         table.add_row(card.alias, card.paradigm, card.parameters,
                       f"{card.image_size}px", f"{card.fid}" if card.fid else "-", card.license,
-                      f"{card.transformer.repo}/{card.transformer.filename}")
+                      f"{card.transformer.repo}/{card.transformer.filename}" if card.transformer.repo
+                      else f"local file {card.transformer.filename}")
     console.print(table)
 
 
@@ -38,6 +39,10 @@ def convert(
                                      "the family's default from the hub."),
     revision: str = typer.Option(None, help="Pin the hub revision (a commit hash or tag)."),
     force: bool = typer.Option(False, help="Replace an existing output folder."),
+    quantize: int = typer.Option(None, help="Quantize the transformer to this many bits "
+                                 "(8 or 4; also 2, 3, 5, 6). A converted float folder may be "
+                                 "given as SOURCE."),
+    group_size: int = typer.Option(64, help="Quantization group size (32, 64 or 128)."),
 ):
     """Convert a PyTorch checkpoint into an MLX pipeline folder."""
     from mlx_imgen.convert.converter import convert as run_convert
@@ -46,13 +51,21 @@ def convert(
         with console.status(f"converting {source}"):
             folder = run_convert(source, out, family=family, dtype=dtype, config=config,
                                  autoencoder=str(autoencoder) if autoencoder else None,
-                                 revision=revision, force=force)
+                                 revision=revision, force=force, quantize=quantize,
+                                 group_size=group_size)
         console.print(f"wrote {folder}")
 
 
-def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")):
+def info(folder: Path = typer.Argument(..., help="A converted pipeline folder."),
+         check: bool = typer.Option(False, help="Measure the quantization error against this "
+                                    "float model on a fixed input."),
+         bits: str = typer.Option("8,4", help="Bit widths for --check."),
+         group_size: int = typer.Option(64, help="Group size for --check.")):
     """Describe a converted pipeline folder."""
+    from mlx_imgen.convert.shards import weight_files
     from mlx_imgen.pipeline import INDEX_FILE, read_json
+
+    from .errors import parse_positive_ints
 
     with user_errors():
         if not (folder / INDEX_FILE).is_file():
@@ -60,17 +73,34 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
                              "create one with `mlx-imgen convert`")
         index = read_json(folder / INDEX_FILE)
         table = Table(title=str(folder), show_header=False)
-        for key in ("alias", "family", "paradigm", "license", "dtype", "quantization", "created"):
+        quant = index.get("quantization")
+        for key in ("alias", "family", "paradigm", "license", "dtype", "created"):
             table.add_row(key, str(index.get(key)))
+        table.add_row("quantization", f"{quant['bits']}-bit, group size {quant['group_size']}, "
+                      f"{len(quant['modules'])} layers" if quant else "none (float)")
         table.add_row("sampling", json.dumps(index.get("sampling")))
         for name in ("transformer", "autoencoder"):
             config = read_json(folder / name / "config.json")
-            weights = folder / name / "model.safetensors"
-            size = weights.stat().st_size / 1e6 if weights.exists() else 0
+            files = weight_files(folder / name)
+            size = sum(f.stat().st_size for f in files) / 1e6
             source = config.get("source", {})
-            table.add_row(name, f"{size:.1f} MB {config.get('dtype')}, from "
+            table.add_row(name, f"{size:.1f} MB in {len(files)} file(s), {config.get('dtype')}, from "
                           f"{source.get('repo') or 'local file'} {source.get('file')} "
                           f"(sha256 {str(source.get('sha256'))[:12]}…)")
             shape = config.get("backbone") or config.get("config")
             table.add_row(f"{name} config", json.dumps(shape))
         console.print(table)
+        if check:
+            if quant:
+                raise ValueError(f"{folder} is already quantized; run --check on the float folder "
+                                 "it came from (it quantizes copies in memory)")
+            from mlx_imgen.quantize import check_quantization
+
+            rows = check_quantization(folder, parse_positive_ints(bits, "--bits"), group_size)
+            result = Table(title="quantization error against the float model")
+            for column in rows[0]:
+                result.add_column(column)
+            for row in rows:
+                result.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v)
+                                 for v in row.values()))
+            console.print(result)

@@ -13,7 +13,7 @@ from mlx_imgen.grid import GRID_SIZES, default_plan, grid_config, latent_shape
 from mlx_imgen.io import atomic_write_text
 from mlx_imgen.paradigms import PARADIGMS
 from mlx_imgen.profiling import Workload, profile_workload, report
-from mlx_imgen.report_format import markdown, rich_table
+from mlx_imgen.report_format import markdown, rich_tables
 
 from .errors import parse_names, parse_positive_ints, user_errors
 
@@ -29,59 +29,122 @@ def grid_workloads(sizes: list[str], paradigms: list[str], image_size: int,
     for (size, paradigm, cfg), plan in zip(configs, plans):
         model = Transformer(cfg)
         mx.eval(model.parameters())
-        work = Workload(name=f"grid-{paradigm}-{size}", size=size, model=model, plan=plan,
-                        latent_shape=latent_shape(cfg) if cfg.input == "patches" else None)
-        del model
-        yield work
-        work.model = None  # the caller is done with it: free the weights before the next model
-        mx.clear_cache()
+        yield Workload(name=f"grid-{paradigm}-{size}", size=size, model=model, plan=plan,
+                       latent_shape=latent_shape(cfg) if cfg.input == "patches" else None)
+
+
+def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
+                    steps: int | None) -> Iterator[Workload]:
+    """Named models (aliases or converted folders) with their decoders, one at a time."""
+    from mlx_imgen.convert.converter import resolve_dtype
+    from mlx_imgen.pipeline import Pipeline, load
+    from mlx_imgen.registry import get_card
+
+    for name in models:
+        if random_weights:
+            get_card(name)
+    for name in models:
+        pipe = Pipeline.random(name, resolve_dtype(dtype)) if random_weights else \
+            load(name, dtype=dtype)
+        plan, _ = pipe.plan(steps=steps)
+        cfg = pipe.config
+        yield Workload(name=name, model=pipe.transformer, plan=plan,
+                       latent_shape=latent_shape(cfg) if cfg.input == "patches" else None,
+                       decode=pipe.decode_samples,
+                       decode_flops_per_image=pipe.decode_flops_per_image(),
+                       extra={"random_weights": random_weights,
+                              "quantization": pipe.index.get("quantization")})
 
 
 def _check_output(path: Path | None) -> None:
-    if path is not None and not path.parent.exists():
-        raise ValueError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+    if path is None:
+        return
+    folder = path if path.suffix == "" else path.parent
+    if not folder.exists():
+        raise ValueError(f"cannot write {path}: folder {folder} does not exist; create it first")
 
 
 def profile(
-    models: list[str] = typer.Argument(None, help="Model aliases; none profiles the controlled grid."),
+    models: list[str] = typer.Argument(None, help="Model aliases or converted folders; none "
+                                       "profiles the controlled grid."),
     sizes: str = typer.Option("S,B", help=f"Grid sizes, from {','.join(GRID_SIZES)}."),
-    paradigms: str = typer.Option(",".join(PARADIGMS), help="Paradigms to profile."),
+    paradigms: str = typer.Option(",".join(PARADIGMS), help="Grid paradigms to profile."),
     batch_sizes: str = typer.Option("1,4", help="Batch sizes, comma-separated."),
     trials: int = typer.Option(3, help="Timed trials per batch size (after one warm-up)."),
     step_budget: float = typer.Option(2.0, help="Seconds of sampling loop timed per trial; the "
                                       "rest of the plan is extrapolated. 0 times full runs."),
     steps: int = typer.Option(None, help="Override the step count of masked-token and diffusion."),
-    image_size: int = typer.Option(256, help="Image size in pixels (a multiple of 16)."),
+    image_size: int = typer.Option(256, help="Grid image size in pixels (a multiple of 16)."),
+    random_weights: bool = typer.Option(False, help="Profile aliases with random weights "
+                                        "(no download)."),
+    dtype: str = typer.Option(None, help="Weights dtype for named models."),
+    memory_limit: float = typer.Option(None, help="GB; a batch that needs more is recorded as "
+                                       "out of memory and the sweep goes on."),
+    reference: str = typer.Option(None, help="Also run the same models in 'torch' (CUDA, else "
+                                  "MPS, else CPU) and compare."),
     json_path: Path = typer.Option(None, "--json", help="Write the report as JSON here."),
     markdown_path: Path = typer.Option(None, "--markdown", help="Write the report as Markdown here."),
+    plot: Path = typer.Option(None, help="Write PNG plots into this folder (needs matplotlib)."),
 ):
     """Measure latency, throughput, peak memory and FLOPs of each paradigm."""
     with user_errors():
-        if models:
-            raise ValueError(f"unknown model {models[0]!r}; no model aliases are registered yet, "
-                             "so profile the controlled grid (run without arguments)")
-        size_list = parse_names(sizes, tuple(GRID_SIZES), "size")
-        paradigm_list = parse_names(paradigms, PARADIGMS, "paradigm")
         batches = parse_positive_ints(batch_sizes, "batch sizes")
         if trials < 1:
             raise ValueError(f"--trials must be at least 1, got {trials}")
         if step_budget < 0:
             raise ValueError(f"--step-budget must be 0 or more seconds, got {step_budget}")
-        _check_output(json_path)
-        _check_output(markdown_path)
-        works = grid_workloads(size_list, paradigm_list, image_size, steps)
-        results = []
+        if steps is not None and steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {steps}")
+        if memory_limit is not None and memory_limit <= 0:
+            raise ValueError(f"--memory-limit must be a positive number of GB, got {memory_limit}")
+        if reference not in (None, "torch"):
+            raise ValueError(f"unknown --reference {reference!r}; the only reference is 'torch'")
+        if reference:
+            from mlx_imgen.reference import require_torch
+            require_torch()
+        if plot:
+            from mlx_imgen.plots import require_matplotlib
+            require_matplotlib()
+        for path in (json_path, markdown_path):
+            _check_output(path)
+        if plot and not plot.is_dir():
+            raise ValueError(f"--plot {plot} is not an existing folder; create it first")
+        if models:
+            works = model_workloads(models, random_weights, dtype, steps)
+            settings = {"models": models, "random_weights": random_weights}
+        else:
+            size_list = parse_names(sizes, tuple(GRID_SIZES), "size")
+            paradigm_list = parse_names(paradigms, PARADIGMS, "paradigm")
+            works = grid_workloads(size_list, paradigm_list, image_size, steps)
+            settings = {"sizes": size_list, "paradigms": paradigm_list, "image_size": image_size}
+        settings.update(batch_sizes=batches, trials=trials, step_budget_s=step_budget,
+                        memory_limit_gb=memory_limit, reference=reference)
+        limit = int(memory_limit * 1e9) if memory_limit else None
+        results, reference_results = [], [] if reference else None
         with console.status("profiling") as status:
             for work in works:
                 for batch in batches:
                     status.update(f"profiling {work.name} at batch {batch}")
                     results.append(profile_workload(work, batch, trials=trials,
-                                                    step_budget_s=step_budget or None))
-        settings = {"sizes": size_list, "paradigms": paradigm_list, "batch_sizes": batches,
-                    "trials": trials, "step_budget_s": step_budget, "image_size": image_size}
-        rep = report(results, settings=settings)
-        console.print(rich_table(rep))
+                                                    step_budget_s=step_budget or None,
+                                                    memory_limit=limit))
+                    if reference and results[-1]["status"] == "ok":
+                        from mlx_imgen.reference.profiling import profile_reference
+
+                        status.update(f"profiling {work.name} at batch {batch} in torch")
+                        reference_results.append(profile_reference(
+                            work, batch, trials=trials, step_budget_s=step_budget or None))
+                work.model = work.decode = None  # free the weights before the next model
+                mx.clear_cache()
+        rep = report(results, settings=settings, reference=reference_results)
+        for table in rich_tables(rep):
+            console.print(table)
         if json_path:
             atomic_write_text(json_path, json.dumps(rep, indent=2) + "\n")
         if markdown_path:
             atomic_write_text(markdown_path, markdown(rep))
+        if plot:
+            from mlx_imgen.plots import write_plots
+
+            for path in write_plots(rep, plot):
+                console.print(f"wrote {path}")

@@ -1,19 +1,24 @@
 """Convert an alias or a local upstream checkpoint into an mlx-imgen pipeline folder."""
 
+import dataclasses
 import datetime
 import json
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from mlx_imgen import __version__, families
 from mlx_imgen.autoencoders import AUTOENCODERS
-from mlx_imgen.backbone import Transformer
-from mlx_imgen.registry import CARDS, DEFAULT_AUTOENCODERS, ModelCard, Source, card_for_file, get_card
+from mlx_imgen.backbone import BackboneConfig, Transformer
+from mlx_imgen.quantize import check_settings, quantization_record, quantize_model
+from mlx_imgen.registry import (AUTOENCODER_SOURCES, CARDS, DEFAULT_AUTOENCODERS, ModelCard, Source,
+                                card_for_file, get_card)
 
 from .hub import fetch
 from .keymap import check_weights
 from .readers import CHECKPOINT_SUFFIXES, read_state_dict
+from .shards import load_weights
 from .writer import sha256_of, write_pipeline
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -47,6 +52,10 @@ def parse_config_json(text: str | None) -> dict:
 def _local_hint(card: ModelCard | None) -> str:
     name = card.transformer.filename if card else "CHECKPOINT.pt"
     family = card.family if card else "FAMILY"
+    if card and card.transformer.config:  # a diffusers folder: the whole repo converts
+        name = card.transformer.repo.split("/")[-1]
+        return (f"download the hub repo {card.transformer.repo} yourself and run `mlx-imgen "
+                f"convert path/to/{name} --family {family} --out DIR`")
     return (f"download {name} yourself and run `mlx-imgen convert path/to/{name} "
             f"--family {family} --out DIR`")
 
@@ -63,25 +72,121 @@ def _check_family(family, state: dict, path: Path) -> None:
                          f"{', '.join(family.SIGNATURE)}, found keys like {found}")
 
 
+def _quantized(backbone, weights: dict, quantize: int | None, group_size: int):
+    """(weights, quantization record): the transformer's layers quantized when asked."""
+    if not quantize:
+        return weights, None
+    model = Transformer(backbone)
+    model.load_weights(list(weights.items()), strict=True)
+    modules = quantize_model(model, quantize, group_size)
+    return dict(tree_flatten(model.parameters())), quantization_record(quantize, group_size, modules)
+
+
+def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: bool) -> Path:
+    """Quantize a converted float pipeline folder into a new folder."""
+    from mlx_imgen.pipeline import INDEX_FILE, read_json
+
+    index = read_json(folder / INDEX_FILE)
+    if index.get("quantization"):
+        q = index["quantization"]
+        raise ValueError(f"{folder} is already quantized ({q['bits']}-bit); quantize from the "
+                         "float folder or the original checkpoint instead")
+    t_config = read_json(folder / "transformer" / "config.json")
+    backbone = BackboneConfig.from_dict(t_config["backbone"])
+    weights, record = _quantized(backbone, load_weights(folder / "transformer"), quantize,
+                                 group_size)
+    ae_config = read_json(folder / "autoencoder" / "config.json")
+    index = {**index, "quantization": record}
+    return write_pipeline(out, index, {
+        "transformer": ({**t_config, "quantization": record}, weights),
+        "autoencoder": (ae_config, load_weights(folder / "autoencoder")),
+    }, force=force)
+
+
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _diffusers_component(folder: Path) -> Path | None:
+    """The weights file of a diffusers component folder (config.json beside the weights)."""
+    if not (folder / "config.json").is_file():
+        return None
+    return next((folder / n for n in DIFFUSERS_WEIGHTS if (folder / n).is_file()), None)
+
+
+def _fetch_source(source: Source, hint: str) -> Path:
+    """A Source's weights file from the hub, or its fallback file where the repo lacks it."""
+    try:
+        return fetch(source.repo, source.filename, source.revision, local_hint=hint)
+    except ValueError as err:
+        if source.fallback is None:
+            raise
+        first = err
+    try:
+        return fetch(source.repo, source.fallback, source.revision, local_hint=hint)
+    except ValueError:
+        raise first from None
+
+
+def _component_config(source: Source | None, weights: Path, hint: str) -> dict | None:
+    """The config.json that comes with a component: from the hub beside a Source's weights, or
+    beside a local diffusers weights file; None where the format has none."""
+    if source is not None:
+        if source.config is None:
+            return None
+        path = fetch(source.repo, source.config, source.revision, local_hint=hint)
+        return {**source.config_defaults, **_read_config(path)}
+    beside = weights.parent / "config.json"
+    if weights.name in DIFFUSERS_WEIGHTS and beside.is_file():
+        return _read_config(beside)
+    return None
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a readable JSON file ({err}); download it again") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} is not a JSON object; download it again")
+    return values
+
+
 def convert(source: str, out: str | Path, *, family: str | None = None, dtype: str | None = None,
             config: str | dict | None = None, autoencoder: str | None = None,
-            revision: str | None = None, force: bool = False) -> Path:
-    """Convert `source` (an alias, or a .pt/.pth/.safetensors path) into the folder `out`."""
+            revision: str | None = None, force: bool = False, quantize: int | None = None,
+            group_size: int = 64) -> Path:
+    """Convert `source` (an alias, a .pt/.pth/.safetensors path, or a converted float folder)
+    into the folder `out`, optionally quantizing the transformer to `quantize` bits."""
     dtype = resolve_dtype(dtype)
     out = Path(out)
     if out.exists() and not force:
         raise ValueError(f"{out} already exists; pass --force to replace it or choose another --out")
+    if quantize:
+        check_settings(quantize, group_size)
     path = Path(source)
+    # a diffusers pipeline folder (transformer/ and vae/) or one component folder of it
+    diffusers_weights = (_diffusers_component(path / "transformer") or _diffusers_component(path)) \
+        if path.is_dir() else None
+    if path.is_dir() and diffusers_weights is None:
+        if not quantize:
+            raise ValueError(f"{path} is a folder; to quantize a converted folder pass --quantize, "
+                             "otherwise pass a checkpoint file")
+        return requantize(path, out, quantize, group_size, force)
     card: ModelCard | None
-    if path.is_file():
+    local_vae = None
+    if diffusers_weights is not None:
+        card, transformer_path, transformer_source = None, diffusers_weights, None
+        local_vae = _diffusers_component(path / "vae")
+    elif path.is_file():
         card = card_for_file(path.name)
         transformer_path, transformer_source = path, None
     elif source in CARDS:
         card = get_card(source)
-        transformer_source = Source(card.transformer.repo, card.transformer.filename,
-                                    revision or card.transformer.revision)
-        transformer_path = fetch(transformer_source.repo, transformer_source.filename,
-                                 transformer_source.revision, local_hint=_local_hint(card))
+        if card.transformer.repo is None:
+            raise ValueError(f"{source} is not on the hub; {_local_hint(card)}")
+        transformer_source = dataclasses.replace(
+            card.transformer, revision=revision or card.transformer.revision)
+        transformer_path = _fetch_source(transformer_source, _local_hint(card))
     elif path.suffix in CHECKPOINT_SUFFIXES or "/" in source:
         raise ValueError(f"{source} does not exist; pass the path of a downloaded checkpoint")
     else:
@@ -97,35 +202,51 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
     _check_family(fam, state, transformer_path)
     hints = {**(card.hints if card and card.family == family_name else {}),
              **(config if isinstance(config, dict) else parse_config_json(config))}
+    config_json = _component_config(transformer_source, transformer_path, _local_hint(card))
+    if config_json is not None:
+        hints["config_json"] = config_json
     backbone = fam.infer_config(state, hints)
     weights = {k: v.astype(DTYPES[dtype]) for k, v in fam.weights_from_upstream(state).items()}
     check_weights(Transformer(backbone), weights, f"{transformer_path.name} (as {family_name})")
+    weights, quantization = _quantized(backbone, weights, quantize, group_size)
 
     ae_source = card.autoencoder if card else DEFAULT_AUTOENCODERS[family_name]
-    if autoencoder:
-        ae_path, ae_source = Path(autoencoder), None
-    else:
-        ae_path = fetch(ae_source.repo, ae_source.filename, ae_source.revision,
-                        local_hint=f"download {ae_source.filename} and pass --autoencoder PATH")
+    if autoencoder in AUTOENCODER_SOURCES:
+        ae_source = AUTOENCODER_SOURCES[autoencoder]
+    elif autoencoder or local_vae:
+        ae_path, ae_source = Path(autoencoder) if autoencoder else local_vae, None
+        if ae_path.is_dir():
+            folder, ae_path = ae_path, _diffusers_component(ae_path)
+            if ae_path is None:
+                raise ValueError(f"{folder} is not a diffusers VAE folder (config.json and "
+                                 f"{DIFFUSERS_WEIGHTS[0]}); pass that folder or a checkpoint file")
+    ae_hint = (f"download the hub repo {ae_source.repo} and pass its folder as --autoencoder"
+               if ae_source and ae_source.config else
+               f"download {ae_source.filename if ae_source else 'it'} and pass --autoencoder PATH")
+    if ae_source is not None:
+        ae_path = _fetch_source(ae_source, ae_hint)
     kind = AUTOENCODERS[fam.AUTOENCODER]
     ae_state = read_state_dict(ae_path)
-    ae_config = kind.infer_config(ae_state)
+    ae_json = _component_config(ae_source, ae_path, ae_hint)
+    ae_config = kind.infer_config(ae_state) if ae_json is None else \
+        kind.infer_config(ae_state, config=ae_json)
     ae_weights = kind.weights_from_upstream(ae_state)
     check_weights(kind.model(ae_config), ae_weights, f"{ae_path.name} (as {fam.AUTOENCODER})")
 
-    settings = {"dtype": dtype, "quantization": None, "mlx_imgen_version": __version__,
+    settings = {"dtype": dtype, "quantization": quantization, "mlx_imgen_version": __version__,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     index = {"family": family_name, "paradigm": fam.PARADIGM,
              "alias": card.alias if card and card.family == family_name else None,
-             "license": card.license if card else None,
-             "sampling": dict(card.sampling if card else fam.SAMPLING), **settings}
+             "license": card.license if card else getattr(fam, "LICENSE", None),
+             "sampling": dict(card.sampling if card and card.family == family_name
+                              else fam.SAMPLING), **settings}
     components = {
         "transformer": ({"family": family_name, "backbone": backbone.to_dict(),
                          "source": _source_record(transformer_path, transformer_source), **settings},
                         weights),
         "autoencoder": ({"kind": fam.AUTOENCODER, "config": ae_config.to_dict(),
                          "source": _source_record(ae_path, ae_source), **settings,
-                         "dtype": "float32"},
+                         "dtype": "float32", "quantization": None},
                         ae_weights),
     }
     return write_pipeline(out, index, components, force=force)

@@ -12,6 +12,12 @@ def fetch(repo: str, filename: str, revision: str | None = None, *,
 
     try:
         return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision))
+    except LocalEntryNotFoundError:
+        # a subclass of EntryNotFoundError: the file is not cached and the hub is not reachable
+        raise ValueError(f"could not get {filename} from {repo}: offline mode is on "
+                         f"(HF_HUB_OFFLINE) or the hub could not be reached, and it is not "
+                         f"cached; {local_hint or 'download it yourself and pass the local path'}"
+                         ) from None
     except EntryNotFoundError:
         raise ValueError(f"the hub repo {repo} has no file {filename}"
                          f"{f' at revision {revision}' if revision else ''}; check the name, or "
@@ -19,9 +25,6 @@ def fetch(repo: str, filename: str, revision: str | None = None, *,
     except RepositoryNotFoundError:
         raise ValueError(f"the hub repo {repo} does not exist or needs a login (huggingface-cli "
                          f"login); or {local_hint or 'pass a local file instead'}") from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
-        reason = "offline mode is on (HF_HUB_OFFLINE) and it is not cached" \
-            if "offline" in str(err).lower() or isinstance(err, LocalEntryNotFoundError) \
-            else "the hub could not be reached"
-        raise ValueError(f"could not get {filename} from {repo}: {reason}; "
+    except (HfHubHTTPError, OSError):
+        raise ValueError(f"could not get {filename} from {repo}: the hub could not be reached; "
                          f"{local_hint or 'download it yourself and pass the local path'}") from None

@@ -6,9 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-import mlx.core as mx
+from .shards import MAX_SHARD_BYTES, save_weights
 
-WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model_index.json"
 
 
@@ -21,7 +20,7 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
 
 
 def write_pipeline(out: Path, index: dict, components: dict[str, tuple[dict, dict]],
-                   force: bool = False) -> Path:
+                   force: bool = False, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """components: name -> (config dict, {key: mx.array}). Nothing is left half-written."""
     out = Path(out)
     if out.exists() and not force:
@@ -37,7 +36,7 @@ def write_pipeline(out: Path, index: dict, components: dict[str, tuple[dict, dic
             (tmp / name).mkdir()
             metadata = {"format": "mlx", "mlx_imgen_component": name,
                         "family": str(index.get("family", ""))}
-            mx.save_safetensors(str(tmp / name / WEIGHTS_FILE), weights, metadata=metadata)
+            save_weights(tmp / name, weights, metadata, max_shard_bytes)
             (tmp / name / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         if out.exists():

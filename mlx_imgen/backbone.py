@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from .nn import (Attention, KVCache, LearnedPositions, PatchEmbed, TimestepEmbedder, make_mlp,
                  make_norm, rope_2d_table, sincos_2d)
@@ -21,6 +22,7 @@ class BackboneConfig:
     mlp_bias: bool = True
     norm: str = "layer"               # "layer" | "rms"
     norm_eps: float = 1e-6
+    mlp_norm_eps: float | None = None  # the norm before the MLP, if it differs (diffusers' DiT: 1e-5)
     norm_affine: bool = True          # block norms; adaLN models usually have none
     final_norm_affine: bool = True
     final_norm_bias: bool = False     # an RMSNorm bias (Halton-MaskGIT); LayerNorm's follows affine
@@ -36,6 +38,7 @@ class BackboneConfig:
     grid_size: int = 16
     vocab_size: int = 16384
     mask_token: bool = False          # one extra embedding row (id vocab_size) for masked tokens
+    predict_mask: bool = False        # the head also scores the mask id (Halton-MaskGIT)
     in_channels: int = 4
     patch_size: int = 2
     out_channels: int | None = None   # patches only; default in_channels
@@ -43,6 +46,7 @@ class BackboneConfig:
     conditioning: str = "prefix"      # "prefix" | "adaln"
     num_classes: int = 1000           # the null class for CFG has id num_classes
     timestep: bool = False
+    timestep_freq_shift: float = 0.0  # 0: DiT/GLIDE frequencies; 1: diffusers' (see timestep_frequencies)
     context_dim: int | None = None    # width of a text sequence for cross-attention
     registers: int = 0                # learned tokens after the prefix whose outputs are dropped
     # positions
@@ -59,6 +63,8 @@ class BackboneConfig:
             raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
         if self.causal and self.conditioning != "prefix":
             raise ValueError("a causal backbone takes its condition as prefix tokens")
+        if self.predict_mask and not self.mask_token:
+            raise ValueError("predict_mask scores the mask token, so it needs mask_token")
 
     @property
     def dims_per_head(self) -> int:
@@ -84,7 +90,7 @@ class BackboneConfig:
     @property
     def output_dims(self) -> int:
         if self.input == "tokens":
-            return self.vocab_size
+            return self.vocab_size + int(self.predict_mask)
         return self.patch_size ** 2 * (self.out_channels or self.in_channels)
 
     def to_dict(self) -> dict:
@@ -113,7 +119,8 @@ class Block(nn.Module):
         if cfg.context_dim:
             self.norm_cross = make_norm(cfg.norm, cfg.width, cfg.norm_eps, True)
             self.cross_attn = Attention(cfg.width, cfg.heads, kv_dims=cfg.context_dim, **attention)
-        self.norm2 = make_norm(cfg.norm, cfg.width, cfg.norm_eps, cfg.norm_affine)
+        mlp_norm_eps = cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
+        self.norm2 = make_norm(cfg.norm, cfg.width, mlp_norm_eps, cfg.norm_affine)
         self.mlp = make_mlp(cfg.mlp, cfg.width, cfg.hidden, cfg.mlp_bias)
         if cfg.conditioning == "adaln":
             self.modulation = nn.Linear(cfg.width, 6 * cfg.width)
@@ -152,7 +159,7 @@ class Transformer(nn.Module):
             self.patch_embed = PatchEmbed(cfg.in_channels, w, cfg.patch_size)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, w)
         if cfg.timestep:
-            self.time_embed = TimestepEmbedder(w)
+            self.time_embed = TimestepEmbedder(w, freq_shift=cfg.timestep_freq_shift)
         if cfg.registers:
             self.register_tokens = mx.zeros((cfg.registers, w))
         if cfg.positions == "learned":
@@ -171,6 +178,14 @@ class Transformer(nn.Module):
         self.head = nn.Linear(w, cfg.output_dims, bias=cfg.head_bias)
 
     @property
+    def dtype(self) -> mx.Dtype:
+        """The compute dtype: that of the float parameters (quantized layers keep float scales)."""
+        for _, value in tree_flatten(self.parameters()):
+            if mx.issubdtype(value.dtype, mx.floating):
+                return value.dtype
+        return mx.float32
+
+    @property
     def null_class(self) -> int:
         return self.config.num_classes
 
@@ -181,8 +196,7 @@ class Transformer(nn.Module):
     def make_cache(self, batch: int, max_length: int | None = None) -> list[KVCache]:
         cfg = self.config
         length = max_length or cfg.seq_len
-        dtype = self.head.weight.dtype
-        return [KVCache(batch, cfg.heads, cfg.dims_per_head, length, dtype)
+        return [KVCache(batch, cfg.heads, cfg.dims_per_head, length, self.dtype)
                 for _ in range(cfg.depth)]
 
     def condition(self, labels=None, timesteps=None) -> mx.array | None:
@@ -197,10 +211,13 @@ class Transformer(nn.Module):
     def __call__(self, x, labels=None, timesteps=None, *, context=None, cache=None):
         cfg = self.config
         offset = cache[0].offset if cache else 0
-        if cfg.input == "tokens":
+        if cfg.input == "tokens" and x.shape[1] == 0:
+            # a prefill of the class prefix alone (quantized embeddings cannot look up nothing)
+            h = mx.zeros((x.shape[0], 0, cfg.width), dtype=self.dtype)
+        elif cfg.input == "tokens":
             h = self.token_embed(x)
         else:
-            h = self.patch_embed(x.astype(self.head.weight.dtype))
+            h = self.patch_embed(x.astype(self.dtype))
         # Additive positions index image tokens only; the prefix sits before them.
         image_offset = max(offset - cfg.prefix_tokens - cfg.registers, 0)
         if cfg.positions == "learned":

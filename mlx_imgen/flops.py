@@ -8,7 +8,7 @@ A per-sample layer (adaLN modulation, timestep MLP) counts once per sample, not 
 from dataclasses import dataclass
 
 from .backbone import BackboneConfig
-from .paradigms import FlowPlan, MaskedTokenPlan, NextTokenPlan
+from .paradigms import MaskedTokenPlan, NextTokenPlan, diffusion
 
 
 @dataclass
@@ -70,6 +70,7 @@ def plan_flops(cfg: BackboneConfig, plan) -> Flops:
         for i in range(1, plan.num_tokens):
             total = total + forward_flops(cfg, 1, prefix + i)
         return total * guidance
-    if isinstance(plan, (MaskedTokenPlan, FlowPlan)):
+    # an adaptive diffusion plan (dopri5) counts the passes its last run used
+    if isinstance(plan, (MaskedTokenPlan, *diffusion.PLANS)):
         return forward_flops(cfg) * (plan.forward_passes() * guidance)
     raise TypeError(f"no FLOPs rule for plan {type(plan).__name__}")

@@ -12,11 +12,12 @@ from PIL import Image
 from . import families
 from .autoencoders import AUTOENCODERS
 from .backbone import BackboneConfig, Transformer
+from .convert.shards import load_weights
+from .quantize import apply_structure, quantization_record, quantize_model
 from . import paradigms
 from .registry import CARDS, get_card
 
 INDEX_FILE = "model_index.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 def cache_root() -> Path:
@@ -33,9 +34,10 @@ def read_json(path: Path) -> dict:
         raise ValueError(f"{path} is missing or not valid JSON ({err}); convert the model again")
 
 
-def _load_weights(module, folder: Path) -> None:
-    weights = mx.load(str(folder / WEIGHTS_FILE))
-    module.load_weights(list(weights.items()), strict=True)
+def _load_weights(module, folder: Path, quantization: dict | None = None) -> None:
+    if quantization:
+        apply_structure(module, quantization)  # the saved layers are already quantized
+    module.load_weights(list(load_weights(folder).items()), strict=True)
     mx.eval(module.parameters())
 
 
@@ -49,20 +51,59 @@ class Pipeline:
         t_config = read_json(self.folder / "transformer" / "config.json")
         self.config = BackboneConfig.from_dict(t_config["backbone"])
         self.transformer = Transformer(self.config)
-        _load_weights(self.transformer, self.folder / "transformer")
+        _load_weights(self.transformer, self.folder / "transformer", t_config.get("quantization"))
         ae_config = read_json(self.folder / "autoencoder" / "config.json")
         self.autoencoder_kind = AUTOENCODERS[ae_config["kind"]]
         self.autoencoder_config = self.autoencoder_kind.config.from_dict(ae_config["config"])
         self.autoencoder = self.autoencoder_kind.model(self.autoencoder_config)
         _load_weights(self.autoencoder, self.folder / "autoencoder")
 
+    @classmethod
+    def random(cls, alias: str, dtype: str = "float32") -> "Pipeline":
+        """The alias's architecture with random weights, to profile a model without a download."""
+        from .convert.converter import DTYPES
+
+        card = get_card(alias)
+        pipe = cls.__new__(cls)
+        pipe.folder = None
+        pipe.index = {"family": card.family, "paradigm": card.paradigm, "alias": card.alias,
+                      "sampling": dict(card.sampling), "dtype": dtype, "quantization": None,
+                      "random_weights": True}
+        pipe.family = families.get(card.family)
+        pipe.config = pipe.family.config_for(card.size, card.image_size)
+        pipe.transformer = Transformer(pipe.config)
+        pipe.transformer.set_dtype(DTYPES[dtype])
+        pipe.autoencoder_kind = AUTOENCODERS[pipe.family.AUTOENCODER]
+        pipe.autoencoder_config = pipe.autoencoder_kind.config()
+        pipe.autoencoder = pipe.autoencoder_kind.model(pipe.autoencoder_config)
+        mx.eval(pipe.transformer.parameters(), pipe.autoencoder.parameters())
+        return pipe
+
+    def quantize(self, bits: int, group_size: int = 64) -> None:
+        """Quantize the transformer in memory; the autoencoder stays in float."""
+        if self.index.get("quantization"):
+            raise ValueError(f"{self.folder} is already quantized "
+                             f"({self.index['quantization']['bits']}-bit); load it without "
+                             "--quantize")
+        modules = quantize_model(self.transformer, bits, group_size)
+        self.index = {**self.index, "quantization": quantization_record(bits, group_size, modules)}
+
     @property
     def paradigm(self) -> str:
         return self.index["paradigm"]
 
     @property
+    def latent_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, C) of a diffusion model's latents; None for a token model."""
+        if self.config.input != "patches":
+            return None
+        side = self.config.grid_size * self.config.patch_size
+        return (side, side, self.config.in_channels)
+
+    @property
     def image_size(self) -> int:
-        return self.config.grid_size * self.autoencoder_config.downsample
+        side = self.latent_shape[0] if self.latent_shape else self.config.grid_size
+        return side * self.autoencoder_config.downsample
 
     def plan(self, **overrides):
         sampling = {**self.index["sampling"], **{k: v for k, v in overrides.items() if v is not None}}
@@ -75,32 +116,91 @@ class Pipeline:
                              "pass an ImageNet class index")
 
     def sample(self, labels: mx.array, plan, *, seed: int = 0,
-               on_step: Callable[[int, int], None] | None = None) -> mx.array:
-        """Codes (B, N) or latents (B, H, W, C) for `labels`, reporting progress per step."""
-        return paradigms.generate(self.transformer, labels, plan, seed=seed, on_step=on_step)
+               on_step: Callable[[int, int], None] | None = None,
+               noise: mx.array | None = None) -> mx.array:
+        """Codes (B, N) or latents (B, H, W, C) for `labels`, reporting progress per step.
+        Diffusion starts from `noise`, or from noise of the latent shape drawn from `seed`."""
+        extra = {}
+        if self.paradigm == "diffusion":
+            extra = {"latent_shape": self.latent_shape, "noise": noise}
+        return paradigms.generate(self.transformer, labels, plan, seed=seed, on_step=on_step,
+                                  **extra)
 
-    def decode(self, samples: mx.array) -> np.ndarray:
-        """uint8 images (B, H, W, 3) from sampled codes."""
+    def check_noise(self, noise: mx.array, count: int) -> None:
+        expected = (count, *self.latent_shape)
+        if tuple(noise.shape) == expected:
+            return
+        p = self.config.patch_size
+        if noise.ndim == 4 and (noise.shape[1] % p or noise.shape[2] % p):
+            raise ValueError(f"the noise's latent size {noise.shape[1]}x{noise.shape[2]} is not "
+                             f"a multiple of the patch size {p}; this model takes "
+                             f"{expected[1]}x{expected[2]} latents")
+        raise ValueError(f"the noise has shape {tuple(noise.shape)}, but this model samples "
+                         f"{expected} for {count} images of {self.image_size} px")
+
+    def decode_samples(self, samples: mx.array) -> mx.array:
+        """Images (B, H, W, 3) in [-1, 1] from sampled codes (B, N) or latents (B, H, W, C)."""
         if samples.ndim == 2:
             g = self.config.grid_size
-            images = self.autoencoder.decode_codes(samples.reshape(-1, g, g))
-        else:
-            images = self.autoencoder.decode(samples)
-        images = mx.clip((images.astype(mx.float32) + 1) * 127.5 + 0.5, 0, 255).astype(mx.uint8)
-        return np.array(images)
+            return self.autoencoder.decode_codes(samples.reshape(-1, g, g))
+        if self.paradigm == "diffusion":  # samplers work on scaled latents
+            return self.autoencoder.decode_latents(samples)
+        return self.autoencoder.decode(samples)
+
+    def decode_flops_per_image(self) -> float:
+        g = self.latent_shape[0] if self.latent_shape else self.config.grid_size
+        return self.autoencoder_kind.decode_flops(self.autoencoder_config, g, g)
+
+    def decode(self, samples: mx.array) -> np.ndarray:
+        """uint8 images (B, H, W, 3) from sampled codes or latents."""
+        images = self.decode_samples(samples).astype(mx.float32)
+        return np.array(mx.clip((images + 1) * 127.5 + 0.5, 0, 255).astype(mx.uint8))
 
     def generate(self, classes: list[int], *, seed: int = 0, batch_size: int | None = None,
-                 on_step: Callable[[int, int], None] | None = None, **overrides) -> list[Image.Image]:
+                 on_step: Callable[[int, int], None] | None = None, low_memory: bool = False,
+                 noise: mx.array | None = None, image_size: int | None = None,
+                 decode_batch_size: int | None = None, plan=None,
+                 **overrides) -> list[Image.Image]:
+        """Sample and decode one image per class id. `low_memory` frees the transformer before
+        decoding (the pipeline cannot sample again), decodes one image at a time and keeps
+        MLX's buffer cache small. Diffusion takes explicit initial `noise` (one latent per
+        class); `image_size` only confirms the model's; `decode_batch_size` sets how many
+        images decode together (default: the sampling batch). `plan` (from `self.plan`) replaces
+        the overrides, so a caller can keep the plan it ran (dopri5 records its steps there)."""
         self.check_classes(classes)
-        plan, _ = self.plan(**overrides)
+        if image_size is not None and image_size != self.image_size:
+            raise ValueError(f"this model generates {self.image_size} px images, not "
+                             f"{image_size} px; use the model trained at {image_size} px")
+        if noise is not None:
+            if self.paradigm != "diffusion":
+                raise ValueError(f"{self.paradigm} sampling starts from no noise; pass a seed")
+            self.check_noise(noise, len(classes))
+        if decode_batch_size is not None and decode_batch_size < 1:
+            raise ValueError(f"decode batch size must be at least 1, got {decode_batch_size}")
+        plan = plan or self.plan(**overrides)[0]
         batch_size = batch_size or len(classes)
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        images = []
+        if self.transformer is None:
+            raise ValueError("this pipeline released its transformer (low-memory mode); load "
+                             "it again to generate more images")
+        if low_memory:
+            mx.set_cache_limit(256 * 1024 ** 2)
+        samples = []
         for start in range(0, len(classes), batch_size):
             labels = mx.array(classes[start:start + batch_size], dtype=mx.int32)
-            samples = self.sample(labels, plan, seed=seed + start, on_step=on_step)
-            images += [Image.fromarray(a) for a in self.decode(samples)]
+            batch = self.sample(labels, plan, seed=seed + start, on_step=on_step,
+                                noise=None if noise is None else noise[start:start + batch_size])
+            mx.eval(batch)
+            samples.append(batch)
+        if low_memory:
+            self.transformer = None
+            mx.clear_cache()
+        decode_batch = 1 if low_memory else decode_batch_size or batch_size
+        images = []
+        for batch in samples:
+            for start in range(0, batch.shape[0], decode_batch):
+                images += [Image.fromarray(a) for a in self.decode(batch[start:start + decode_batch])]
         return images
 
 
@@ -108,6 +208,9 @@ def resolve(model: str, *, dtype: str | None = None, revision: str | None = None
     """A pipeline folder for `model`: the folder itself, or the cached conversion of an alias."""
     path = Path(model)
     if (path / INDEX_FILE).is_file():
+        if "_class_name" in read_json(path / INDEX_FILE):
+            raise ValueError(f"{path} is a diffusers folder; convert it first with "
+                             f"`mlx-imgen convert {path} --out DIR`")
         return path
     if path.is_dir():
         raise ValueError(f"{path} is not a converted pipeline folder (no {INDEX_FILE}); "
@@ -123,6 +226,11 @@ def resolve(model: str, *, dtype: str | None = None, revision: str | None = None
     return folder
 
 
-def load(model: str, *, dtype: str | None = None, revision: str | None = None) -> Pipeline:
-    """`mlx_imgen.load("llamagen-c2i-l-384")` or `load("path/to/converted")`."""
-    return Pipeline(resolve(model, dtype=dtype, revision=revision))
+def load(model: str, *, dtype: str | None = None, revision: str | None = None,
+         quantize: int | None = None, group_size: int = 64) -> Pipeline:
+    """`mlx_imgen.load("llamagen-c2i-l-384")` or `load("path/to/converted")`; `quantize`
+    quantizes the transformer in memory (8 or 4 bits, say) after loading."""
+    pipe = Pipeline(resolve(model, dtype=dtype, revision=revision))
+    if quantize:
+        pipe.quantize(quantize, group_size)
+    return pipe

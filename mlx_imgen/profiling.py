@@ -18,10 +18,18 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import blas
+from .devices import datasheet_peak, measured_cpu_peak
 from .flops import plan_flops
 from .paradigms import iterate, paradigm_of
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # bump on any incompatible change of the report layout (see README)
+# The report layout (schema_version 1); README "Report schema" documents each field.
+REPORT_FIELDS = ("schema_version", "created", "environment", "flops_convention", "settings",
+                 "results", "findings")
+RECORD_FIELDS = ("model", "paradigm", "size", "parameters", "dtype", "batch_size", "steps",
+                 "forward_passes_per_image", "cfg_scale", "gflops_per_image", "gflops_breakdown",
+                 "status", "measured_steps", "extrapolated", "latency_s", "images_per_s",
+                 "peak_memory_gb", "achieved_gflops_per_s", "stages_s", "trials")
 FLOPS_CONVENTION = ("FLOPs = 2 x multiply-accumulates of linear layers, convolutions and the "
                     "attention matmuls (QK^T, AV); elementwise ops, norms, softmax and embedding "
                     "lookups are left out; per-sample layers count once per sample.")
@@ -45,11 +53,23 @@ class Workload:
 
 
 def parameter_count(model: nn.Module) -> int:
-    return sum(v.size for _, v in tree_flatten(model.parameters()))
+    """Logical parameters: a quantized weight counts its unpacked elements, not scales/biases."""
+    bits = {path: m.bits for path, m in model.named_modules()
+            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
+    total = 0
+    for path, value in tree_flatten(model.parameters()):
+        module, leaf = path.rsplit(".", 1) if "." in path else ("", path)
+        if module not in bits:
+            total += value.size
+        elif leaf == "weight":
+            total += value.size * 32 // bits[module]
+        elif leaf not in ("scales", "biases"):
+            total += value.size
+    return total
 
 
 def model_dtype(model: nn.Module) -> str:
-    return str(model.head.weight.dtype).replace("mlx.core.", "")
+    return str(model.dtype).replace("mlx.core.", "")
 
 
 def device_info() -> dict:
@@ -94,25 +114,89 @@ def _run_once(work: Workload, labels: mx.array, max_steps: int, seed: int) -> di
         if i + 1 >= max_steps:
             break
     decode_s = 0.0
-    if work.decode is not None and len(step_times) == work.plan.steps:
-        samples = last.tokens if hasattr(last, "tokens") else last
+    if work.decode is not None:
+        # decoding costs the same whatever the codes are, so a loop cut short by the step
+        # budget still times the decode of a full-size batch
+        samples = last if work.latent_shape else \
+            mx.zeros((labels.shape[0], work.model.config.num_tokens), dtype=mx.int32)
         t2 = time.perf_counter()
         mx.eval(work.decode(samples))
         decode_s = time.perf_counter() - t2
     return {"conditioning_s": t1 - t0, "step_times": step_times, "decode_s": decode_s}
 
 
+class OutOfMemory(RuntimeError):
+    """A run needed more memory than the device (or the configured limit) allows."""
+
+
+def _is_allocation_failure(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(w in text for w in ("out of memory", "allocate", "memory limit", "malloc"))
+
+
+def _check_memory(limit: int | None) -> None:
+    # The CPU backend does not enforce mx.set_memory_limit, so the harness checks the peak itself.
+    if limit is not None and mx.get_peak_memory() > limit:
+        raise OutOfMemory(f"peak memory {mx.get_peak_memory() / 1e9:.2f} GB exceeded the "
+                          f"limit of {limit / 1e9:.2f} GB")
+
+
 def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
-                     step_budget_s: float | None = None, seed: int = 0) -> dict:
-    """Measure one workload at one batch size. `step_budget_s` caps each trial's loop time."""
+                     step_budget_s: float | None = None, seed: int = 0,
+                     memory_limit: int | None = None) -> dict:
+    """Measure one workload at one batch size. `step_budget_s` caps each trial's loop time.
+
+    A batch that runs out of memory (or past `memory_limit` bytes) gives a record with status
+    "out_of_memory" instead of raising, so a sweep over batch sizes can go on.
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
+    previous_limit = mx.set_memory_limit(memory_limit) if memory_limit else None
+    try:
+        return _measure(work, batch_size, trials, step_budget_s, seed, memory_limit)
+    except (OutOfMemory, RuntimeError, MemoryError) as err:
+        if not isinstance(err, (OutOfMemory, MemoryError)) and not _is_allocation_failure(err):
+            raise
+        mx.clear_cache()
+        return {**_identity(work, batch_size), "status": "out_of_memory", "error": str(err),
+                "peak_memory_gb": mx.get_peak_memory() / 1e9}
+    finally:
+        if previous_limit is not None:
+            mx.set_memory_limit(previous_limit)
+
+
+def _identity(work: Workload, batch_size: int) -> dict:
     plan = work.plan
-    total_steps = plan.steps
+    flops = plan_flops(work.model.config, plan)
+    return {
+        "model": work.name, "paradigm": work.paradigm, "size": work.size,
+        "parameters": parameter_count(work.model), "dtype": model_dtype(work.model),
+        "batch_size": batch_size, "steps": plan.steps,
+        "forward_passes_per_image": plan.forward_passes() * (2 if plan.cfg_scale != 1.0 else 1),
+        "cfg_scale": plan.cfg_scale,
+        "gflops_per_image": (flops.total + work.decode_flops_per_image) / 1e9,
+        "gflops_breakdown": {"transformer_linear": flops.linear / 1e9,
+                             "transformer_attention": flops.attention / 1e9,
+                             "decode": work.decode_flops_per_image / 1e9},
+        **work.extra,
+    }
+
+
+def _measure(work: Workload, batch_size: int, trials: int, step_budget_s: float | None,
+             seed: int, memory_limit: int | None) -> dict:
+    plan = work.plan
     labels = mx.arange(batch_size, dtype=mx.int32) % work.model.config.num_classes
-    _run_once(work, labels, 1, seed)  # warm-up: allocations and kernel set-up, not reported
+    mx.reset_peak_memory()
+    adaptive = hasattr(plan, "passes_used")
+    # warm-up (allocations, kernel set-up; not reported). An adaptive solver learns its step
+    # count only by finishing, so it warms up with a full run and is never extrapolated.
+    _run_once(work, labels, 1 << 30 if adaptive else 1, seed)
+    if adaptive:
+        step_budget_s = None
+    total_steps = plan.steps
+    _check_memory(memory_limit)
     mx.reset_peak_memory()
     first = _run_once(work, labels, total_steps, seed) if step_budget_s is None else None
     if first is None:
@@ -120,6 +204,7 @@ def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
         first = _budgeted_run(work, labels, total_steps, step_budget_s, seed)
     measured = len(first["step_times"])
     runs = [first] + [_run_once(work, labels, measured, seed) for _ in range(trials - 1)]
+    _check_memory(memory_limit)
     peak = mx.get_peak_memory()
     extrapolated = measured < total_steps
     latencies, loops = [], []
@@ -128,31 +213,23 @@ def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
         loops.append(loop)
         latencies.append(run["conditioning_s"] + loop + run["decode_s"])
     latency = statistics.median(latencies)
-    flops = plan_flops(work.model.config, plan)
-    per_image = flops.total + work.decode_flops_per_image
+    record = _identity(work, batch_size)
+    per_image = record["gflops_per_image"] * 1e9
+    loop = statistics.median(loops)
     return {
-        "model": work.name, "paradigm": work.paradigm, "size": work.size,
-        "parameters": parameter_count(work.model), "dtype": model_dtype(work.model),
-        "batch_size": batch_size, "steps": total_steps, "measured_steps": measured,
-        "extrapolated": extrapolated,
-        "forward_passes_per_image": plan.forward_passes() * (2 if plan.cfg_scale != 1.0 else 1),
-        "cfg_scale": plan.cfg_scale,
-        "gflops_per_image": per_image / 1e9,
-        "gflops_breakdown": {"transformer_linear": flops.linear / 1e9,
-                             "transformer_attention": flops.attention / 1e9,
-                             "decode": work.decode_flops_per_image / 1e9},
+        **record, "status": "ok", "measured_steps": measured, "extrapolated": extrapolated,
         "latency_s": {"median": latency, "min": min(latencies), "max": max(latencies)},
         "images_per_s": batch_size / latency,
         "peak_memory_gb": peak / 1e9,
         "achieved_gflops_per_s": per_image * batch_size / latency / 1e9,
         "stages_s": {
             "conditioning": statistics.median(r["conditioning_s"] for r in runs),
-            "sampling": statistics.median(loops),
-            "per_step": statistics.median(loops) / total_steps,
+            "sampling": loop,
+            "per_step": loop / total_steps,
+            "per_token": loop / plan.num_tokens if work.paradigm == "next-token" else None,
             "decode": statistics.median(r["decode_s"] for r in runs) if work.decode else None,
         },
         "trials": trials,
-        **work.extra,
     }
 
 
@@ -164,12 +241,67 @@ def _budgeted_run(work: Workload, labels, total_steps: int, budget_s: float, see
     return _run_once(work, labels, steps, seed)
 
 
-def report(results: list[dict], *, settings: dict | None = None) -> dict:
-    return {
+def device_peak(env: dict) -> dict | None:
+    if env["backend"] == "cpu":
+        return measured_cpu_peak()
+    return datasheet_peak(env.get("gpu") or env.get("processor"))
+
+
+def add_peak_share(results: list[dict], peak: dict | None) -> None:
+    """Achieved TFLOP/s as a share of the device peak for each record's dtype, where known."""
+    for r in results:
+        if r.get("status") != "ok" or not peak:
+            continue
+        key = "fp32_tflops" if r["dtype"] == "float32" else "fp16_tflops"
+        if peak.get(key):
+            r["share_of_peak"] = r["achieved_gflops_per_s"] / 1e3 / peak[key]
+
+
+STUDY = {"fewest_flops": "next-token", "lowest_latency_batch_1": "diffusion",
+         "highest_throughput": "next-token"}
+
+
+def findings(results: list[dict]) -> list[dict]:
+    """Per group of models compared (a grid size, or all named models): which paradigm has the
+    fewest FLOPs per image, the lowest latency at batch 1 and the highest throughput at the
+    largest batch that fitted, and whether that agrees with the study."""
+    ok = [r for r in results if r.get("status") == "ok"]
+    out = []
+    for group in sorted({r["size"] or "models" for r in ok}):
+        rows = [r for r in ok if (r["size"] or "models") == group]
+        if len({r["paradigm"] for r in rows}) < 2:
+            continue
+        claims = {}
+        claims["fewest_flops"] = min(rows, key=lambda r: r["gflops_per_image"])
+        batch1 = [r for r in rows if r["batch_size"] == 1]
+        if batch1:
+            claims["lowest_latency_batch_1"] = min(batch1, key=lambda r: r["latency_s"]["median"])
+        largest = {}
+        for r in rows:
+            if r["batch_size"] >= largest.get(r["model"], r)["batch_size"]:
+                largest[r["model"]] = r
+        claims["highest_throughput"] = max(largest.values(), key=lambda r: r["images_per_s"])
+        for claim, r in claims.items():
+            out.append({"group": group, "claim": claim, "paradigm": r["paradigm"],
+                        "model": r["model"], "batch_size": r["batch_size"],
+                        "study": STUDY[claim], "agrees": r["paradigm"] == STUDY[claim]})
+    return out
+
+
+def report(results: list[dict], *, settings: dict | None = None,
+           reference: list[dict] | None = None) -> dict:
+    env = device_info()
+    peak = device_peak(env)
+    add_peak_share(results, peak)
+    rep = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": device_info(),
+        "environment": {**env, "peak": peak},
         "flops_convention": FLOPS_CONVENTION,
         "settings": settings or {},
         "results": results,
+        "findings": findings(results),
     }
+    if reference is not None:
+        rep["reference"] = reference
+    return rep

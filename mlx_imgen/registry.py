@@ -6,9 +6,13 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Source:
-    repo: str
+    repo: str | None                    # None: no hub repo, the user passes the local file
     filename: str
     revision: str | None = None
+    config: str | None = None           # a config.json in the same repo that comes along
+    fallback: str | None = None         # fetched when the repo lacks `filename` (.bin for .safetensors)
+    # values the config.json leaves to its library's defaults (old diffusers configs)
+    config_defaults: dict = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class ModelCard:
     published: str = ""                 # the settings behind the published FID
     sampling: dict = field(default_factory=dict)
     hints: dict = field(default_factory=dict)  # what shapes cannot tell (heads, image size)
+    local_files: tuple[str, ...] = ()   # names of the upstream files that users download themselves
 
 
 # the tokenizer each family decodes with when a local transformer file comes without one
@@ -62,6 +67,82 @@ CARDS = {card.alias: card for card in [
 ]}
 
 
+MASKGIT_REPO = "llvictorll/Halton-MaskGIT"
+
+
+def _maskgit(size: str, image_size: int, parameters: str, fid: float, fid_w: float) -> ModelCard:
+    """Halton-MaskGIT on LlamaGen's VQ-16 codes. Sampling defaults to upstream's published
+    example (preset "halton": 32 steps, w 2, temperature 1.0 -> 1.2, randomised order);
+    `--sampler halton-config` is its config file (w 3, no randomisation), `halton-eval` its FID
+    script and `confidence` the MaskGIT confidence sampler."""
+    from .families.maskgit import SAMPLING, SIZES
+
+    return ModelCard(
+        alias=f"maskgit-halton-{size[0]}-{image_size}", family="maskgit", paradigm="masked-token",
+        size=size, image_size=image_size, parameters=parameters,
+        transformer=Source(MASKGIT_REPO, f"ImageNet_{image_size}_{size}.pth"),
+        autoencoder=LLAMAGEN_VQ, license="MIT", fid=fid,
+        published=f"Halton sampler, 32 steps, cfg w {fid_w} (upstream's README table)",
+        sampling=dict(SAMPLING), hints={"heads": SIZES[size][2], "image_size": image_size})
+
+
+DEFAULT_AUTOENCODERS["maskgit"] = LLAMAGEN_VQ
+
+CARDS.update({card.alias: card for card in [
+    _maskgit("tiny", 256, "23.0M", 10.2, 1.5),
+    _maskgit("small", 256, "69.3M", 6.40, 1.0),
+    _maskgit("base", 256, "142.2M", 4.17, 0.7),
+    _maskgit("small", 384, "69.3M", 6.11, 1.0),
+    _maskgit("base", 384, "142.2M", 4.15, 0.7),
+    _maskgit("large", 384, "480.0M", 2.59, 0.5),
+]})
+
+
+# The Stable Diffusion VAE that DiT and SiT decode with. Its config.json predates diffusers'
+# scaling_factor field and relies on the library's default, which is DiT's 0.18215.
+def _sd_vae(name: str) -> Source:
+    return Source(f"stabilityai/{name}", "diffusion_pytorch_model.safetensors", config="config.json",
+                  fallback="diffusion_pytorch_model.bin",
+                  config_defaults={"scaling_factor": 0.18215})
+
+
+# VAEs that `convert --autoencoder NAME` accepts by name
+AUTOENCODER_SOURCES = {"sd-vae-ft-mse": _sd_vae("sd-vae-ft-mse"),
+                       "sd-vae-ft-ema": _sd_vae("sd-vae-ft-ema")}
+SD_VAE = AUTOENCODER_SOURCES["sd-vae-ft-mse"]  # upstream sample.py's default
+DEFAULT_AUTOENCODERS["dit"] = DEFAULT_AUTOENCODERS["sit"] = SD_VAE
+
+
+def _dit(image_size: int, fid: float) -> ModelCard:
+    from .families.dit import LICENSE, SAMPLING
+
+    folder = "transformer/diffusion_pytorch_model"
+    return ModelCard(
+        alias=f"dit-xl-2-{image_size}", family="dit", paradigm="diffusion", size="XL/2",
+        image_size=image_size, parameters="675M",
+        transformer=Source(f"facebook/DiT-XL-2-{image_size}", f"{folder}.safetensors",
+                           config="transformer/config.json", fallback=f"{folder}.bin"),
+        autoencoder=SD_VAE, license=LICENSE, fid=fid,
+        published="250 DDPM steps, cfg 1.5, sd-vae-ft-ema, 50k samples",
+        sampling=dict(SAMPLING), hints={"image_size": image_size},
+        local_files=(f"DiT-XL-2-{image_size}x{image_size}.pt",))
+
+
+def _sit() -> ModelCard:
+    from .families.dit import SIT
+
+    # published only as a .pt behind a link in the SiT README, with no hub repo
+    return ModelCard(
+        alias="sit-xl-2-256", family="sit", paradigm="diffusion", size="XL/2", image_size=256,
+        parameters="675M", transformer=Source(None, "SiT-XL-2-256.pt"), autoencoder=SD_VAE,
+        license=SIT.LICENSE, fid=2.06, published="SDE (Euler-Maruyama), 250 steps, cfg 1.5",
+        sampling=dict(SIT.SAMPLING), hints={"image_size": 256},
+        local_files=("SiT-XL-2-256x256.pt",))
+
+
+CARDS.update({card.alias: card for card in [_dit(256, 2.27), _dit(512, 3.04), _sit()]})
+
+
 def get_card(alias: str) -> ModelCard:
     if alias in CARDS:
         return CARDS[alias]
@@ -73,6 +154,6 @@ def get_card(alias: str) -> ModelCard:
 def card_for_file(filename: str) -> ModelCard | None:
     """The card whose transformer file has this name (c2i_L_384.pt -> llamagen-c2i-l-384)."""
     for card in CARDS.values():
-        if card.transformer.filename == filename:
+        if card.transformer.filename == filename or filename in card.local_files:
             return card
     return None

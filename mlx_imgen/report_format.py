@@ -2,49 +2,118 @@
 
 from rich.table import Table
 
-COLUMNS = ["paradigm", "size", "params", "batch", "passes/img", "GFLOPs/img", "latency",
-           "images/s", "peak mem", "GFLOP/s"]
+COLUMNS = ["paradigm", "model", "quant", "params", "batch", "passes/img", "GFLOPs/img",
+           "latency", "images/s", "peak mem", "GFLOP/s", "% peak"]
+REFERENCE_COLUMNS = ["paradigm", "model", "batch", "MLX loop", "torch loop", "torch device",
+                     "torch/MLX", "passes/img (MLX, torch)"]
+CLAIMS = {"fewest_flops": "fewest FLOPs per image",
+          "lowest_latency_batch_1": "lowest latency at batch 1",
+          "highest_throughput": "highest throughput at the largest batch that fitted"}
 
 
 def _row(r: dict) -> list[str]:
+    quant = r.get("quantization")
+    head = [r["paradigm"], r["size"] or r["model"],
+            f"{quant['bits']}-bit" if isinstance(quant, dict) else "-", f"{r['parameters'] / 1e6:.1f}M",
+            str(r["batch_size"]), str(r["forward_passes_per_image"]),
+            f"{r['gflops_per_image']:.1f}"]
+    if r.get("status") != "ok":
+        return head + ["out of memory", "-", f"{r['peak_memory_gb']:.2f} GB", "-", "-"]
     mark = "*" if r["extrapolated"] else ""
-    return [
-        r["paradigm"], r["size"] or r["model"], f"{r['parameters'] / 1e6:.1f}M", str(r["batch_size"]),
-        str(r["forward_passes_per_image"]), f"{r['gflops_per_image']:.1f}",
-        f"{r['latency_s']['median']:.2f} s{mark}", f"{r['images_per_s']:.3f}{mark}",
-        f"{r['peak_memory_gb']:.2f} GB", f"{r['achieved_gflops_per_s']:.1f}",
-    ]
+    share = f"{100 * r['share_of_peak']:.1f}%" if r.get("share_of_peak") is not None else "-"
+    return head + [f"{r['latency_s']['median']:.2f} s{mark}", f"{r['images_per_s']:.3f}{mark}",
+                   f"{r['peak_memory_gb']:.2f} GB", f"{r['achieved_gflops_per_s']:.1f}", share]
+
+
+def _reference_rows(report: dict) -> list[list[str]]:
+    mlx = {(r["model"], r["batch_size"]): r for r in report["results"] if r.get("status") == "ok"}
+    rows = []
+    for t in report.get("reference") or []:
+        m = mlx.get((t["model"], t["batch_size"]))
+        if m is None or t.get("status") != "ok":
+            continue
+        mlx_loop, torch_loop = m["stages_s"]["sampling"], t["stages_s"]["sampling"]
+        rows.append([m["paradigm"], m["size"] or m["model"], str(m["batch_size"]),
+                     f"{mlx_loop:.2f} s", f"{torch_loop:.2f} s",
+                     f"{t['device']} ({t.get('torch_threads')} threads)",
+                     f"{torch_loop / mlx_loop:.2f}x",
+                     f"{m['forward_passes_per_image']}, {t['forward_passes_per_image']}"])
+    return rows
+
+
+def finding_lines(report: dict) -> list[str]:
+    lines = []
+    for f in report.get("findings", []):
+        verdict = "agrees with" if f["agrees"] else "differs from"
+        lines.append(f"{f['group']}: {CLAIMS[f['claim']]}: {f['paradigm']} ({f['model']}, batch "
+                     f"{f['batch_size']}); {verdict} the study ({f['study']}).")
+    return lines
 
 
 def _footnotes(report: dict) -> list[str]:
     env = report["environment"]
-    notes = [f"Device: {env['device']} ({env['backend']}), {env['processor']}, "
+    peak = env.get("peak") or {}
+    notes = [f"Device: {env['device']} ({env['backend']}), {env.get('gpu') or env['processor']}, "
              f"{env['cpu_count']} cores; MLX {env['mlx_version']}; BLAS: {env['blas']}.",
              "Latency is the median wall time of one batch over the trials; "
-             "images/s is batch size / latency.",
-             report["flops_convention"]]
-    extrapolated = [r for r in report["results"] if r["extrapolated"]]
+             "images/s is batch size / latency."]
+    if peak.get("fp32_tflops"):
+        notes.append(f"% peak: achieved FLOP/s over the device peak ({peak['source']}: "
+                     f"{peak['fp32_tflops'] * 1e3:.0f} GFLOP/s fp32).")
+    notes.append(report["flops_convention"])
+    extrapolated = [r for r in report["results"] if r.get("extrapolated")]
     if extrapolated:
         notes.append("* extrapolated: the sampling loop was timed over fewer steps than the full "
                      "plan and scaled to the full step count (measured/total steps: "
                      + ", ".join(sorted({f"{r['paradigm']} {r['measured_steps']}/{r['steps']}"
                                          for r in extrapolated})) + ").")
+    if report.get("reference"):
+        notes.append("The reference runs the same weights and sampling plan in PyTorch; the "
+                     "comparison is of the sampling loop (decode excluded), and torch/MLX above 1 "
+                     "means MLX is faster.")
     return notes
 
 
-def rich_table(report: dict) -> Table:
+def rich_tables(report: dict) -> list[Table]:
     table = Table(title="mlx-imgen profile", caption="\n".join(_footnotes(report)),
                   caption_justify="left")
     for name in COLUMNS:
-        table.add_column(name, justify="left" if name in ("paradigm", "size") else "right")
+        table.add_column(name, justify="left" if name in ("paradigm", "model") else "right")
     for r in report["results"]:
         table.add_row(*_row(r))
-    return table
+    tables = [table]
+    rows = _reference_rows(report)
+    if rows:
+        ref = Table(title="MLX against the PyTorch reference")
+        for name in REFERENCE_COLUMNS:
+            ref.add_column(name)
+        for row in rows:
+            ref.add_row(*row)
+        tables.append(ref)
+    lines = finding_lines(report)
+    if lines:
+        findings = Table(title="Findings", show_header=False)
+        findings.add_column("finding")
+        for line in lines:
+            findings.add_row(line)
+        tables.append(findings)
+    return tables
 
 
-def markdown(report: dict) -> str:
-    lines = ["# mlx-imgen profile", "", f"Created {report['created']}.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_row(r)) + " |" for r in report["results"]]
-    lines += [""] + [f"- {note}" for note in _footnotes(report)]
+def _markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def markdown(report: dict, title: str = "mlx-imgen profile") -> str:
+    lines = [f"# {title}", "", f"Created {report['created']}.", ""]
+    lines += _markdown_table(COLUMNS, [_row(r) for r in report["results"]])
+    rows = _reference_rows(report)
+    if rows:
+        lines += ["", "## MLX against the PyTorch reference", ""]
+        lines += _markdown_table(REFERENCE_COLUMNS, rows)
+    findings = finding_lines(report)
+    if findings:
+        lines += ["", "## Findings", ""] + [f"- {line}" for line in findings]
+    lines += ["", "## Notes", ""] + [f"- {note}" for note in _footnotes(report)]
     return "\n".join(lines) + "\n"

@@ -194,3 +194,16 @@ def test_sampled_tokens_stay_within_top_k(causal_model):
     np.testing.assert_array_equal(
         np.array(next_token.generate(causal_model, mx.array([2]), plan, seed=4)),
         np.array(next_token.generate(causal_model, mx.array([2]), greedy)))
+
+
+def test_next_token_decoding_works_with_register_tokens():
+    from conftest import build, tiny_config
+
+    model = build(tiny_config(causal=True, positions="rope2d", registers=2))
+    labels = mx.array([1, 3])
+    plan = NextTokenPlan(num_tokens=16, cfg_scale=2.0, temperature=0)
+    tokens = next_token.generate(model, labels, plan)
+    logits = model(mx.concatenate([tokens, tokens])[:, :-1], with_null(labels, model.null_class))
+    # outputs at the class prefix and the registers come first; the last of them predicts token 0
+    expected = mx.argmax(guide(logits[:, 2:], 2.0), axis=-1)
+    np.testing.assert_array_equal(np.array(tokens), np.array(expected))

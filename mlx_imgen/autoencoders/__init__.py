@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Callable
 
+from . import kl
 from .vq import VQConfig, VQModel, decode_flops, infer_vq_config, vq_weights_from_upstream
 
 
@@ -10,7 +11,7 @@ from .vq import VQConfig, VQModel, decode_flops, infer_vq_config, vq_weights_fro
 class AutoencoderKind:
     config: type
     model: type
-    infer_config: Callable
+    infer_config: Callable  # (state) -> config; (state, config=dict) where a config.json comes along
     weights_from_upstream: Callable
     decode_flops: Callable  # (config, h, w) -> FLOPs of one image's decode
 
@@ -19,3 +20,6 @@ AUTOENCODERS = {
     "vq": AutoencoderKind(VQConfig, VQModel, infer_vq_config, vq_weights_from_upstream,
                           decode_flops),
 }
+# the Stable Diffusion KL-f8 VAE in diffusers' layout, which converts with its config.json
+AUTOENCODERS["kl"] = AutoencoderKind(kl.KLConfig, kl.AutoencoderKL, kl.infer_kl_config,
+                                     kl.kl_weights_from_upstream, kl.decode_flops)

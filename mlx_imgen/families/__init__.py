@@ -1,8 +1,14 @@
 """Families: one per public checkpoint lineage, each a backbone configuration plus a key map."""
 
 from . import llamagen
+from . import maskgit
+from . import dit
 
 FAMILIES = {llamagen.FAMILY: llamagen}
+FAMILIES[maskgit.FAMILY] = maskgit
+# DiT and SiT checkpoints have the same keys: detection picks DiT, --family sit picks SiT
+FAMILIES[dit.FAMILY] = dit
+FAMILIES[dit.SIT.FAMILY] = dit.SIT
 
 
 def get(name: str):

@@ -5,6 +5,7 @@ import re
 
 from mlx_imgen.backbone import BackboneConfig
 from mlx_imgen.convert.keymap import Rule, map_keys
+from mlx_imgen.nn import swiglu_hidden
 
 FAMILY = "llamagen"
 PARADIGM = "next-token"
@@ -41,6 +42,12 @@ def backbone_config(depth: int, width: int, heads: int, hidden: int, vocab_size:
         out_bias=False, causal=True, input="tokens", grid_size=grid_size, vocab_size=vocab_size,
         conditioning="prefix", num_classes=num_classes, positions="rope2d", rope_base=10000.0,
         rope_prefix="zeros", head_bias=False)
+
+
+def config_for(size: str, image_size: int) -> BackboneConfig:
+    """The published architecture of a size at an image size (for random-weight profiling)."""
+    depth, width, heads = SIZES[size]
+    return backbone_config(depth, width, heads, swiglu_hidden(width), grid_size=image_size // 16)
 
 
 def is_checkpoint(state: dict) -> bool:

@@ -21,11 +21,13 @@ class PatchEmbed(nn.Module):
 class TimestepEmbedder(nn.Module):
     """Sinusoidal features of the timestep through a two-layer SiLU MLP."""
 
-    def __init__(self, dims: int, frequency_dims: int = 256):
+    def __init__(self, dims: int, frequency_dims: int = 256, freq_shift: float = 0.0):
         super().__init__()
         self.frequency_dims = frequency_dims
+        self.freq_shift = freq_shift
         self.linear1 = nn.Linear(frequency_dims, dims)
         self.linear2 = nn.Linear(dims, dims)
 
     def __call__(self, t: mx.array) -> mx.array:
-        return self.linear2(nn.silu(self.linear1(timestep_frequencies(t, self.frequency_dims))))
+        features = timestep_frequencies(t, self.frequency_dims, shift=self.freq_shift)
+        return self.linear2(nn.silu(self.linear1(features)))

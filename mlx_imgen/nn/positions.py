@@ -71,10 +71,15 @@ class LearnedPositions(nn.Module):
         return self.weight[offset:offset + length]
 
 
-def timestep_frequencies(t: mx.array, dims: int, max_period: float = 10000.0) -> mx.array:
-    """Sinusoidal features [cos, sin] of (possibly fractional) timesteps, shape (B, dims)."""
+def timestep_frequencies(t: mx.array, dims: int, max_period: float = 10000.0,
+                         shift: float = 0.0) -> mx.array:
+    """Sinusoidal features [cos, sin] of (possibly fractional) timesteps, shape (B, dims).
+
+    Frequency k is max_period ** (-k / (half - shift)): shift 0 is GLIDE's and DiT's, shift 1
+    is diffusers' `downscale_freq_shift=1`, which its DiT port uses with DiT's weights.
+    """
     half = dims // 2
-    freqs = mx.exp(-math.log(max_period) * mx.arange(half, dtype=mx.float32) / half)
+    freqs = mx.exp(-math.log(max_period) * mx.arange(half, dtype=mx.float32) / (half - shift))
     args = t.astype(mx.float32)[:, None] * freqs[None]
     emb = mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)
     if dims % 2:

@@ -1,19 +1,19 @@
 """Sampling loops of the three paradigms, written against the backbone interface."""
 
 from . import diffusion, masked_token, next_token
-from .diffusion import FlowPlan
+from .diffusion import Dopri5Plan, FlowPlan, GaussianPlan, SDEPlan
 from .masked_token import MaskedTokenPlan
 from .next_token import NextTokenPlan
 
 PARADIGMS = ("next-token", "masked-token", "diffusion")
 
 __all__ = ["diffusion", "masked_token", "next_token", "FlowPlan", "MaskedTokenPlan", "iterate", "generate", "paradigm_of",
-           "NextTokenPlan", "PARADIGMS"]
+           "NextTokenPlan", "PARADIGMS", "Dopri5Plan", "GaussianPlan", "SDEPlan"]
 
 
 def _module(plan):
     for plan_type, module in ((NextTokenPlan, next_token), (MaskedTokenPlan, masked_token),
-                              (FlowPlan, diffusion)):
+                              (diffusion.PLANS, diffusion)):
         if isinstance(plan, plan_type):
             return module
     raise TypeError(f"no sampler for plan {type(plan).__name__}")
@@ -30,5 +30,6 @@ def generate(model, labels, plan, *, seed=None, on_step=None, **kwargs):
 
 
 def paradigm_of(plan) -> str:
-    return {NextTokenPlan: "next-token", MaskedTokenPlan: "masked-token",
-            FlowPlan: "diffusion"}[type(plan)]
+    if isinstance(plan, diffusion.PLANS):
+        return "diffusion"
+    return {NextTokenPlan: "next-token", MaskedTokenPlan: "masked-token"}[type(plan)]

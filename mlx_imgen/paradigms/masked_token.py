@@ -1,4 +1,10 @@
-"""Masked-token (MaskGIT) sampling: start fully masked, fix a scheduled number of tokens a step."""
+"""Masked-token (MaskGIT) sampling: start fully masked, fix a scheduled number of tokens a step.
+
+Two orders decide which positions a step reveals: "confidence" (MaskGIT: the most confident
+samples, with annealed Gumbel noise) and "halton" (a fixed low-discrepancy order over the grid,
+Halton-MaskGIT). The defaults are the controlled grid's; the other options express the published
+samplers' exact conventions without the sampler knowing which model it drives.
+"""
 
 import math
 from dataclasses import dataclass
@@ -9,32 +15,81 @@ import numpy as np
 
 from .guidance import doubled, guide, with_null
 
+ORDERS = ("confidence", "halton")
+SCHEDULES = ("cosine", "arccos", "linear", "power")
+PROGRESS = ("after", "linspace")
+TEMPERATURE_MODES = ("divide", "multiply")
+
 
 @dataclass
 class MaskedTokenPlan:
     num_tokens: int
     steps: int = 16
-    cfg_scale: float = 3.0
-    temperature: tuple[float, float] = (1.0, 1.0)  # softmax temperature, first and last step
-    order: str = "confidence"                       # "confidence" (MaskGIT) | "halton"
-    schedule: str = "cosine"                        # one of SCHEDULES
+    cfg_scale: float = 3.0             # uncond + s * (cond - uncond); 1 turns guidance off
+    cfg_ramp: bool = False             # guidance grows linearly from none (progress 0) to s
+    temperature: tuple[float, float] = (1.0, 1.0)  # first and last step (or one value)
+    temperature_mode: str = "divide"   # logits / T (0 is greedy) or logits * T (inf is greedy)
+    temperature_warmup: int = 0        # this many first steps use half the temperature value
+    top_k: int = 0                     # sample among the k most likely ids; 0 keeps all
+    order: str = "confidence"          # one of ORDERS
+    schedule: str = "cosine"           # one of SCHEDULES
     schedule_power: float = 2.0
-    choice_temperature: float = 4.5                 # Gumbel noise on confidences, annealed to 0
+    # Where step i sits on the schedule: "after" is (i+1)/steps, the share of steps done when
+    # it ends; "linspace" is i/(steps-1), starting at 0. The Gumbel annealing and the guidance
+    # ramp follow the same progress.
+    progress: str = "after"
+    choice_temperature: float = 4.5    # Gumbel noise on log-confidences, annealed to 0
+    randomize_order: bool = False      # halton: roll each sample's order by a random offset
+    # Write the step's fresh sample over already revealed positions too (among those the step
+    # selects) instead of keeping them; some published samplers do.
+    rewrite_revealed: bool = False
 
     def __post_init__(self):
+        if isinstance(self.temperature, (int, float)):
+            self.temperature = (float(self.temperature), float(self.temperature))
+        self.temperature = tuple(float(t) for t in self.temperature)
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.steps > self.num_tokens:
             raise ValueError(f"steps ({self.steps}) cannot exceed the number of tokens "
                              f"({self.num_tokens}): each step fixes at least one token")
-        if self.order not in ("confidence", "halton"):
-            raise ValueError(f"unknown order {self.order!r}; use 'confidence' or 'halton'")
+        for name, value, known in (("order", self.order, ORDERS),
+                                   ("schedule", self.schedule, SCHEDULES),
+                                   ("progress", self.progress, PROGRESS),
+                                   ("temperature_mode", self.temperature_mode, TEMPERATURE_MODES)):
+            if value not in known:
+                raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(known)}")
+        if len(self.temperature) != 2:
+            raise ValueError(f"temperature is one value or a (first, last) pair, got "
+                             f"{self.temperature}")
+        if self.temperature_mode == "multiply" and min(self.temperature) <= 0:
+            raise ValueError(f"a temperature that multiplies the logits must be positive (larger "
+                             f"is sharper), got {self.temperature}")
+        if min(self.temperature) < 0:
+            raise ValueError(f"temperature must not be negative, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top-k must be 0 (all) or positive, got {self.top_k}")
+        if self.temperature_warmup < 0:
+            raise ValueError(f"temperature warm-up must be 0 or more steps, got "
+                             f"{self.temperature_warmup}")
+        if self.order == "halton" and math.isqrt(self.num_tokens) ** 2 != self.num_tokens:
+            raise ValueError(f"the Halton order needs a square token grid, not {self.num_tokens} "
+                             "tokens")
+        if self.randomize_order and self.order != "halton":
+            raise ValueError("randomize_order rolls the Halton order; use it with order 'halton'")
 
     def forward_passes(self) -> int:
         return self.steps
 
+    def step_progress(self, i: int) -> float:
+        if self.progress == "after":
+            return (i + 1) / self.steps
+        return i / (self.steps - 1) if self.steps > 1 else 1.0
 
-SCHEDULES = ("cosine", "arccos", "linear", "power")
+    def step_temperature(self, i: int) -> float:
+        t0, t1 = self.temperature
+        t = t0 + (t1 - t0) * (i / max(self.steps - 1, 1))
+        return t * 0.5 if i < self.temperature_warmup else t
 
 
 def revealed_fraction(progress: float, schedule: str, power: float = 2.0) -> float:
@@ -53,19 +108,33 @@ def revealed_fraction(progress: float, schedule: str, power: float = 2.0) -> flo
     raise ValueError(f"unknown mask schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
 
 
+def revealed_counts(plan: MaskedTokenPlan) -> list[int]:
+    """Tokens revealed in all once each step ends (cumulative; the last is num_tokens).
+
+    floor(N * schedule), at least one more each step and one left for each later step. For the
+    convex schedules here this equals Halton-MaskGIT's max(i + 1, floor(N * schedule)).
+    """
+    n, steps = plan.num_tokens, plan.steps
+    done, revealed = 0, []
+    for i in range(steps):
+        fraction = revealed_fraction(plan.step_progress(i), plan.schedule, plan.schedule_power)
+        target = math.floor(n * fraction)
+        if i == steps - 1:
+            target = n
+        else:
+            target = min(max(target, done + 1), n - (steps - 1 - i))
+        revealed.append(target)
+        done = target
+    return revealed
+
+
 def schedule_counts(num_tokens: int, steps: int, schedule: str = "cosine",
                     power: float = 2.0) -> list[int]:
     """Tokens fixed at each step: at least one each, `num_tokens` in all, following the schedule."""
-    done = 0
-    counts = []
-    for i in range(1, steps + 1):
-        fraction = 1.0 if i == steps else revealed_fraction(i / steps, schedule, power)
-        target = math.floor(num_tokens * fraction)
-        # leave at least one token for every later step, and fix at least one now
-        target = min(max(target, done + 1), num_tokens - (steps - i))
-        counts.append(target - done)
-        done = target
-    return counts
+    plan = MaskedTokenPlan(num_tokens=num_tokens, steps=steps, schedule=schedule,
+                           schedule_power=power)
+    revealed = revealed_counts(plan)
+    return [b - a for a, b in zip([0] + revealed[:-1], revealed)]
 
 
 def halton_sequence(index: int, base: int) -> float:
@@ -94,61 +163,120 @@ def halton_order(grid_size: int) -> np.ndarray:
     return np.array(order, dtype=np.int32)
 
 
+class Draws:
+    """Every random number one sampling run uses, each a pure function of one key.
+
+    Sampling is Gumbel-max: the sampled id is argmax(scaled logits + token_noise), which draws
+    from softmax(scaled logits). Keeping the noise explicit lets a reference implementation
+    replay a run exactly; pass an object with the same methods to `iterate` to inject noise.
+    """
+
+    def __init__(self, key: mx.array, steps: int):
+        self._keys = mx.random.split(key, 2 * steps + 1)
+
+    def order_shifts(self, batch: int, num_tokens: int) -> mx.array:
+        """(B,) offsets in 0..num_tokens-1 by which each sample's order is rolled."""
+        return mx.random.randint(0, num_tokens, (batch,), key=self._keys[-1])
+
+    def token_noise(self, step: int, shape: tuple) -> mx.array:
+        """Gumbel noise (B, N, V) for sampling the ids at a step."""
+        return mx.random.gumbel(shape, key=self._keys[2 * step])
+
+    def choice_noise(self, step: int, shape: tuple) -> mx.array:
+        """Gumbel noise (B, N) on the confidences that choose the positions to reveal."""
+        return mx.random.gumbel(shape, key=self._keys[2 * step + 1])
+
+
 class MaskedStep(NamedTuple):
     tokens: mx.array      # (B, N), the mask id where still masked
-    fixed: mx.array       # (B, k) positions fixed at this step
+    fixed: mx.array       # (B, k) positions the schedule assigns to this step
 
 
-def _gumbel(shape, key):
-    return -mx.log(-mx.log(mx.random.uniform(shape=shape, key=key) + 1e-20) + 1e-20)
+def _top_k(logits: mx.array, k: int) -> mx.array:
+    if not 0 < k < logits.shape[-1]:
+        return logits
+    kth = mx.min(mx.topk(logits, k, axis=-1), axis=-1, keepdims=True)
+    return mx.where(logits < kth, -mx.inf, logits)
+
+
+def _scaled_logits(logits: mx.array, plan: MaskedTokenPlan, i: int) -> tuple[mx.array, bool]:
+    """Logits after temperature and top-k, and whether this step samples greedily."""
+    t = plan.step_temperature(i)
+    if plan.temperature_mode == "divide":
+        greedy = t == 0
+        scaled = logits if greedy else logits / t
+    else:
+        greedy = math.isinf(t)
+        scaled = logits if greedy else logits * t
+    return _top_k(scaled, plan.top_k), greedy
 
 
 def iterate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None = None,
-            key: mx.array | None = None) -> Iterator[MaskedStep]:
+            key: mx.array | None = None, draws=None) -> Iterator[MaskedStep]:
+    """One MaskedStep a step. A model that scores the mask id can sample it, which leaves the
+    position masked; after the last step such a position gets the last code, so that every id
+    decodes (Halton-MaskGIT clamps the same way)."""
     batch, n = labels.shape[0], plan.num_tokens
     mask_id = model.mask_id
     use_cfg = plan.cfg_scale != 1.0
     cond_labels = with_null(labels, model.null_class) if use_cfg else labels
-    key = key if key is not None else mx.random.key(0 if seed is None else seed)
-    sample_keys = mx.random.split(key, 2 * plan.steps)
-    counts = schedule_counts(n, plan.steps, plan.schedule, plan.schedule_power)
-    halton = mx.array(halton_order(int(math.isqrt(n)))) if plan.order == "halton" else None
+    if draws is None:
+        key = key if key is not None else mx.random.key(0 if seed is None else seed)
+        draws = Draws(key, plan.steps)
+    revealed = revealed_counts(plan)
+    if plan.order == "halton":
+        order = mx.array(halton_order(math.isqrt(n)))
+        shifts = (draws.order_shifts(batch, n) if plan.randomize_order
+                  else mx.zeros((batch,), dtype=mx.int32))
+        # rolling the order by k moves each position's rank k places later
+        rank = (mx.argsort(order)[None] + shifts[:, None]) % n
+        ranked = mx.take(order, (mx.arange(n)[None] - shifts[:, None]) % n)
     tokens = mx.full((batch, n), mask_id, dtype=mx.int32)
-    done = 0
-    for i, count in enumerate(counts):
+    before = 0
+    for i, after in enumerate(revealed):
         logits = model(doubled(tokens) if use_cfg else tokens, cond_labels)
         if use_cfg:
-            logits = guide(logits, plan.cfg_scale)
-        logits = logits.astype(mx.float32)
-        t0, t1 = plan.temperature
-        temperature = t0 + (t1 - t0) * (i / max(plan.steps - 1, 1))
-        if temperature == 0:
-            sampled = mx.argmax(logits, axis=-1)
+            scale = plan.cfg_scale
+            if plan.cfg_ramp:
+                scale = 1.0 + (scale - 1.0) * plan.step_progress(i)
+            logits = guide(logits, scale)
+        scaled, greedy = _scaled_logits(logits.astype(mx.float32), plan, i)
+        if greedy:
+            sampled = mx.argmax(scaled, axis=-1)
         else:
-            sampled = mx.random.categorical(logits / temperature, axis=-1, key=sample_keys[2 * i])
+            sampled = mx.argmax(scaled + draws.token_noise(i, scaled.shape), axis=-1)
         sampled = sampled.astype(mx.int32)
-        if halton is not None:
-            fixed = mx.broadcast_to(halton[done:done + count], (batch, count))
+        masked = tokens == mask_id
+        if plan.order == "halton":
+            # this step's slice of the order, or with rewriting every position up to its end
+            first = 0 if plan.rewrite_revealed else before
+            selected = (rank >= first) & (rank < after)
         else:
-            log_probs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            log_probs = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
             confidence = mx.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
-            noise_scale = plan.choice_temperature * (1.0 - (i + 1) / plan.steps)
+            noise_scale = plan.choice_temperature * (1.0 - plan.step_progress(i))
             if noise_scale > 0:
-                confidence = confidence + noise_scale * _gumbel(confidence.shape, sample_keys[2 * i + 1])
-            # fixed tokens are never chosen again, so they are never re-masked
-            confidence = mx.where(tokens == mask_id, confidence, -mx.inf)
-            fixed = mx.argsort(-confidence, axis=-1)[:, :count]
-        tokens = mx.put_along_axis(tokens, fixed, mx.take_along_axis(sampled, fixed, axis=-1), axis=-1)
-        done += count
+                confidence = confidence + noise_scale * draws.choice_noise(i, confidence.shape)
+            # revealed positions rank first, so the top `after` hold them and the newly chosen
+            confidence = mx.where(masked, confidence, mx.inf)
+            ranked = mx.argsort(-confidence, axis=-1)
+            threshold = mx.take_along_axis(confidence, ranked[:, after - 1:after], axis=-1)
+            selected = confidence >= threshold
+        write = selected if plan.rewrite_revealed else selected & masked
+        tokens = mx.where(write, sampled, tokens)
+        if i == plan.steps - 1:
+            tokens = mx.where(tokens == mask_id, mask_id - 1, tokens)
+        fixed = ranked[:, before:after]
+        before = after
         mx.eval(tokens, fixed)
         yield MaskedStep(tokens, fixed)
 
 
 def generate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None = None,
-             key: mx.array | None = None, on_step=None) -> mx.array:
+             key: mx.array | None = None, on_step=None, draws=None) -> mx.array:
     """Token ids (B, num_tokens) with every position unmasked after `plan.steps` steps."""
     step = None
-    for i, step in enumerate(iterate(model, labels, plan, seed=seed, key=key)):
+    for i, step in enumerate(iterate(model, labels, plan, seed=seed, key=key, draws=draws)):
         if on_step:
             on_step(i + 1, plan.steps)
     return step.tokens

@@ -58,7 +58,9 @@ def iterate(model, labels: mx.array, plan: NextTokenPlan, *, seed: int | None = 
     cond_labels = with_null(labels, model.null_class) if use_cfg else labels
     key = key if key is not None else mx.random.key(0 if seed is None else seed)
     keys = mx.random.split(key, plan.num_tokens)
-    cache = model.make_cache(cond_labels.shape[0], model.config.prefix_tokens + plan.num_tokens)
+    cfg = model.config
+    context = cfg.prefix_tokens + cfg.registers + plan.num_tokens
+    cache = model.make_cache(cond_labels.shape[0], context)
     empty = mx.zeros((cond_labels.shape[0], 0), dtype=mx.int32)
     logits = model(empty, cond_labels, cache=cache)[:, -1]
     for i in range(plan.num_tokens):

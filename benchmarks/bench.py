@@ -1,0 +1,110 @@
+"""`make bench`: the standard comparison, written into reports/ (bench.json, bench.md, plots).
+
+The controlled grid (sizes S and B, all three paradigms, batch sizes 1 and 4) in MLX and in the
+PyTorch reference on the same weights and plans; 8-bit and 4-bit rows for one model of each
+paradigm; the BLAS that MLX's CPU backend runs on, against numpy and torch.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+
+from mlx_imgen.backbone import Transformer
+from mlx_imgen.grid import default_plan, grid_config, latent_shape
+from mlx_imgen.io import atomic_write_text
+from mlx_imgen.paradigms import PARADIGMS
+from mlx_imgen.plots import write_plots
+from mlx_imgen.profiling import Workload, profile_workload, report
+from mlx_imgen.quantize import quantization_record, quantize_model, weight_bytes
+from mlx_imgen.report_format import markdown
+
+sys.path.insert(0, str(Path(__file__).parent))
+from blas import blas_table  # noqa: E402
+
+
+def grid_work(paradigm: str, size: str, bits: int | None = None) -> Workload:
+    cfg = grid_config(paradigm, size)
+    model = Transformer(cfg)
+    extra = {}
+    if bits:
+        extra["quantization"] = quantization_record(bits, 64, quantize_model(model, bits, 64))
+    mx.eval(model.parameters())
+    name = f"grid-{paradigm}-{size}" + (f"-{bits}bit" if bits else "")
+    return Workload(name=name, size=size, model=model, plan=default_plan(paradigm, cfg),
+                    latent_shape=latent_shape(cfg) if cfg.input == "patches" else None,
+                    extra=extra)
+
+
+def weight_memory(size: str) -> list[dict]:
+    """Transformer weight bytes at float16, 8-bit and 4-bit (group size 64), per paradigm."""
+    rows = []
+    for paradigm in PARADIGMS:
+        sizes = {}
+        for bits in (None, 8, 4):
+            model = Transformer(grid_config(paradigm, size))
+            model.set_dtype(mx.float16)
+            if bits:
+                quantize_model(model, bits, 64)
+            sizes[bits] = weight_bytes(model)
+        rows.append({"paradigm": paradigm, "size": size, "float16_mb": sizes[None] / 1e6,
+                     "8bit_mb": sizes[8] / 1e6, "4bit_mb": sizes[4] / 1e6,
+                     "8bit_share": sizes[8] / sizes[None], "4bit_share": sizes[4] / sizes[None]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--sizes", default="S,B")
+    parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--step-budget", type=float, default=2.0)
+    parser.add_argument("--no-reference", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    results, reference = [], None if args.no_reference else []
+    if reference is not None:
+        from mlx_imgen.reference.profiling import profile_reference
+    for size in args.sizes.split(","):
+        for paradigm in PARADIGMS:
+            work = grid_work(paradigm, size)
+            for batch in batches:
+                print(f"profiling {work.name} at batch {batch}", flush=True)
+                results.append(profile_workload(work, batch, trials=args.trials,
+                                                step_budget_s=args.step_budget))
+                if reference is not None:
+                    reference.append(profile_reference(work, batch, trials=args.trials,
+                                                       step_budget_s=args.step_budget))
+            work.model = None
+            mx.clear_cache()
+    quant_size = args.sizes.split(",")[0]
+    for paradigm in PARADIGMS:
+        for bits in (8, 4):
+            work = grid_work(paradigm, quant_size, bits)
+            print(f"profiling {work.name} at batch 1", flush=True)
+            results.append(profile_workload(work, 1, trials=args.trials,
+                                            step_budget_s=args.step_budget))
+    rep = report(results, settings=vars(args) | {"out": str(args.out)}, reference=reference)
+    rep["blas"] = blas_table()
+    rep["weight_memory"] = weight_memory(quant_size)
+    text = markdown(rep, title="mlx-imgen bench")
+    text += "\n## BLAS behind MLX's CPU backend (1024x1024 matmul)\n\n| setup | GFLOP/s |\n|---|---|\n"
+    text += "".join(f"| {r['setup']} | {r['gflops']:.1f} |\n" for r in rep["blas"])
+    text += ("\n## Transformer weight memory, quantized (group size 64)\n\n"
+             "| paradigm | size | float16 MB | 8-bit MB (share) | 4-bit MB (share) |\n|---|---|---|---|---|\n")
+    text += "".join(f"| {r['paradigm']} | {r['size']} | {r['float16_mb']:.1f} | {r['8bit_mb']:.1f} "
+                    f"({100 * r['8bit_share']:.0f}%) | {r['4bit_mb']:.1f} "
+                    f"({100 * r['4bit_share']:.0f}%) |\n" for r in rep["weight_memory"])
+    atomic_write_text(args.out / "bench.json", json.dumps(rep, indent=2) + "\n")
+    atomic_write_text(args.out / "bench.md", text)
+    for path in write_plots(rep, args.out):
+        print(f"wrote {path}")
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+
+
+if __name__ == "__main__":
+    main()

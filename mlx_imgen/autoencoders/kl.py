@@ -1,0 +1,327 @@
+"""The Stable Diffusion KL-f8 VAE (diffusers `AutoencoderKL`): images in [-1, 1] <-> continuous
+latents, NHWC. Module names mirror diffusers', so the key map is the identity up to the legacy
+attention names and the conv layout.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlx_imgen.convert.keymap import Rule, conv_weight, map_keys
+
+
+@dataclass
+class KLConfig:
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    in_channels: int = 3
+    out_channels: int = 3
+    norm_groups: int = 32
+    norm_eps: float = 1e-6
+    mid_attention: bool = True
+    quant_conv: bool = True
+    post_quant_conv: bool = True
+    # latents the samplers see are (z - shift_factor) * scaling_factor
+    scaling_factor: float = 0.18215
+    shift_factor: float = 0.0
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "block_out_channels": list(self.block_out_channels)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "KLConfig":
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown KLConfig fields: {', '.join(sorted(unknown))}")
+        values = dict(values)
+        if "block_out_channels" in values:
+            values["block_out_channels"] = tuple(values["block_out_channels"])
+        return cls(**values)
+
+
+def _group_norm(cfg: KLConfig, channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps, pytorch_compatible=True)
+
+
+class ResnetBlock2D(nn.Module):
+    def __init__(self, cfg: KLConfig, cin: int, cout: int):
+        super().__init__()
+        self.norm1 = _group_norm(cfg, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = _group_norm(cfg, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        if cin != cout:
+            self.conv_shortcut = nn.Conv2d(cin, cout, 1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        h = self.conv1(nn.silu(self.norm1(x)))
+        h = self.conv2(nn.silu(self.norm2(h)))
+        return (self.conv_shortcut(x) if "conv_shortcut" in self else x) + h
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over all pixels with a residual (the mid block's)."""
+
+    def __init__(self, cfg: KLConfig, channels: int):
+        super().__init__()
+        self.group_norm = _group_norm(cfg, channels)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = [nn.Linear(channels, channels)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, h, w, c = x.shape
+        y = self.group_norm(x).reshape(b, 1, h * w, c)
+        q, k, v = self.to_q(y), self.to_k(y), self.to_v(y)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=c ** -0.5)
+        return x + self.to_out[0](out).reshape(b, h, w, c)
+
+
+class Downsample2D(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        # padding only right and bottom puts the stride-2 grid on the top-left pixel
+        return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
+
+
+class Upsample2D(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, h, w, c = x.shape
+        x = mx.broadcast_to(x[:, :, None, :, None], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+        return self.conv(x)
+
+
+class DownEncoderBlock2D(nn.Module):
+    def __init__(self, cfg: KLConfig, cin: int, cout: int, downsample: bool):
+        super().__init__()
+        self.resnets = [ResnetBlock2D(cfg, cin if i == 0 else cout, cout)
+                        for i in range(cfg.layers_per_block)]
+        if downsample:
+            self.downsamplers = [Downsample2D(cout)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for resnet in self.resnets:
+            x = resnet(x)
+        return self.downsamplers[0](x) if "downsamplers" in self else x
+
+
+class UpDecoderBlock2D(nn.Module):
+    def __init__(self, cfg: KLConfig, cin: int, cout: int, upsample: bool):
+        super().__init__()
+        # the decoder has one residual block more per level than the encoder
+        self.resnets = [ResnetBlock2D(cfg, cin if i == 0 else cout, cout)
+                        for i in range(cfg.layers_per_block + 1)]
+        if upsample:
+            self.upsamplers = [Upsample2D(cout)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for resnet in self.resnets:
+            x = resnet(x)
+        return self.upsamplers[0](x) if "upsamplers" in self else x
+
+
+class UNetMidBlock2D(nn.Module):
+    def __init__(self, cfg: KLConfig, channels: int):
+        super().__init__()
+        self.resnets = [ResnetBlock2D(cfg, channels, channels) for _ in range(2)]
+        self.attentions = [Attention(cfg, channels)] if cfg.mid_attention else []
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.resnets[0](x)
+        if self.attentions:
+            x = self.attentions[0](x)
+        return self.resnets[1](x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: KLConfig):
+        super().__init__()
+        widths = cfg.block_out_channels
+        self.conv_in = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+        self.down_blocks = [DownEncoderBlock2D(cfg, widths[max(i - 1, 0)], widths[i],
+                                               downsample=i < len(widths) - 1)
+                            for i in range(len(widths))]
+        self.mid_block = UNetMidBlock2D(cfg, widths[-1])
+        self.conv_norm_out = _group_norm(cfg, widths[-1])
+        # mean and log-variance
+        self.conv_out = nn.Conv2d(widths[-1], 2 * cfg.latent_channels, 3, padding=1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        x = self.mid_block(x)
+        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: KLConfig):
+        super().__init__()
+        widths = tuple(reversed(cfg.block_out_channels))  # lowest resolution first
+        self.conv_in = nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1)
+        self.mid_block = UNetMidBlock2D(cfg, widths[0])
+        self.up_blocks = [UpDecoderBlock2D(cfg, widths[max(i - 1, 0)], widths[i],
+                                           upsample=i < len(widths) - 1)
+                          for i in range(len(widths))]
+        self.conv_norm_out = _group_norm(cfg, widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
+
+    def __call__(self, z: mx.array) -> mx.array:
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+
+
+class AutoencoderKL(nn.Module):
+    def __init__(self, config: KLConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        moments = 2 * config.latent_channels
+        if config.quant_conv:
+            self.quant_conv = nn.Conv2d(moments, moments, 1)
+        if config.post_quant_conv:
+            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+
+    def encode(self, images: mx.array) -> tuple[mx.array, mx.array]:
+        """(B, H, W, 3) images in [-1, 1] -> the posterior's mean and log-variance (B, h, w, C)."""
+        moments = self.encoder(images)
+        if "quant_conv" in self:
+            moments = self.quant_conv(moments)
+        mean, logvar = mx.split(moments, 2, axis=-1)
+        return mean, mx.clip(logvar, -30.0, 20.0)
+
+    def decode(self, z: mx.array) -> mx.array:
+        """(B, h, w, C) unscaled latents -> (B, H, W, 3) images, nominally in [-1, 1], unclamped."""
+        if "post_quant_conv" in self:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
+
+    def encode_latents(self, images: mx.array, key: mx.array | None = None) -> mx.array:
+        """Images -> latents in the samplers' scaled space: the posterior's mean, or a sample
+        from it when a random `key` is given."""
+        mean, logvar = self.encode(images)
+        z = mean if key is None else mean + mx.exp(0.5 * logvar) * mx.random.normal(
+            mean.shape, dtype=mean.dtype, key=key)
+        return (z - self.config.shift_factor) * self.config.scaling_factor
+
+    def decode_latents(self, latents: mx.array, batch_size: int | None = None) -> mx.array:
+        """Scaled latents (what a sampler returns) -> images, `batch_size` images at a time."""
+        z = latents.astype(mx.float32) / self.config.scaling_factor + self.config.shift_factor
+        step = batch_size or z.shape[0]
+        if step < 1:
+            raise ValueError(f"the decode batch size must be at least 1, got {step}")
+        parts = []
+        for start in range(0, z.shape[0], step):
+            parts.append(self.decode(z[start:start + step]))
+            mx.eval(parts[-1])
+        return parts[0] if len(parts) == 1 else mx.concatenate(parts)
+
+
+# ---------------------------------------------------------------- diffusers checkpoint keys
+
+_CONVS = (r"(?:conv_in|conv_out|conv1|conv2|conv_shortcut|downsamplers\.0\.conv|"
+          r"upsamplers\.0\.conv|quant_conv|post_quant_conv)")
+# old diffusers checkpoints (the sd-vae-ft-* files among them) name the attention projections
+# query/key/value/proj_attn; diffusers renames them on load, and so does this map
+_ATTENTION = r"((?:en|de)coder\.mid_block\.attentions\.0)\."
+KL_KEY_RULES: list[Rule] = [
+    Rule(rf"((?:.+\.)?{_CONVS}\.weight)", r"\1", conv_weight),
+    Rule(_ATTENTION + r"query\.(weight|bias)", r"\1.to_q.\2"),
+    Rule(_ATTENTION + r"key\.(weight|bias)", r"\1.to_k.\2"),
+    Rule(_ATTENTION + r"value\.(weight|bias)", r"\1.to_v.\2"),
+    Rule(_ATTENTION + r"proj_attn\.(weight|bias)", r"\1.to_out.0.\2"),
+    Rule(r"((?:en|de)coder\..+\.(?:weight|bias))", r"\1"),
+    Rule(r"((?:post_)?quant_conv\.bias)", r"\1"),
+]
+
+BLOCK_TYPES = {"down_block_types": "DownEncoderBlock2D", "up_block_types": "UpDecoderBlock2D"}
+
+
+def infer_kl_config(state: dict, config: dict | None = None) -> KLConfig:
+    """The KLConfig of a diffusers AutoencoderKL from its config.json; shapes are checked when
+    the weights load. A config without `scaling_factor` is refused: the latent scale the
+    samplers work in would be a guess."""
+    if config is None:
+        raise ValueError("a KL VAE converts from a diffusers folder: its config.json must come "
+                         "with the weights (pass the folder, not the weights file)")
+    if "scaling_factor" not in config:
+        raise ValueError("the VAE's config.json has no scaling_factor, so its latent scale is "
+                         "unknown; add it (0.18215 for the Stable Diffusion VAEs)")
+    for key, kind in BLOCK_TYPES.items():
+        if any(t != kind for t in config.get(key, [kind])):
+            raise ValueError(f"the VAE's {key} are {config[key]}; only {kind} blocks (the "
+                             "Stable Diffusion VAE's) are supported")
+    if config.get("act_fn", "silu") != "silu":
+        raise ValueError(f"the VAE's activation is {config['act_fn']}; only silu is supported")
+    if "encoder.conv_in.weight" not in state or "decoder.conv_in.weight" not in state:
+        found = ", ".join(sorted(state)[:4])
+        raise ValueError(f"not a diffusers AutoencoderKL checkpoint: expected keys "
+                         f"encoder.conv_in.weight and decoder.conv_in.weight, found {found}")
+    defaults = KLConfig()
+    return KLConfig(
+        block_out_channels=tuple(config.get("block_out_channels", defaults.block_out_channels)),
+        layers_per_block=config.get("layers_per_block", defaults.layers_per_block),
+        latent_channels=config.get("latent_channels", defaults.latent_channels),
+        in_channels=config.get("in_channels", defaults.in_channels),
+        out_channels=config.get("out_channels", defaults.out_channels),
+        norm_groups=config.get("norm_num_groups", defaults.norm_groups),
+        mid_attention=config.get("mid_block_add_attention", True),
+        quant_conv=config.get("use_quant_conv", True),
+        post_quant_conv=config.get("use_post_quant_conv", True),
+        scaling_factor=float(config["scaling_factor"]),
+        shift_factor=float(config.get("shift_factor") or 0.0))
+
+
+def kl_weights_from_upstream(state: dict) -> dict[str, mx.array]:
+    return map_keys(state, KL_KEY_RULES)
+
+
+# ---------------------------------------------------------------- FLOPs (2 x MACs)
+
+def _conv(h: int, w: int, cin: int, cout: int, k: int = 1) -> float:
+    return 2.0 * h * w * cin * cout * k * k
+
+
+def _resnet(h: int, w: int, cin: int, cout: int) -> float:
+    shortcut = _conv(h, w, cin, cout) if cin != cout else 0.0
+    return _conv(h, w, cin, cout, 3) + _conv(h, w, cout, cout, 3) + shortcut
+
+
+def _mid(cfg: KLConfig, h: int, w: int, c: int) -> float:
+    n = h * w
+    attention = 4 * _conv(h, w, c, c) + 2 * (2.0 * n * n * c) if cfg.mid_attention else 0.0
+    return 2 * _resnet(h, w, c, c) + attention
+
+
+def decode_flops(config: KLConfig, h: int, w: int) -> float:
+    """One image's decode from an h x w latent: convolutions and attention matmuls."""
+    widths = tuple(reversed(config.block_out_channels))
+    c = config.latent_channels
+    total = _conv(h, w, c, c) if config.post_quant_conv else 0.0
+    total += _conv(h, w, c, widths[0], 3) + _mid(config, h, w, widths[0])
+    cin = widths[0]
+    for i, cout in enumerate(widths):
+        for _ in range(config.layers_per_block + 1):
+            total += _resnet(h, w, cin, cout)
+            cin = cout
+        if i < len(widths) - 1:
+            h, w = 2 * h, 2 * w
+            total += _conv(h, w, cout, cout, 3)
+    return total + _conv(h, w, cin, config.out_channels, 3)

@@ -1,0 +1,122 @@
+"""Quantize a transformer's linear layers and embeddings with MLX's affine quantization, and
+rebuild the same structure when a quantized folder is loaded again."""
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+
+
+def check_settings(bits: int, group_size: int) -> None:
+    if bits not in BITS:
+        raise ValueError(f"--quantize {bits} is not supported; MLX quantizes to "
+                         f"{', '.join(map(str, BITS))} bits")
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"--group-size {group_size} is not supported; use "
+                         f"{', '.join(map(str, GROUP_SIZES))}")
+
+
+def _quantizable(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Embedding)) and hasattr(module, "to_quantized")
+
+
+def quantize_model(model: nn.Module, bits: int, group_size: int) -> list[str]:
+    """Quantize the Linear and Embedding layers in place; returns their paths for config.json.
+
+    The group size must divide the model's width. A layer whose input width it does not divide
+    (Halton-MaskGIT small's 510-wide attention output) is one the kernels do not accept, and
+    stays in float.
+    """
+    check_settings(bits, group_size)
+    width = model.config.width
+    if width % group_size:
+        raise ValueError(f"--group-size {group_size} does not divide the width {width} of this "
+                         "model's layers; choose a group size that divides it (32 or 64)")
+    paths = [path for path, m in model.named_modules()
+             if _quantizable(m) and m.weight.shape[-1] % group_size == 0]
+    apply_structure(model, {"bits": bits, "group_size": group_size, "modules": paths})
+    return paths
+
+
+def apply_structure(model: nn.Module, quantization: dict) -> None:
+    """Swap the recorded layers for quantized ones (weights are loaded afterwards)."""
+    wanted = set(quantization["modules"])
+    nn.quantize(model, group_size=quantization["group_size"], bits=quantization["bits"],
+                class_predicate=lambda path, module: path in wanted)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+               for _, m in model.named_modules())
+
+
+def quantization_record(bits: int, group_size: int, modules: list[str]) -> dict:
+    return {"bits": bits, "group_size": group_size, "mode": "affine", "modules": modules}
+
+
+def relative_error(reference: mx.array, approximate: mx.array) -> float:
+    ref, approx = reference.astype(mx.float32), approximate.astype(mx.float32)
+    return (mx.linalg.norm((approx - ref).reshape(-1)) /
+            mx.maximum(mx.linalg.norm(ref.reshape(-1)), 1e-12)).item()
+
+
+def fixed_inputs(model: nn.Module, time_scale: float = 1000.0, seed: int = 0) -> tuple:
+    """A fixed batch of two inputs for the model: token ids (half masked for a masked-token
+    model) or latents with timesteps, plus class labels."""
+    cfg = model.config
+    key_tokens, key_mask = mx.random.split(mx.random.key(seed))
+    labels = mx.array([1, 2 % cfg.num_classes])
+    if cfg.input == "patches":
+        side = cfg.grid_size * cfg.patch_size
+        x = mx.random.normal((2, side, side, cfg.in_channels), key=key_tokens)
+        return x, labels, mx.array([0.3, 0.7]) * time_scale
+    length = cfg.num_tokens - 1 if cfg.causal else cfg.num_tokens
+    tokens = mx.random.randint(0, cfg.vocab_size, (2, length), key=key_tokens)
+    if not cfg.causal:
+        tokens = mx.where(mx.random.uniform(shape=tokens.shape, key=key_mask) < 0.5,
+                          model.mask_id, tokens)
+    return tokens, labels
+
+
+def output_error(reference: mx.array, approximate: mx.array, token_model: bool) -> dict:
+    """Top-1 agreement and mean KL of the token distributions, or the prediction's relative error."""
+    if not token_model:
+        return {"relative error": relative_error(reference, approximate)}
+    ref = reference.astype(mx.float32)
+    approx = approximate.astype(mx.float32)
+    log_p = ref - mx.logsumexp(ref, axis=-1, keepdims=True)
+    log_q = approx - mx.logsumexp(approx, axis=-1, keepdims=True)
+    kl = mx.sum(mx.exp(log_p) * (log_p - log_q), axis=-1)
+    agree = mx.mean(mx.argmax(ref, axis=-1) == mx.argmax(approx, axis=-1))
+    return {"top-1 agreement": agree.item(), "mean KL": mx.mean(kl).item()}
+
+
+def check_quantization(folder, bits_list: list[int], group_size: int) -> list[dict]:
+    """Quantize copies of a float pipeline's transformer and measure their error on a fixed
+    input against the float model."""
+    from .pipeline import Pipeline
+
+    float_pipe = Pipeline(folder)
+    time_scale = 1000.0
+    if float_pipe.paradigm == "diffusion":
+        time_scale = getattr(float_pipe.plan()[0], "time_scale", time_scale)
+    inputs = fixed_inputs(float_pipe.transformer, time_scale)
+    reference = float_pipe.transformer(*inputs)
+    float_bytes = weight_bytes(float_pipe.transformer)
+    token_model = float_pipe.config.input == "tokens"
+    rows = []
+    for bits in bits_list:
+        pipe = Pipeline(folder)
+        pipe.quantize(bits, group_size)
+        out = pipe.transformer(*inputs)
+        q_bytes = weight_bytes(pipe.transformer)
+        rows.append({"bits": bits, "group size": group_size, "weights MB": q_bytes / 1e6,
+                     "share of float weights": q_bytes / float_bytes,
+                     **output_error(reference, out, token_model)})
+    return rows

@@ -1,0 +1,91 @@
+"""Optional PyTorch mirror of the backbone, the samplers and the VQ decoder: parity tests and the
+CUDA/MPS/CPU reference path of `mlx-imgen profile --reference torch`.
+
+Importing this package does not import torch; its submodules do, through `require_torch`.
+"""
+
+TORCH_MISSING = ("--reference torch needs PyTorch; install it with "
+                 "pip install 'mlx-imgen[reference]'")
+
+
+def require_torch():
+    """The torch module, or ValueError with the one sentence that says which extra to install."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(TORCH_MISSING) from None
+    return torch
+
+
+def pick_device() -> str:
+    """"cuda" when a CUDA device is visible, else "mps" on Apple silicon, else "cpu"."""
+    torch = require_torch()
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def torch_dtype(mlx_dtype):
+    """The torch dtype of an MLX floating dtype (float32, float16, bfloat16)."""
+    import mlx.core as mx
+    torch = require_torch()
+    table = {mx.float32: torch.float32, mx.float16: torch.float16, mx.bfloat16: torch.bfloat16}
+    if mlx_dtype not in table:
+        raise ValueError(f"no torch dtype for MLX {mlx_dtype}; the reference mirrors float32, "
+                         "float16 and bfloat16 models")
+    return table[mlx_dtype]
+
+
+def to_torch(array, dtype=None):
+    """An mx.array as a torch tensor with the same values (bfloat16 goes through float32)."""
+    import mlx.core as mx
+    import numpy as np
+    torch = require_torch()
+    floating = mx.issubdtype(array.dtype, mx.floating)
+    values = np.array(array.astype(mx.float32) if floating else array)
+    tensor = torch.from_numpy(values)
+    if floating:
+        tensor = tensor.to(dtype or torch_dtype(array.dtype))
+    return tensor
+
+
+def load_mlx_weights(torch_model, mlx_model, *, ignore: tuple[str, ...] = ()) -> None:
+    """Copy every MLX parameter into the torch module of the same name, strictly.
+
+    Conv weights go from MLX's OHWI to torch's OIHW. The names, and the shapes after that
+    transpose, must match one to one (torch state-dict entries named in `ignore` excepted);
+    otherwise KeyMismatchError lists the missing, unexpected and mis-shaped names.
+    """
+    from mlx.utils import tree_flatten
+
+    from mlx_imgen.convert.keymap import KeyMismatchError
+    torch = require_torch()
+    source = dict(tree_flatten(mlx_model.parameters()))
+    target = {k: v for k, v in torch_model.state_dict().items() if k not in ignore}
+    weights = {}
+    for name, value in source.items():
+        tensor = to_torch(value)
+        if tensor.ndim == 4:  # conv: (O, kH, kW, I) -> (O, I, kH, kW)
+            tensor = tensor.permute(0, 3, 1, 2)
+        weights[name] = tensor
+    missing = sorted(set(target) - set(weights))
+    unexpected = sorted(set(weights) - set(target))
+    misshaped = sorted(f"{k}: {tuple(weights[k].shape)} from MLX, {tuple(target[k].shape)} in "
+                       "torch" for k in set(target) & set(weights)
+                       if tuple(weights[k].shape) != tuple(target[k].shape))
+    if missing or unexpected or misshaped:
+        parts = [f"{title} ({len(keys)}): {', '.join(keys[:12])}"
+                 + (f" and {len(keys) - 12} more" if len(keys) > 12 else "")
+                 for title, keys in (("missing", missing), ("unexpected", unexpected),
+                                     ("wrong shape", misshaped)) if keys]
+        raise KeyMismatchError("The MLX model does not fit the torch mirror: " + "; ".join(parts))
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            target[name].copy_(tensor.to(target[name].dtype))
+
+
+__all__ = ["TORCH_MISSING", "require_torch", "pick_device", "torch_dtype", "to_torch",
+           "load_mlx_weights"]

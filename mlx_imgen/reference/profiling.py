@@ -1,0 +1,198 @@
+"""The torch side of `profile --reference torch`: the same workload, weights and sampling plan,
+timed like `mlx_imgen.profiling.profile_workload` and reported with the same record fields.
+
+Warm-up runs are excluded; on CUDA every step ends with `torch.cuda.synchronize` (on MPS with
+`torch.mps.synchronize`), so a step's time covers its kernels. Model calls are counted, not
+inferred from the plan.
+"""
+
+import os
+import platform
+import statistics
+import time
+
+from mlx_imgen.flops import plan_flops
+from mlx_imgen.profiling import Workload, _cpu_name, model_dtype, parameter_count
+
+from . import pick_device, require_torch
+from .backbone import from_mlx
+from .samplers import iterate
+
+torch = require_torch()
+
+PEAK_MEMORY_NOTE = "torch reports peak memory on CUDA only (torch.cuda.max_memory_allocated)"
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def device_info(device: str) -> dict:
+    """Framework, device, torch version and threads, for the reference record. `ld_preload`
+    matters on CPU: a BLAS preloaded for MLX also serves some of torch's matmuls, and its
+    thread pool competes with torch's."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+    elif device == "mps":
+        name = f"Apple GPU (MPS), {platform.machine()}"
+    else:
+        name = _cpu_name()
+    return {"framework": "torch", "device": device, "device_name": name,
+            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "ld_preload": os.environ.get("LD_PRELOAD") or None}
+
+
+def _run_once(model, work: Workload, labels, max_steps: int, seed: int, device: str,
+              decode=None) -> dict:
+    """One timed generation of the torch mirror; the loop stops after `max_steps` steps."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        conditioning = model.class_embed(labels)
+    _synchronize(device)
+    del conditioning
+    t1 = time.perf_counter()
+    kwargs = {"latent_shape": work.latent_shape} if work.latent_shape else {}
+    run = iterate(model, labels, work.plan, seed=seed, **kwargs)
+    step_times, last, start = [], None, t1
+    for i, last in enumerate(run):
+        _synchronize(device)
+        now = time.perf_counter()
+        step_times.append(now - start)
+        start = now
+        if i + 1 >= max_steps:
+            break
+    decode_s = 0.0
+    if decode is not None:
+        # as the MLX harness: decoding costs the same whatever the codes are, so a loop cut
+        # short still times the decode of a full-size batch
+        samples = last if work.latent_shape else torch.zeros(
+            (labels.shape[0], model.config.num_tokens), dtype=torch.long, device=labels.device)
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            decode(samples)
+        _synchronize(device)
+        decode_s = time.perf_counter() - t2
+    return {"conditioning_s": t1 - t0, "step_times": step_times, "decode_s": decode_s,
+            "forward_passes": run.forward_passes}
+
+
+def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
+                      step_budget_s: float | None = None, seed: int = 0,
+                      device: str | None = None, decode=None, torch_model=None,
+                      threads: int | None = None) -> dict:
+    """Measure the torch mirror of `work` at one batch size; fields as profile_workload's, plus
+    framework, device, device_name, torch_version, torch_threads and the counted passes.
+
+    `decode` is a torch callable from final codes or latents to images (for a VQ decoder,
+    `mlx_imgen.reference.vq.code_decoder`); without it the decode stage is not timed.
+    `torch_model`, the mirror already built on `device` (`backbone.from_mlx`), saves rebuilding
+    it for every batch size. `threads` sets torch's intra-op threads for this call only. A
+    batch that runs out of memory gives a record with status "out_of_memory" instead of raising.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
+    device = device or pick_device()
+    model = torch_model if torch_model is not None else from_mlx(work.model, device)
+    previous_threads = torch.get_num_threads()
+    if threads is None and device == "cpu" and "openblas" in os.environ.get("LD_PRELOAD", ""):
+        # The OpenBLAS preloaded for MLX also serves torch's matmuls with its own threads;
+        # torch's intra-op threads on top oversubscribe the cores (measured on the 2-core
+        # machine: an S-size forward took 1.8 s with 2 torch threads, 0.27 s with 1).
+        threads = 1
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(model, work, batch_size, trials, step_budget_s, seed, device, decode)
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not isinstance(err, torch.cuda.OutOfMemoryError) \
+                and "out of memory" not in str(err).lower():
+            raise
+        peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        return {**_identity(work, batch_size, decode), "status": "out_of_memory",
+                "error": str(err).split("\n")[0], "peak_memory_gb": peak,
+                **_peak_note(peak), **device_info(device)}
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _identity(work: Workload, batch_size: int, decode) -> dict:
+    plan = work.plan
+    flops = plan_flops(work.model.config, plan)
+    decode_flops = work.decode_flops_per_image if decode is not None else 0.0
+    return {
+        "model": work.name, "paradigm": work.paradigm, "size": work.size,
+        "parameters": parameter_count(work.model), "dtype": model_dtype(work.model),
+        "batch_size": batch_size, "steps": plan.steps,
+        "forward_passes_per_image": plan.forward_passes() * (2 if plan.cfg_scale != 1.0 else 1),
+        "cfg_scale": plan.cfg_scale,
+        "gflops_per_image": (flops.total + decode_flops) / 1e9,
+        "gflops_breakdown": {"transformer_linear": flops.linear / 1e9,
+                             "transformer_attention": flops.attention / 1e9,
+                             "decode": decode_flops / 1e9},
+        **work.extra,
+    }
+
+
+def _peak_note(peak) -> dict:
+    return {} if peak is not None else {"peak_memory_note": PEAK_MEMORY_NOTE}
+
+
+def _measure(model, work: Workload, batch_size: int, trials: int, step_budget_s, seed: int,
+             device: str, decode) -> dict:
+    plan = work.plan
+    total_steps = plan.steps
+    labels = torch.arange(batch_size, device=device) % model.config.num_classes
+    _run_once(model, work, labels, 1, seed, device, decode)  # warm-up, not reported
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if step_budget_s is None:
+        first = _run_once(model, work, labels, total_steps, seed, device, decode)
+    else:
+        probe = _run_once(model, work, labels, 1, seed, device, decode)
+        per_step = max(probe["step_times"][0], 1e-6)
+        steps = max(1, min(total_steps, int(step_budget_s / per_step)))
+        first = _run_once(model, work, labels, steps, seed, device, decode)
+    measured = len(first["step_times"])
+    runs = [first] + [_run_once(model, work, labels, measured, seed, device, decode)
+                      for _ in range(trials - 1)]
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
+    extrapolated = measured < total_steps
+    latencies, loops = [], []
+    for run in runs:
+        loop = sum(run["step_times"]) * total_steps / measured
+        loops.append(loop)
+        latencies.append(run["conditioning_s"] + loop + run["decode_s"])
+    latency = statistics.median(latencies)
+    record = _identity(work, batch_size, decode)
+    if not extrapolated:  # counted, not taken from the plan
+        guidance = 2 if plan.cfg_scale != 1.0 else 1
+        record["forward_passes_per_image"] = first["forward_passes"] * guidance
+    per_image = record["gflops_per_image"] * 1e9
+    loop = statistics.median(loops)
+    return {
+        **record, "status": "ok", "measured_steps": measured, "extrapolated": extrapolated,
+        "forward_passes_source": "plan (the timed loop was cut short)" if extrapolated
+        else "counted",
+        "forward_passes_counted": first["forward_passes"],
+        "latency_s": {"median": latency, "min": min(latencies), "max": max(latencies)},
+        "images_per_s": batch_size / latency,
+        "peak_memory_gb": peak, **_peak_note(peak),
+        "achieved_gflops_per_s": per_image * batch_size / latency / 1e9,
+        "stages_s": {
+            "conditioning": statistics.median(r["conditioning_s"] for r in runs),
+            "sampling": loop,
+            "per_step": loop / total_steps,
+            "per_token": loop / plan.num_tokens if work.paradigm == "next-token" else None,
+            "decode": statistics.median(r["decode_s"] for r in runs) if decode else None,
+        },
+        "trials": trials,
+        **device_info(device),
+    }
