@@ -91,6 +91,15 @@ def main() -> None:
     rep = report(results, settings=vars(args) | {"out": str(args.out)}, reference=reference)
     rep["blas"] = blas_table()
     rep["weight_memory"] = weight_memory(quant_size)
+    atomic_write_text(args.out / "bench.json", json.dumps(rep, indent=2) + "\n")
+    atomic_write_text(args.out / "bench.md", render(rep))
+    for path in write_plots(rep, args.out):
+        print(f"wrote {path}")
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+
+
+def render(rep: dict) -> str:
+    """bench.md: the profile tables, then the BLAS and quantized-weight sections."""
     text = markdown(rep, title="mlx-imgen bench")
     text += "\n## BLAS behind MLX's CPU backend (1024x1024 matmul)\n\n| setup | GFLOP/s |\n|---|---|\n"
     text += "".join(f"| {r['setup']} | {r['gflops']:.1f} |\n" for r in rep["blas"])
@@ -99,11 +108,7 @@ def main() -> None:
     text += "".join(f"| {r['paradigm']} | {r['size']} | {r['float16_mb']:.1f} | {r['8bit_mb']:.1f} "
                     f"({100 * r['8bit_share']:.0f}%) | {r['4bit_mb']:.1f} "
                     f"({100 * r['4bit_share']:.0f}%) |\n" for r in rep["weight_memory"])
-    atomic_write_text(args.out / "bench.json", json.dumps(rep, indent=2) + "\n")
-    atomic_write_text(args.out / "bench.md", text)
-    for path in write_plots(rep, args.out):
-        print(f"wrote {path}")
-    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    return text
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
         cfg = pipe.config
         yield Workload(name=name, model=pipe.transformer, plan=plan,
                        latent_shape=latent_shape(cfg) if cfg.input == "patches" else None,
-                       decode=pipe.decode_samples,
+                       decode=pipe.decode_samples, autoencoder=pipe.autoencoder,
                        decode_flops_per_image=pipe.decode_flops_per_image(),
                        extra={"random_weights": random_weights,
                               "quantization": pipe.index.get("quantization")})
@@ -133,8 +133,10 @@ def profile(
 
                         status.update(f"profiling {work.name} at batch {batch} in torch")
                         reference_results.append(profile_reference(
-                            work, batch, trials=trials, step_budget_s=step_budget or None))
-                work.model = work.decode = None  # free the weights before the next model
+                            work, batch, trials=trials, step_budget_s=step_budget or None,
+                            autoencoder=work.autoencoder))
+                # free the weights before the next model is built
+                work.model = work.decode = work.autoencoder = None
                 mx.clear_cache()
         rep = report(results, settings=settings, reference=reference_results)
         for table in rich_tables(rep):

@@ -21,6 +21,8 @@ def _series(report: dict) -> dict[str, list[dict]]:
     for r in report["results"]:
         if r.get("status") == "ok":
             label = f"{r['paradigm']} {r['size']}" if r["size"] else r["model"]
+            if isinstance(r.get("quantization"), dict):
+                label += f" {r['quantization']['bits']}-bit"
             series.setdefault(label, []).append(r)
     return {k: sorted(v, key=lambda r: r["batch_size"]) for k, v in series.items()}
 

@@ -45,6 +45,7 @@ class Workload:
     latent_shape: tuple | None = None                 # diffusion only
     decode: Callable[[mx.array], mx.array] | None = None
     decode_flops_per_image: float = 0.0
+    autoencoder: nn.Module | None = None              # lets the torch reference mirror decode
     extra: dict = field(default_factory=dict)
 
     @property
@@ -192,10 +193,11 @@ def _measure(work: Workload, batch_size: int, trials: int, step_budget_s: float 
     adaptive = hasattr(plan, "passes_used")
     # warm-up (allocations, kernel set-up; not reported). An adaptive solver learns its step
     # count only by finishing, so it warms up with a full run and is never extrapolated.
-    _run_once(work, labels, 1 << 30 if adaptive else 1, seed)
-    if adaptive:
-        step_budget_s = None
+    warm = _run_once(work, labels, 1 << 30 if adaptive else 1, seed)
     total_steps = plan.steps
+    if adaptive:
+        # the loop yields accepted steps only; plan.steps also counts rejected ones
+        step_budget_s, total_steps = None, len(warm["step_times"])
     _check_memory(memory_limit)
     mx.reset_peak_memory()
     first = _run_once(work, labels, total_steps, seed) if step_budget_s is None else None

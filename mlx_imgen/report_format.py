@@ -2,7 +2,7 @@
 
 from rich.table import Table
 
-COLUMNS = ["paradigm", "model", "quant", "params", "batch", "passes/img", "GFLOPs/img",
+COLUMNS = ["paradigm", "model", "quant", "params", "batch", "steps", "passes/img", "GFLOPs/img",
            "latency", "images/s", "peak mem", "GFLOP/s", "% peak"]
 REFERENCE_COLUMNS = ["paradigm", "model", "batch", "MLX loop", "torch loop", "torch device",
                      "torch/MLX", "passes/img (MLX, torch)"]
@@ -15,7 +15,7 @@ def _row(r: dict) -> list[str]:
     quant = r.get("quantization")
     head = [r["paradigm"], r["size"] or r["model"],
             f"{quant['bits']}-bit" if isinstance(quant, dict) else "-", f"{r['parameters'] / 1e6:.1f}M",
-            str(r["batch_size"]), str(r["forward_passes_per_image"]),
+            str(r["batch_size"]), str(r["steps"]), str(r["forward_passes_per_image"]),
             f"{r['gflops_per_image']:.1f}"]
     if r.get("status") != "ok":
         return head + ["out of memory", "-", f"{r['peak_memory_gb']:.2f} GB", "-", "-"]

@@ -37,7 +37,7 @@ def test_profile_json_has_every_field_for_all_three_paradigms(tmp_path):
     passes = {r["paradigm"]: r["forward_passes_per_image"] for r in report["results"]}
     assert passes == {"next-token": 512, "masked-token": 4, "diffusion": 4}
     text = md.read_text()
-    assert "extrapolated" in text and "| next-token | S | - |" in text
+    assert "extrapolated" in text and "| next-token | S | - | 34.3M | 1 | 256 | 512 |" in text
 
 
 @pytest.mark.parametrize("args, words", [

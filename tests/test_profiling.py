@@ -102,4 +102,29 @@ def test_cli_memory_limit_records_out_of_memory_and_keeps_going(tmp_path):
     assert result.exit_code == 0, result.output
     statuses = [r["status"] for r in json.loads(out.read_text())["results"]]
     assert statuses == ["ok", "out_of_memory", "ok"]
-    assert "| next-token | S | - | 34.3M | 64 | 512 | 29.4 | out of memory |" in md.read_text()
+    assert "| next-token | S | - | 34.3M | 64 | 256 | 512 | 29.4 | out of memory |" in md.read_text()
+
+
+def test_profile_puts_converted_next_token_and_masked_token_models_side_by_side(tmp_path):
+    from llamagen_files import TINY_CONFIG, save_gpt, save_vq, tiny_gpt, tiny_vq
+    from test_maskgit import CONFIG, save_checkpoint, tiny_model
+
+    runner = CliRunner()
+    vq = save_vq(tiny_vq(), tmp_path / "vq.pt")
+    for name, source, family, config in (
+            ("ar", save_gpt(tiny_gpt(), tmp_path / "gpt.pt"), "llamagen", TINY_CONFIG),
+            ("mask", save_checkpoint(tiny_model(), tmp_path / "m.pth"), "maskgit", CONFIG)):
+        result = runner.invoke(app, ["convert", str(source), "--family", family, "--config", config,
+                                     "--autoencoder", str(vq), "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "side.json"
+    result = runner.invoke(app, ["profile", str(tmp_path / "ar"), str(tmp_path / "mask"),
+                                 "--batch-sizes", "1,2", "--trials", "1", "--steps", "4",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    records = json.loads(out.read_text())["results"]
+    assert [(r["paradigm"], r["batch_size"]) for r in records] == [
+        ("next-token", 1), ("next-token", 2), ("masked-token", 1), ("masked-token", 2)]
+    for r in records:
+        assert r["stages_s"]["decode"] > 0 and r["gflops_breakdown"]["decode"] > 0
+        assert r["forward_passes_per_image"] == (32 if r["paradigm"] == "next-token" else 8)

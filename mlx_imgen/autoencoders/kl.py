@@ -10,6 +10,8 @@ import mlx.nn as nn
 
 from mlx_imgen.convert.keymap import Rule, conv_weight, map_keys
 
+from .layers import Downsample, Upsample
+
 
 @dataclass
 class KLConfig:
@@ -84,34 +86,13 @@ class Attention(nn.Module):
         return x + self.to_out[0](out).reshape(b, h, w, c)
 
 
-class Downsample2D(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        # padding only right and bottom puts the stride-2 grid on the top-left pixel
-        return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
-
-
-class Upsample2D(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        b, h, w, c = x.shape
-        x = mx.broadcast_to(x[:, :, None, :, None], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-        return self.conv(x)
-
-
 class DownEncoderBlock2D(nn.Module):
     def __init__(self, cfg: KLConfig, cin: int, cout: int, downsample: bool):
         super().__init__()
         self.resnets = [ResnetBlock2D(cfg, cin if i == 0 else cout, cout)
                         for i in range(cfg.layers_per_block)]
         if downsample:
-            self.downsamplers = [Downsample2D(cout)]
+            self.downsamplers = [Downsample(cout)]
 
     def __call__(self, x: mx.array) -> mx.array:
         for resnet in self.resnets:
@@ -126,7 +107,7 @@ class UpDecoderBlock2D(nn.Module):
         self.resnets = [ResnetBlock2D(cfg, cin if i == 0 else cout, cout)
                         for i in range(cfg.layers_per_block + 1)]
         if upsample:
-            self.upsamplers = [Upsample2D(cout)]
+            self.upsamplers = [Upsample(cout)]
 
     def __call__(self, x: mx.array) -> mx.array:
         for resnet in self.resnets:

@@ -10,6 +10,8 @@ import mlx.nn as nn
 
 from mlx_imgen.convert.keymap import Rule, conv_weight, map_keys
 
+from .layers import Downsample, Upsample
+
 
 @dataclass
 class VQConfig:
@@ -82,27 +84,6 @@ class AttnBlock(nn.Module):
         q, k, v = (proj(y).reshape(b, 1, h * w, c) for proj in (self.q, self.k, self.v))
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=c ** -0.5)
         return x + self.proj_out(out.reshape(b, h, w, c))
-
-
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        # upstream pads only right and bottom, so the stride-2 grid starts at the top-left pixel
-        return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        b, h, w, c = x.shape
-        x = mx.broadcast_to(x[:, :, None, :, None], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-        return self.conv(x)
 
 
 class ConvBlock(nn.Module):

@@ -1,5 +1,6 @@
-"""Optional PyTorch mirror of the backbone, the samplers and the VQ decoder: parity tests and the
-CUDA/MPS/CPU reference path of `mlx-imgen profile --reference torch`.
+"""Optional PyTorch mirror of the backbone, every paradigm's sampling loop and the VQ and KL
+autoencoders: parity tests and the CUDA/MPS/CPU reference path of `mlx-imgen profile --reference
+torch`.
 
 Importing this package does not import torch; its submodules do, through `require_torch`.
 """

@@ -1,22 +1,26 @@
-"""The torch side of `profile --reference torch`: the same workload, weights and sampling plan,
-timed like `mlx_imgen.profiling.profile_workload` and reported with the same record fields.
+"""The torch side of `profile --reference torch`: the same workload, weights and sampling plan
+(and for diffusion MLX's noise), timed like `mlx_imgen.profiling.profile_workload` and reported
+with the same record fields.
 
 Warm-up runs are excluded; on CUDA every step ends with `torch.cuda.synchronize` (on MPS with
 `torch.mps.synchronize`), so a step's time covers its kernels. Model calls are counted, not
 inferred from the plan.
 """
 
+import dataclasses
 import os
 import platform
 import statistics
 import time
+from typing import Callable
 
 from mlx_imgen.flops import plan_flops
+from mlx_imgen.paradigms import Dopri5Plan, GaussianPlan, SDEPlan
 from mlx_imgen.profiling import Workload, _cpu_name, model_dtype, parameter_count
 
 from . import pick_device, require_torch
 from .backbone import from_mlx
-from .samplers import iterate
+from .samplers import iterate, replay_mlx_noise
 
 torch = require_torch()
 
@@ -48,13 +52,14 @@ def device_info(device: str) -> dict:
 def _run_once(model, work: Workload, labels, max_steps: int, seed: int, device: str,
               decode=None) -> dict:
     """One timed generation of the torch mirror; the loop stops after `max_steps` steps."""
+    kwargs = _mlx_noise(work.plan, seed, (labels.shape[0], *work.latent_shape), device) \
+        if work.latent_shape else {}
     t0 = time.perf_counter()
     with torch.inference_mode():
         conditioning = model.class_embed(labels)
     _synchronize(device)
     del conditioning
     t1 = time.perf_counter()
-    kwargs = {"latent_shape": work.latent_shape} if work.latent_shape else {}
     run = iterate(model, labels, work.plan, seed=seed, **kwargs)
     step_times, last, start = [], None, t1
     for i, last in enumerate(run):
@@ -76,18 +81,54 @@ def _run_once(model, work: Workload, labels, max_steps: int, seed: int, device: 
         _synchronize(device)
         decode_s = time.perf_counter() - t2
     return {"conditioning_s": t1 - t0, "step_times": step_times, "decode_s": decode_s,
-            "forward_passes": run.forward_passes}
+            "forward_passes": run.forward_passes, "steps_taken": run.steps_taken}
+
+
+def _mlx_noise(plan, seed: int, shape: tuple, device: str) -> dict:
+    """The initial and step noise of the MLX run with this seed, drawn before the clock
+    starts: the torch run then does the MLX run's work (an adaptive solver's step count
+    depends on where it starts)."""
+    noise, step_noise = replay_mlx_noise(plan, seed, shape)
+    kwargs = {"noise": noise.to(device)}
+    stochastic = isinstance(plan, SDEPlan) or (
+        isinstance(plan, GaussianPlan) and (plan.sampler == "ddpm" or plan.eta > 0))
+    if stochastic:
+        kwargs["step_noise"] = [step_noise(i, shape) for i in range(plan.steps)]
+    return kwargs
+
+
+def torch_decoder(autoencoder, kind: str | None = None, device: str | None = None,
+                  grid: tuple[int, int] | None = None) -> Callable:
+    """The torch decode of an MLX autoencoder, built from its configuration and weights on
+    `device`: a VQ model's `vq.code_decoder` (codes -> images, `grid` (h, w) for flat codes)
+    or a KL-VAE's `kl.latent_decoder` (scaled latents -> images). `kind` is "vq" or "kl"; left
+    out, the module's type tells."""
+    if kind is None:
+        from mlx_imgen.autoencoders import AUTOENCODERS
+        kind = next((name for name, known in AUTOENCODERS.items()
+                     if isinstance(autoencoder, known.model)), None)
+    if kind == "vq":
+        from . import vq
+        return vq.code_decoder(vq.from_mlx(autoencoder, device), grid)
+    if kind == "kl":
+        from . import kl
+        return kl.latent_decoder(kl.from_mlx(autoencoder, device))
+    raise ValueError(f"no torch decoder for autoencoder kind {kind!r} "
+                     f"({type(autoencoder).__name__}); use 'vq' or 'kl'")
 
 
 def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
                       step_budget_s: float | None = None, seed: int = 0,
                       device: str | None = None, decode=None, torch_model=None,
-                      threads: int | None = None) -> dict:
+                      threads: int | None = None, autoencoder=None,
+                      autoencoder_kind: str | None = None) -> dict:
     """Measure the torch mirror of `work` at one batch size; fields as profile_workload's, plus
     framework, device, device_name, torch_version, torch_threads and the counted passes.
 
     `decode` is a torch callable from final codes or latents to images (for a VQ decoder,
-    `mlx_imgen.reference.vq.code_decoder`); without it the decode stage is not timed.
+    `mlx_imgen.reference.vq.code_decoder`); or `autoencoder`, the MLX VQ model or KL-VAE that
+    the workload decodes with (`autoencoder_kind` "vq" or "kl", else read from its type), has
+    one built by `torch_decoder`. Without either the decode stage is not timed.
     `torch_model`, the mirror already built on `device` (`backbone.from_mlx`), saves rebuilding
     it for every batch size. `threads` sets torch's intra-op threads for this call only. A
     batch that runs out of memory gives a record with status "out_of_memory" instead of raising.
@@ -97,6 +138,11 @@ def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
     device = device or pick_device()
+    if autoencoder is not None:
+        if decode is not None:
+            raise ValueError("pass decode or autoencoder, not both")
+        grid = None if work.latent_shape else (work.model.config.grid_size,) * 2
+        decode = torch_decoder(autoencoder, autoencoder_kind, device, grid)
     model = torch_model if torch_model is not None else from_mlx(work.model, device)
     previous_threads = torch.get_num_threads()
     if threads is None and device == "cpu" and "openblas" in os.environ.get("LD_PRELOAD", ""):
@@ -123,8 +169,8 @@ def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
         torch.set_num_threads(previous_threads)
 
 
-def _identity(work: Workload, batch_size: int, decode) -> dict:
-    plan = work.plan
+def _identity(work: Workload, batch_size: int, decode, plan=None) -> dict:
+    plan = plan or work.plan
     flops = plan_flops(work.model.config, plan)
     decode_flops = work.decode_flops_per_image if decode is not None else 0.0
     return {
@@ -148,9 +194,14 @@ def _peak_note(peak) -> dict:
 def _measure(model, work: Workload, batch_size: int, trials: int, step_budget_s, seed: int,
              device: str, decode) -> dict:
     plan = work.plan
-    total_steps = plan.steps
     labels = torch.arange(batch_size, device=device) % model.config.num_classes
-    _run_once(model, work, labels, 1, seed, device, decode)  # warm-up, not reported
+    # an adaptive solver learns its step count only by finishing: it warms up with a full run
+    # and is never cut short
+    adaptive = isinstance(plan, Dopri5Plan)
+    total_steps = 1 << 30 if adaptive else plan.steps
+    _run_once(model, work, labels, total_steps if adaptive else 1, seed, device, decode)  # warm-up
+    if adaptive:
+        step_budget_s = None
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if step_budget_s is None:
@@ -161,6 +212,11 @@ def _measure(model, work: Workload, batch_size: int, trials: int, step_budget_s,
         steps = max(1, min(total_steps, int(step_budget_s / per_step)))
         first = _run_once(model, work, labels, steps, seed, device, decode)
     measured = len(first["step_times"])
+    if adaptive:  # the counts of this run, not of the MLX run the plan recorded; each yield
+        # is an accepted step, so the loop time is measured in full
+        plan = dataclasses.replace(plan, steps_taken=first["steps_taken"],
+                                   passes_used=first["forward_passes"])
+        total_steps = measured
     runs = [first] + [_run_once(model, work, labels, measured, seed, device, decode)
                       for _ in range(trials - 1)]
     peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
@@ -171,7 +227,7 @@ def _measure(model, work: Workload, batch_size: int, trials: int, step_budget_s,
         loops.append(loop)
         latencies.append(run["conditioning_s"] + loop + run["decode_s"])
     latency = statistics.median(latencies)
-    record = _identity(work, batch_size, decode)
+    record = _identity(work, batch_size, decode, plan)
     if not extrapolated:  # counted, not taken from the plan
         guidance = 2 if plan.cfg_scale != 1.0 else 1
         record["forward_passes_per_image"] = first["forward_passes"] * guidance
@@ -189,7 +245,7 @@ def _measure(model, work: Workload, batch_size: int, trials: int, step_budget_s,
         "stages_s": {
             "conditioning": statistics.median(r["conditioning_s"] for r in runs),
             "sampling": loop,
-            "per_step": loop / total_steps,
+            "per_step": loop / max(plan.steps, 1),
             "per_token": loop / plan.num_tokens if work.paradigm == "next-token" else None,
             "decode": statistics.median(r["decode_s"] for r in runs) if decode else None,
         },

@@ -1,11 +1,11 @@
-"""Torch versions of the three sampling loops, for the generic plans of `mlx_imgen.paradigms`.
+"""Torch versions of the sampling loops, for every plan of `mlx_imgen.paradigms`.
 
 Each `iterate_*` returns a `Sampling`: an iterator that yields after every step, as the MLX
 iterators do, and counts in `forward_passes` the model calls it ran (one call evaluates the
 conditional and the null batch together under CFG). Random draws come from a torch.Generator
-and differ from MLX's; greedy decoding, explicit initial noise and (masked-token) MLX's draws
-passed in as `draws` give MLX's results. A plan option the loops do not mirror is refused
-unless it is at its default.
+and differ from MLX's; greedy decoding, explicit initial noise and MLX's draws passed in
+(masked-token `draws`, diffusion `step_noise`, see `replay_mlx_noise`) give MLX's results. A
+plan option the loops do not mirror is refused unless it is at its default.
 """
 
 import math
@@ -14,8 +14,11 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from mlx_imgen.paradigms import FlowPlan, MaskedTokenPlan, NextTokenPlan
-from mlx_imgen.paradigms.diffusion import flow_times
+from mlx_imgen.paradigms import (Dopri5Plan, FlowPlan, GaussianPlan, MaskedTokenPlan,
+                                 NextTokenPlan, SDEPlan)
+from mlx_imgen.paradigms.diffusion import (DP_ERROR, DP_MID, DP_TIMES, DP_WEIGHTS,
+                                           GaussianSchedule, _next_step, diffusion_coefficient,
+                                           flow_times, sde_times, seed_keys)
 from mlx_imgen.paradigms.masked_token import halton_order, revealed_counts
 
 from . import require_torch
@@ -24,11 +27,13 @@ torch = require_torch()
 
 
 class Sampling:
-    """Iterates a sampler's steps; `forward_passes` counts the model calls run so far."""
+    """Iterates a sampler's steps; `forward_passes` counts the model calls run so far and, for
+    the adaptive dopri5, `steps_taken` its accepted and rejected steps."""
 
     def __init__(self, model, loop: Callable):
         self.model = model
         self.forward_passes = 0
+        self.steps_taken: int | None = None
         self._steps = loop(self._forward)
 
     def _forward(self, *args, **kwargs):
@@ -270,6 +275,95 @@ def iterate_masked_token(model, labels, plan: MaskedTokenPlan, *, seed: int | No
     return Sampling(model, loop)
 
 
+# ---------------------------------------------------------------- diffusion: shared
+
+StepNoise = Callable[[int, tuple], object]  # (step index, shape) -> a tensor or an array
+
+
+def guided_prediction(forward, cond, cfg_scale: float, time_scale: float = 1.0,
+                      keep_channels: int | None = None, guided_channels: int | None = None, *,
+                      upstream_batch: bool = False):
+    """diffusion.guided_prediction in torch: `cond` already holds the null labels under CFG.
+
+    CFG mixes the leading `guided_channels`; the other kept channels come from the
+    conditional pass, or with `upstream_batch` (x = [x, x'], dopri5's state) the conditional
+    pass in the first half and the unconditional one in the second.
+    """
+    use_cfg = cfg_scale != 1.0
+
+    def predict(x, t: float):
+        first = x[: x.shape[0] // 2] if upstream_batch else x
+        inputs = doubled(first) if use_cfg else first
+        timesteps = torch.full((inputs.shape[0],), t * time_scale, dtype=torch.float32,
+                               device=x.device)
+        out = forward(inputs, cond, timesteps)[..., :keep_channels or x.shape[-1]]
+        if not use_cfg:
+            return out.to(x.dtype)
+        g = guided_channels or x.shape[-1]
+        mixed = guide(out[..., :g], cfg_scale)
+        if g >= out.shape[-1]:
+            return (doubled(mixed) if upstream_batch else mixed).to(x.dtype)
+        cond_rest, uncond_rest = out[..., g:].chunk(2, dim=0)
+        result = torch.cat([mixed, cond_rest], dim=-1)
+        if upstream_batch:
+            result = torch.cat([result, torch.cat([mixed, uncond_rest], dim=-1)])
+        return result.to(x.dtype)
+
+    return predict
+
+
+class _Start(NamedTuple):
+    cond: "torch.Tensor"       # labels, with the null labels appended under CFG
+    x: "torch.Tensor"          # the initial latents (B, H, W, C), float32
+    draw: Callable             # (step index, shape) -> that step's standard normal noise
+
+
+def _start(model, labels, cfg_scale: float, noise, seed, latent_shape, step_noise) -> _Start:
+    """Labels, initial latents and step noise of a diffusion run. Without `noise` the start is
+    drawn from a generator seeded with `seed`; without `step_noise` so are the steps'."""
+    device = _device(model)
+    given = _labels(labels, device)
+    cond = with_null(given, model.null_class) if cfg_scale != 1.0 else given
+    generator = _generator(device, seed)
+    if noise is None:
+        if latent_shape is None:
+            raise ValueError("pass the initial noise or the latent shape to draw it in")
+        x = torch.randn((given.shape[0], *latent_shape), generator=generator, device=device)
+    else:
+        x = _tensor(noise, device).to(torch.float32)
+        if x.shape[0] != given.shape[0]:
+            raise ValueError(f"the noise holds {x.shape[0]} latents for {given.shape[0]} labels")
+
+    def draw(i: int, shape: tuple):
+        if step_noise is None:
+            return torch.randn(shape, generator=generator, device=device)
+        value = step_noise(i, shape) if callable(step_noise) else step_noise[i]
+        value = _tensor(value, device).to(torch.float32)
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"step {i}'s noise has shape {tuple(value.shape)}, the latents "
+                             f"{tuple(shape)}")
+        return value
+
+    return _Start(cond, x, draw)
+
+
+def replay_mlx_noise(plan, seed: int | None, shape: tuple):
+    """The initial noise and the step noise that MLX's diffusion sampler draws for `seed` and
+    latents of `shape` (B, H, W, C) (see `diffusion.seed_keys`), as torch tensors: passed as
+    `noise=` and `step_noise=`, they make a torch run replay that MLX run's random numbers."""
+    import mlx.core as mx
+
+    from . import to_torch
+    steps = plan.steps if isinstance(plan, (SDEPlan, GaussianPlan)) else 1
+    key, keys = seed_keys(seed, steps)
+    initial = to_torch(mx.random.normal(shape, key=key))
+
+    def step_noise(i: int, step_shape: tuple):
+        return to_torch(mx.random.normal(step_shape, key=keys[i]))
+
+    return initial, step_noise
+
+
 # ---------------------------------------------------------------- flow matching
 
 def iterate_flow(model, labels, plan: FlowPlan, *, noise=None, seed: int | None = None,
@@ -282,32 +376,10 @@ def iterate_flow(model, labels, plan: FlowPlan, *, noise=None, seed: int | None 
                                  "guided_channels"))
 
     def loop(forward) -> Iterator:
-        device = _device(model)
-        given = _labels(labels, device)
-        use_cfg = plan.cfg_scale != 1.0
-        cond = with_null(given, model.null_class) if use_cfg else given
-        if noise is None:
-            x = torch.randn((given.shape[0], *latent_shape), generator=_generator(device, seed),
-                            device=device)
-        else:
-            x = noise if isinstance(noise, torch.Tensor) else torch.from_numpy(np.array(noise))
-            x = x.to(device=device, dtype=torch.float32)
-        channels = x.shape[-1]
-        guided = plan.guided_channels or channels
-
-        def velocity(x, t: float):
-            inputs = doubled(x) if use_cfg else x
-            timesteps = torch.full((inputs.shape[0],), t * plan.time_scale, dtype=torch.float32,
-                                   device=device)
-            out = forward(inputs, cond, timesteps)[..., :channels]
-            if not use_cfg:
-                return out.to(x.dtype)
-            # CFG mixes the leading `guided` channels; the others come from the conditional pass
-            mixed = guide(out[..., :guided], plan.cfg_scale)
-            if guided < channels:
-                mixed = torch.cat([mixed, out[..., guided:].chunk(2, dim=0)[0]], dim=-1)
-            return mixed.to(x.dtype)
-
+        start = _start(model, labels, plan.cfg_scale, noise, seed, latent_shape, None)
+        x = start.x
+        velocity = guided_prediction(forward, start.cond, plan.cfg_scale, plan.time_scale,
+                                     x.shape[-1], plan.guided_channels)
         times = [float(t) for t in flow_times(plan.steps, plan.shift, plan.t_noise)]
         for t, t_next in zip(times[:-1], times[1:]):
             dt = t_next - t
@@ -323,14 +395,246 @@ def iterate_flow(model, labels, plan: FlowPlan, *, noise=None, seed: int | None 
     return Sampling(model, loop)
 
 
+# ---------------------------------------------------------------- adaptive Dormand-Prince 5(4)
+
+def _rms(x) -> float:
+    return float(torch.sqrt(torch.mean(torch.square(x.to(torch.float32)))))
+
+
+def _combine(x, dt: float, weights, ks):
+    total = None
+    for w, k in zip(weights, ks):
+        if w:
+            total = w * k if total is None else total + w * k
+    return x + dt * total
+
+
+def _initial_step(f, y0, f0, t0: float, atol: float, rtol: float, order: int = 4) -> float:
+    scale = atol + torch.abs(y0) * rtol
+    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    f1 = f(y0 + h0 * f0, t0 + h0)
+    d2 = _rms((f1 - f0) / scale) / h0
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100 * h0, h1)
+
+
+def _interpolate(y0, y1, mid, f0, f1, dt: float, x: float):
+    a = 2 * dt * (f1 - f0) - 8 * (y1 + y0) + 16 * mid
+    b = dt * (5 * f0 - 3 * f1) + 18 * y0 + 14 * y1 - 32 * mid
+    c = dt * (f1 - 4 * f0) - 11 * y0 - 5 * y1 + 16 * mid
+    d = dt * f0
+    return y0 + x * (d + x * (c + x * (b + x * a)))
+
+
+def dopri5(f, y, t0: float = 0.0, t1: float = 1.0, *, atol: float = 1e-6, rtol: float = 1e-3,
+           max_steps: int = 1000, stats: dict | None = None) -> Iterator:
+    """diffusion.dopri5 in torch, with its tableau and step-size control: yields (y, t) after
+    each accepted step, the last one y(t1) from the dense output; `stats` gets "steps"
+    (accepted and rejected) and "evals" (calls of f)."""
+    stats = {} if stats is None else stats
+    stats.update(steps=0, evals=0)
+
+    def call(state, t):
+        stats["evals"] += 1
+        return f(state, t)
+
+    with torch.inference_mode():
+        k1 = call(y, t0)
+        dt = _initial_step(call, y, k1, t0, atol, rtol)
+    t = t0
+    while True:
+        if stats["steps"] >= max_steps:
+            raise ValueError(f"dopri5 took {max_steps} steps without reaching t={t1} (at "
+                             f"t={t:.4f}); raise max_steps or loosen atol/rtol")
+        with torch.inference_mode():
+            ks = [k1]
+            for c, weights in zip(DP_TIMES, DP_WEIGHTS):
+                stage = _combine(y, dt, weights, ks)
+                ks.append(call(stage, t + dt if c == 1.0 else t + c * dt))
+            y_next, k7 = stage, ks[-1]
+            error = _combine(torch.zeros_like(y), dt, DP_ERROR, ks)
+            tolerance = atol + rtol * torch.maximum(torch.abs(y), torch.abs(y_next))
+            ratio = _rms(error / tolerance)
+            stats["steps"] += 1
+            last = ratio <= 1 and t + dt >= t1
+            if last:
+                mid = _combine(y, dt, DP_MID, ks)
+                final = _interpolate(y, y_next, mid, k1, k7, dt, (t1 - t) / dt)
+        if last:
+            yield final, t1
+            return
+        if ratio <= 1:
+            y, k1, t = y_next, k7, t + dt
+            yield y, t
+        dt = _next_step(dt, ratio)
+
+
+DOPRI5_OPTIONS = ("cfg_scale", "atol", "rtol", "max_steps", "time_scale", "t_noise",
+                  "guided_channels", "steps_taken", "passes_used")
+
+
+def iterate_dopri5(model, labels, plan: Dopri5Plan, *, noise=None, seed: int | None = None,
+                   latent_shape: tuple[int, int, int] | None = None) -> Sampling:
+    """Yields latents (B, H, W, C) after each accepted step, as diffusion.iterate, with the
+    plan's tolerances. The plan is left as it is: the run counts its own model calls in
+    `forward_passes` and its accepted and rejected steps in `steps_taken`. Under CFG the
+    solver's state is [x, x'] as upstream SiT's, so the error norm spans both halves."""
+    _check_plan(plan, Dopri5Plan, DOPRI5_OPTIONS)
+
+    def loop(forward) -> Iterator:
+        start = _start(model, labels, plan.cfg_scale, noise, seed, latent_shape, None)
+        batch, mirror = start.x.shape[0], plan.cfg_scale != 1.0
+        predict = guided_prediction(forward, start.cond, plan.cfg_scale, plan.time_scale,
+                                    start.x.shape[-1], plan.guided_channels,
+                                    upstream_batch=mirror)
+        if plan.t_noise == 0.0:
+            f = predict
+        else:  # integrate s = 1 - t upwards, so the solver always moves forward in time
+            def f(y, s):
+                return -predict(y, 1.0 - s)
+        stats = {}
+        for y, _ in dopri5(f, doubled(start.x) if mirror else start.x, 0.0, 1.0,
+                           atol=plan.atol, rtol=plan.rtol, max_steps=plan.max_steps,
+                           stats=stats):
+            run.steps_taken = stats["steps"]
+            yield y[:batch]
+        run.steps_taken = stats["steps"]
+
+    run = Sampling(model, loop)
+    return run
+
+
+# ---------------------------------------------------------------- SDE on the linear interpolant
+
+SDE_OPTIONS = ("steps", "cfg_scale", "diffusion", "diffusion_norm", "last_step", "time_scale",
+               "guided_channels")
+
+
+def iterate_sde(model, labels, plan: SDEPlan, *, noise=None, seed: int | None = None,
+                latent_shape: tuple[int, int, int] | None = None,
+                step_noise: StepNoise | None = None) -> Sampling:
+    """Yields latents after each Euler-Maruyama step and after the deterministic last step,
+    as diffusion.iterate. `step_noise(i, shape)` (or a sequence) gives step i's standard
+    normal draw, e.g. MLX's from `replay_mlx_noise`; else the generator of `seed` draws it."""
+    _check_plan(plan, SDEPlan, SDE_OPTIONS)
+
+    def loop(forward) -> Iterator:
+        start = _start(model, labels, plan.cfg_scale, noise, seed, latent_shape, step_noise)
+        x = start.x
+        velocity = guided_prediction(forward, start.cond, plan.cfg_scale, plan.time_scale,
+                                     x.shape[-1], plan.guided_channels)
+
+        def drift(x, t: float):
+            v = velocity(x, t)
+            w = diffusion_coefficient(plan.diffusion, t, plan.diffusion_norm)
+            # the linear path's score from its velocity: (t v - x) / (1 - t)
+            return v + w * ((t * v - x) / (1 - t)), w
+
+        times = [float(t) for t in sde_times(plan.steps, plan.last_step)]
+        dt = times[1] - times[0] if len(times) > 1 else 0.0
+        for i, t in enumerate(times[:-1]):
+            with torch.inference_mode():
+                b, w = drift(x, t)
+                dw = start.draw(i, tuple(x.shape)) * math.sqrt(dt)
+                x = x + b * dt + math.sqrt(2 * w) * dw
+            yield x
+        with torch.inference_mode():
+            b, _ = drift(x, 1.0 - plan.last_step)
+            x = x + b * plan.last_step
+        yield x
+
+    return Sampling(model, loop)
+
+
+# ---------------------------------------------------------------- discrete Gaussian diffusion
+
+def ddpm_step(schedule: GaussianSchedule, j: int, x, out, noise, variance: str = "learned-range"):
+    """diffusion.ddpm_step in torch: one ancestral step from respaced step j to j - 1."""
+    c = x.shape[-1]
+    x0 = schedule.predict_x0(j, x, out[..., :c])
+    mean = float(schedule.mean_coef_x0[j]) * x0 + float(schedule.mean_coef_xt[j]) * x
+    if j == 0:
+        return mean
+    if variance == "learned-range":
+        # the model interpolates, in log space, between the posterior variance and beta
+        frac = (out[..., c:2 * c] + 1) / 2
+        log_var = frac * float(np.log(schedule.betas[j])) + \
+            (1 - frac) * float(schedule.log_variance_small[j])
+    else:
+        table = schedule.log_variance_large if variance == "fixed-large" \
+            else schedule.log_variance_small
+        log_var = torch.tensor(float(table[j]), dtype=x.dtype, device=x.device)
+    return mean + torch.exp(0.5 * log_var) * noise
+
+
+def ddim_step(schedule: GaussianSchedule, j: int, x, out, noise, eta: float = 0.0):
+    """diffusion.ddim_step in torch: deterministic at eta 0."""
+    c = x.shape[-1]
+    x0 = schedule.predict_x0(j, x, out[..., :c])
+    # epsilon re-derived from x0, as upstream does
+    eps = (float(schedule.sqrt_recip_ab[j]) * x - x0) / float(schedule.sqrt_recipm1_ab[j])
+    ab, ab_prev = schedule.alphas_cumprod[j], schedule.alphas_cumprod_prev[j]
+    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
+    x = float(math.sqrt(ab_prev)) * x0 + float(math.sqrt(1 - ab_prev - sigma ** 2)) * eps
+    if j == 0 or sigma == 0:
+        return x
+    return x + sigma * noise
+
+
+GAUSSIAN_OPTIONS = ("steps", "sampler", "cfg_scale", "eta", "variance", "guided_channels",
+                    "train_steps")
+
+
+def iterate_gaussian(model, labels, plan: GaussianPlan, *, noise=None, seed: int | None = None,
+                     latent_shape: tuple[int, int, int] | None = None,
+                     step_noise: StepNoise | None = None) -> Sampling:
+    """Yields latents after each DDPM or DDIM step on the respaced timesteps, as
+    diffusion.iterate; the model sees the original integer timesteps. Step i's noise (where
+    the sampler adds any) comes from `step_noise(i, shape)`, as in `iterate_sde`."""
+    _check_plan(plan, GaussianPlan, GAUSSIAN_OPTIONS)
+
+    def loop(forward) -> Iterator:
+        start = _start(model, labels, plan.cfg_scale, noise, seed, latent_shape, step_noise)
+        x = start.x
+        schedule = GaussianSchedule(plan.train_steps, plan.steps)
+        c = x.shape[-1]
+        learned = plan.variance == "learned-range"
+        predict = guided_prediction(forward, start.cond, plan.cfg_scale, 1.0,
+                                    2 * c if learned else c, plan.guided_channels)
+        stochastic = plan.sampler == "ddpm" or plan.eta > 0
+        for i, j in enumerate(reversed(range(len(schedule)))):
+            with torch.inference_mode():
+                out = predict(x, float(schedule.timesteps[j]))
+                if learned and out.shape[-1] < 2 * c:
+                    raise ValueError(f"a learned-range variance needs {2 * c} output channels; "
+                                     f"the model gives {out.shape[-1]}")
+                step = start.draw(i, tuple(x.shape)) if stochastic and j > 0 else None
+                if plan.sampler == "ddpm":
+                    x = ddpm_step(schedule, j, x, out, step, plan.variance)
+                else:
+                    x = ddim_step(schedule, j, x, out, step, plan.eta)
+            yield x
+
+    return Sampling(model, loop)
+
+
+DIFFUSION_LOOPS = {FlowPlan: iterate_flow, Dopri5Plan: iterate_dopri5, SDEPlan: iterate_sde,
+                   GaussianPlan: iterate_gaussian}
+
+
 def iterate(model, labels, plan, *, seed: int | None = None, **kwargs) -> Sampling:
     """The torch step iterator of the paradigm that `plan` belongs to."""
     if isinstance(plan, NextTokenPlan):
         return iterate_next_token(model, labels, plan, seed=seed)
     if isinstance(plan, MaskedTokenPlan):
         return iterate_masked_token(model, labels, plan, seed=seed, **kwargs)
-    if isinstance(plan, FlowPlan):
-        return iterate_flow(model, labels, plan, seed=seed, **kwargs)
+    for plan_type, loop in DIFFUSION_LOOPS.items():
+        if isinstance(plan, plan_type):
+            return loop(model, labels, plan, seed=seed, **kwargs)
     raise TypeError(f"no torch sampler for plan {type(plan).__name__}")
 
 
