@@ -208,30 +208,34 @@ def _measure(work: Workload, batch_size: int, trials: int, step_budget_s: float 
     runs = [first] + [_run_once(work, labels, measured, seed) for _ in range(trials - 1)]
     _check_memory(memory_limit)
     peak = mx.get_peak_memory()
-    extrapolated = measured < total_steps
-    latencies, loops = [], []
-    for run in runs:
-        loop = sum(run["step_times"]) * total_steps / measured
-        loops.append(loop)
-        latencies.append(run["conditioning_s"] + loop + run["decode_s"])
-    latency = statistics.median(latencies)
     record = _identity(work, batch_size)
-    per_image = record["gflops_per_image"] * 1e9
-    loop = statistics.median(loops)
+    timing = summarize_runs(runs, total_steps, batch_size, record["gflops_per_image"],
+                            num_tokens=plan.num_tokens if work.paradigm == "next-token" else None,
+                            has_decode=work.decode is not None)
+    return {**record, "status": "ok", **timing, "peak_memory_gb": peak / 1e9, "trials": trials}
+
+
+def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_per_image: float,
+                   *, num_tokens: int | None = None, has_decode: bool = False) -> dict:
+    """Latency (median, min, max), throughput, achieved FLOP/s and stage times of timed runs
+    (each with conditioning_s, step_times, decode_s); a loop timed over fewer steps than
+    `total_steps` is scaled to the full plan and marked as extrapolated."""
+    measured = len(runs[0]["step_times"])
+    loops = [sum(r["step_times"]) * total_steps / measured for r in runs]
+    latencies = [r["conditioning_s"] + loop + r["decode_s"] for r, loop in zip(runs, loops)]
+    latency, loop = statistics.median(latencies), statistics.median(loops)
     return {
-        **record, "status": "ok", "measured_steps": measured, "extrapolated": extrapolated,
+        "measured_steps": measured, "extrapolated": measured < total_steps,
         "latency_s": {"median": latency, "min": min(latencies), "max": max(latencies)},
         "images_per_s": batch_size / latency,
-        "peak_memory_gb": peak / 1e9,
-        "achieved_gflops_per_s": per_image * batch_size / latency / 1e9,
+        "achieved_gflops_per_s": gflops_per_image * batch_size / latency,
         "stages_s": {
             "conditioning": statistics.median(r["conditioning_s"] for r in runs),
             "sampling": loop,
             "per_step": loop / total_steps,
-            "per_token": loop / plan.num_tokens if work.paradigm == "next-token" else None,
-            "decode": statistics.median(r["decode_s"] for r in runs) if work.decode else None,
+            "per_token": loop / num_tokens if num_tokens else None,
+            "decode": statistics.median(r["decode_s"] for r in runs) if has_decode else None,
         },
-        "trials": trials,
     }
 
 

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from conftest import build, tiny_config
-from mlx_imgen.backbone import BackboneConfig
 from mlx_imgen.nn import rope_2d_table
 
 

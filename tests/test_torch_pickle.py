@@ -1,5 +1,4 @@
 import argparse
-import os
 import subprocess
 import sys
 import zipfile

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from mlx.utils import tree_flatten
 import mlx.core as mx
 
 from mlx_imgen.autoencoders.vq import (VQConfig, VQModel, decode_flops, encode_flops,

@@ -250,7 +250,8 @@ def _rms(x: mx.array) -> float:
     return float(mx.sqrt(mx.mean(mx.square(x.astype(mx.float32)))))
 
 
-def _combine(x: mx.array, dt: float, weights, ks) -> mx.array:
+def _combine(x, dt: float, weights, ks):
+    # plain arithmetic, so the PyTorch reference shares it
     total = None
     for w, k in zip(weights, ks):
         if w:
@@ -258,13 +259,15 @@ def _combine(x: mx.array, dt: float, weights, ks) -> mx.array:
     return x + dt * total
 
 
-def _initial_step(f, y0, f0, t0: float, atol: float, rtol: float, order: int = 4) -> float:
-    """Hairer, Norsett and Wanner's starting step (one extra evaluation), as torchdiffeq's."""
-    scale = atol + mx.abs(y0) * rtol
-    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+def _initial_step(f, y0, f0, t0: float, atol: float, rtol: float, order: int = 4,
+                  rms=_rms) -> float:
+    """Hairer, Norsett and Wanner's starting step (one extra evaluation), as torchdiffeq's.
+    `rms` is the framework's root mean square; the PyTorch reference passes its own."""
+    scale = atol + abs(y0) * rtol
+    d0, d1 = rms(y0 / scale), rms(f0 / scale)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     f1 = f(y0 + h0 * f0, t0 + h0)
-    d2 = _rms((f1 - f0) / scale) / h0
+    d2 = rms((f1 - f0) / scale) / h0
     if max(d1, d2) <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:

@@ -10,13 +10,13 @@ inferred from the plan.
 import dataclasses
 import os
 import platform
-import statistics
 import time
 from typing import Callable
 
 from mlx_imgen.flops import plan_flops
 from mlx_imgen.paradigms import Dopri5Plan, GaussianPlan, SDEPlan
-from mlx_imgen.profiling import Workload, _cpu_name, model_dtype, parameter_count
+from mlx_imgen.profiling import (Workload, _cpu_name, model_dtype, parameter_count,
+                                 summarize_runs)
 
 from . import pick_device, require_torch
 from .backbone import from_mlx
@@ -220,35 +220,19 @@ def _measure(model, work: Workload, batch_size: int, trials: int, step_budget_s,
     runs = [first] + [_run_once(model, work, labels, measured, seed, device, decode)
                       for _ in range(trials - 1)]
     peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
-    extrapolated = measured < total_steps
-    latencies, loops = [], []
-    for run in runs:
-        loop = sum(run["step_times"]) * total_steps / measured
-        loops.append(loop)
-        latencies.append(run["conditioning_s"] + loop + run["decode_s"])
-    latency = statistics.median(latencies)
     record = _identity(work, batch_size, decode, plan)
-    if not extrapolated:  # counted, not taken from the plan
+    timing = summarize_runs(runs, total_steps, batch_size, record["gflops_per_image"],
+                            num_tokens=plan.num_tokens if work.paradigm == "next-token" else None,
+                            has_decode=decode is not None)
+    if not timing["extrapolated"]:  # counted, not taken from the plan
         guidance = 2 if plan.cfg_scale != 1.0 else 1
         record["forward_passes_per_image"] = first["forward_passes"] * guidance
-    per_image = record["gflops_per_image"] * 1e9
-    loop = statistics.median(loops)
     return {
-        **record, "status": "ok", "measured_steps": measured, "extrapolated": extrapolated,
-        "forward_passes_source": "plan (the timed loop was cut short)" if extrapolated
+        **record, "status": "ok", **timing,
+        "forward_passes_source": "plan (the timed loop was cut short)" if timing["extrapolated"]
         else "counted",
         "forward_passes_counted": first["forward_passes"],
-        "latency_s": {"median": latency, "min": min(latencies), "max": max(latencies)},
-        "images_per_s": batch_size / latency,
         "peak_memory_gb": peak, **_peak_note(peak),
-        "achieved_gflops_per_s": per_image * batch_size / latency / 1e9,
-        "stages_s": {
-            "conditioning": statistics.median(r["conditioning_s"] for r in runs),
-            "sampling": loop,
-            "per_step": loop / max(plan.steps, 1),
-            "per_token": loop / plan.num_tokens if work.paradigm == "next-token" else None,
-            "decode": statistics.median(r["decode_s"] for r in runs) if decode else None,
-        },
         "trials": trials,
         **device_info(device),
     }

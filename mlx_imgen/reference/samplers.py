@@ -17,7 +17,8 @@ import numpy as np
 from mlx_imgen.paradigms import (Dopri5Plan, FlowPlan, GaussianPlan, MaskedTokenPlan,
                                  NextTokenPlan, SDEPlan)
 from mlx_imgen.paradigms.diffusion import (DP_ERROR, DP_MID, DP_TIMES, DP_WEIGHTS,
-                                           GaussianSchedule, _next_step, diffusion_coefficient,
+                                           GaussianSchedule, _combine, _initial_step,
+                                           _next_step, diffusion_coefficient,
                                            flow_times, sde_times, seed_keys)
 from mlx_imgen.paradigms.masked_token import halton_order, revealed_counts
 
@@ -401,27 +402,6 @@ def _rms(x) -> float:
     return float(torch.sqrt(torch.mean(torch.square(x.to(torch.float32)))))
 
 
-def _combine(x, dt: float, weights, ks):
-    total = None
-    for w, k in zip(weights, ks):
-        if w:
-            total = w * k if total is None else total + w * k
-    return x + dt * total
-
-
-def _initial_step(f, y0, f0, t0: float, atol: float, rtol: float, order: int = 4) -> float:
-    scale = atol + torch.abs(y0) * rtol
-    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    f1 = f(y0 + h0 * f0, t0 + h0)
-    d2 = _rms((f1 - f0) / scale) / h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100 * h0, h1)
-
-
 def _interpolate(y0, y1, mid, f0, f1, dt: float, x: float):
     a = 2 * dt * (f1 - f0) - 8 * (y1 + y0) + 16 * mid
     b = dt * (5 * f0 - 3 * f1) + 18 * y0 + 14 * y1 - 32 * mid
@@ -444,7 +424,7 @@ def dopri5(f, y, t0: float = 0.0, t1: float = 1.0, *, atol: float = 1e-6, rtol: 
 
     with torch.inference_mode():
         k1 = call(y, t0)
-        dt = _initial_step(call, y, k1, t0, atol, rtol)
+        dt = _initial_step(call, y, k1, t0, atol, rtol, rms=_rms)
     t = t0
     while True:
         if stats["steps"] >= max_steps:
