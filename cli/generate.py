@@ -79,9 +79,8 @@ def generate(
             raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
         if steps is not None and steps < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}")
-        labels = [c for c in (classes or []) for _ in range(n)] or \
-            [random.Random(seed).randrange(1000) for _ in range(n)]
-        paths = output_paths(output, len(labels), grid)
+        count = n * len(classes) if classes else n
+        paths = output_paths(output, count, grid)
         existing = [p for p in paths if p.exists()]
         if existing and not force:
             raise ValueError(f"{existing[0]} already exists; pass --force to overwrite it")
@@ -89,6 +88,9 @@ def generate(
             raise ValueError(f"folder {output.parent} does not exist; create it first")
         with console.status(f"loading {model}"):
             pipe = load(model, dtype=dtype, quantize=quantize, group_size=group_size)
+        # without --class, n classes drawn from the seed among the model's own
+        labels = [c for c in (classes or []) for _ in range(n)] or \
+            [random.Random(seed).randrange(pipe.config.num_classes) for _ in range(n)]
         pipe.check_classes(labels)
         overrides = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
                          steps=steps, sampler=sampler)

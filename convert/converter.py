@@ -11,12 +11,13 @@ from mlx.utils import tree_flatten
 from mlx_imgen import __version__, families
 from mlx_imgen.autoencoders import AUTOENCODERS
 from mlx_imgen.backbone import BackboneConfig, Transformer
-from mlx_imgen.quantize import check_settings, quantization_record, quantize_model
+from mlx_imgen.quantize import (apply_structure, check_settings, quantizable_layers,
+                                quantization_record, quantize_weight)
 from mlx_imgen.registry import (AUTOENCODER_SOURCES, CARDS, DEFAULT_AUTOENCODERS, ModelCard, Source,
                                 card_for_file, get_card)
 
 from .hub import fetch
-from .keymap import check_weights
+from .keymap import as_mlx, check_shapes, check_weights
 from .readers import CHECKPOINT_SUFFIXES, read_state_dict
 from .shards import load_weights
 from .writer import sha256_of, write_pipeline
@@ -72,14 +73,42 @@ def _check_family(family, state: dict, path: Path) -> None:
                          f"{', '.join(family.SIGNATURE)}, found keys like {found}")
 
 
-def _quantized(backbone, weights: dict, quantize: int | None, group_size: int):
-    """(weights, quantization record): the transformer's layers quantized when asked."""
+def stream_weights(backbone: BackboneConfig, sources: dict, dtype: str | None,
+                   quantize: int | None, group_size: int, what: str = "checkpoint"):
+    """(weights, quantization record) of the transformer, loaded one tensor at a time.
+
+    `sources` maps keys to tensors or to zero-argument callables that load them (a lazy key
+    map); it is emptied as it goes, so each float tensor is freed once it is cast to `dtype`
+    (None keeps it) and, for the layers quantize_model would quantize, quantized. The float
+    model and the quantized one never coexist. Shapes are checked strictly at the end.
+    """
+    model = Transformer(backbone)  # structure only: MLX initialises parameters lazily
+    expected = {k: v.shape for k, v in tree_flatten(model.parameters())}
+    record, layers = None, set()
+    if quantize:
+        record = quantization_record(quantize, group_size,
+                                     quantizable_layers(model, quantize, group_size))
+        layers = {f"{path}.weight" for path in record["modules"]}
+    weights, shapes = {}, {}
+    for key in list(sources):
+        array = as_mlx(sources.pop(key))
+        array = array.astype(DTYPES[dtype]) if dtype else array
+        shapes[key] = array.shape
+        if key in layers and array.shape == expected[key]:
+            parts = quantize_weight(array, quantize, group_size)
+            new = {key[: -len("weight")] + name: v for name, v in parts.items()}
+        else:
+            new = {key: array}
+        mx.eval(new)
+        weights.update(new)
+        del array, new
+    check_shapes(model, shapes, what)
     if not quantize:
         return weights, None
-    model = Transformer(backbone)
-    model.load_weights(list(weights.items()), strict=True)
-    modules = quantize_model(model, quantize, group_size)
-    return dict(tree_flatten(model.parameters())), quantization_record(quantize, group_size, modules)
+    apply_structure(model, record)
+    check_weights(model, weights, what)
+    # the order the in-memory quantized model lists its parameters in
+    return {k: weights[k] for k, _ in tree_flatten(model.parameters())}, record
 
 
 def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: bool) -> Path:
@@ -93,8 +122,8 @@ def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: b
                          "float folder or the original checkpoint instead")
     t_config = read_json(folder / "transformer" / "config.json")
     backbone = BackboneConfig.from_dict(t_config["backbone"])
-    weights, record = _quantized(backbone, load_weights(folder / "transformer"), quantize,
-                                 group_size)
+    weights, record = stream_weights(backbone, load_weights(folder / "transformer"), None,
+                                     quantize, group_size, f"{folder / 'transformer'}")
     ae_config = read_json(folder / "autoencoder" / "config.json")
     index = {**index, "quantization": record}
     return write_pipeline(out, index, {
@@ -206,9 +235,10 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
     if config_json is not None:
         hints["config_json"] = config_json
     backbone = fam.infer_config(state, hints)
-    weights = {k: v.astype(DTYPES[dtype]) for k, v in fam.weights_from_upstream(state).items()}
-    check_weights(Transformer(backbone), weights, f"{transformer_path.name} (as {family_name})")
-    weights, quantization = _quantized(backbone, weights, quantize, group_size)
+    sources = fam.weights_from_upstream(state, lazy=True)
+    del state  # the lazy map holds what it needs, and lets go of each tensor once loaded
+    weights, quantization = stream_weights(backbone, sources, dtype, quantize, group_size,
+                                           f"{transformer_path.name} (as {family_name})")
 
     ae_source = card.autoencoder if card else DEFAULT_AUTOENCODERS[family_name]
     if autoencoder in AUTOENCODER_SOURCES:

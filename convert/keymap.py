@@ -1,11 +1,14 @@
 """Declarative key maps from upstream checkpoints to mlx-imgen modules, and strict shape checks.
 
 A map is a list of `Rule(source regex, target template, transform)`; each upstream key must match
-exactly one rule or an `ignore` pattern. Transforms run once, at conversion time.
+exactly one rule or an `ignore` pattern. Transforms run once, at conversion time. A lazy map
+gives zero-argument callables that load and transform one tensor each, so a converter can
+hold one float tensor at a time.
 """
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable
 
 import mlx.core as mx
@@ -37,15 +40,24 @@ def strip_prefixes(weights: dict, prefixes: Iterable[str]) -> dict:
 
 
 def as_mlx(value) -> mx.array:
-    """A stored tensor (LazyTensor from a .pt, numpy array, or mx.array) as an mx.array."""
+    """A stored tensor (LazyTensor from a .pt, numpy array, mx.array, or a zero-argument
+    callable that produces one) as an mx.array."""
+    if callable(value):
+        return as_mlx(value())
     if hasattr(value, "to_mlx"):
         return value.to_mlx()
     return value if isinstance(value, mx.array) else mx.array(np.asarray(value))
 
 
+def _load(value, load: Callable, transform: Callable | None) -> mx.array:
+    array = load(value)
+    return transform(array) if transform else array
+
+
 def map_keys(weights: dict, rules: list[Rule], ignore: Iterable[str] = (), *,
-             load: Callable = as_mlx) -> dict[str, mx.array]:
-    """Rename and transform upstream weights; `load` turns a stored value into an mx.array."""
+             load: Callable = as_mlx, lazy: bool = False) -> dict:
+    """Rename and transform upstream weights; `load` turns a stored value into an mx.array.
+    With `lazy`, each value is a zero-argument callable that loads and transforms it."""
     compiled = [(re.compile(rule.source + r"\Z"), rule) for rule in rules]
     ignored = [re.compile(p + r"\Z") for p in ignore]
     out, unexpected = {}, []
@@ -53,8 +65,8 @@ def map_keys(weights: dict, rules: list[Rule], ignore: Iterable[str] = (), *,
         for pattern, rule in compiled:
             match = pattern.match(key)
             if match:
-                array = load(value)
-                out[match.expand(rule.target)] = rule.transform(array) if rule.transform else array
+                thunk = partial(_load, value, load, rule.transform)
+                out[match.expand(rule.target)] = thunk if lazy else thunk()
                 break
         else:
             if not any(p.match(key) for p in ignored):
@@ -67,12 +79,17 @@ def map_keys(weights: dict, rules: list[Rule], ignore: Iterable[str] = (), *,
 
 def check_weights(model: nn.Module, weights: dict[str, mx.array], what: str = "checkpoint") -> None:
     """Raise KeyMismatchError listing missing, unexpected and mis-shaped keys, if any."""
+    check_shapes(model, {k: v.shape for k, v in weights.items()}, what)
+
+
+def check_shapes(model: nn.Module, shapes: dict[str, tuple], what: str = "checkpoint") -> None:
+    """check_weights from the weights' shapes alone (the model's parameters stay unevaluated)."""
     expected = dict(tree_flatten(model.parameters()))
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    misshaped = sorted(f"{k}: {tuple(weights[k].shape)} in the {what}, {tuple(expected[k].shape)} "
-                       f"in the model" for k in set(expected) & set(weights)
-                       if tuple(weights[k].shape) != tuple(expected[k].shape))
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    misshaped = sorted(f"{k}: {tuple(shapes[k])} in the {what}, {tuple(expected[k].shape)} "
+                       f"in the model" for k in set(expected) & set(shapes)
+                       if tuple(shapes[k]) != tuple(expected[k].shape))
     if missing or unexpected or misshaped:
         parts = []
         if missing:

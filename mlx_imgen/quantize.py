@@ -22,8 +22,9 @@ def _quantizable(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Embedding)) and hasattr(module, "to_quantized")
 
 
-def quantize_model(model: nn.Module, bits: int, group_size: int) -> list[str]:
-    """Quantize the Linear and Embedding layers in place; returns their paths for config.json.
+def quantizable_layers(model: nn.Module, bits: int, group_size: int) -> list[str]:
+    """Paths of the Linear and Embedding layers that quantize_model quantizes (only the
+    parameters' shapes are read, so a model whose weights were never evaluated will do).
 
     The group size must divide the model's width. A layer whose input width it does not divide
     (Halton-MaskGIT small's 510-wide attention output) is one the kernels do not accept, and
@@ -34,10 +35,21 @@ def quantize_model(model: nn.Module, bits: int, group_size: int) -> list[str]:
     if width % group_size:
         raise ValueError(f"--group-size {group_size} does not divide the width {width} of this "
                          "model's layers; choose a group size that divides it (32 or 64)")
-    paths = [path for path, m in model.named_modules()
-             if _quantizable(m) and m.weight.shape[-1] % group_size == 0]
-    apply_structure(model, {"bits": bits, "group_size": group_size, "modules": paths})
+    return [path for path, m in model.named_modules()
+            if _quantizable(m) and m.weight.shape[-1] % group_size == 0]
+
+
+def quantize_model(model: nn.Module, bits: int, group_size: int) -> list[str]:
+    """Quantize the Linear and Embedding layers in place; returns their paths for config.json."""
+    paths = quantizable_layers(model, bits, group_size)
+    apply_structure(model, quantization_record(bits, group_size, paths))
     return paths
+
+
+def quantize_weight(weight: mx.array, bits: int, group_size: int) -> dict[str, mx.array]:
+    """One layer's weight as the parameters of its quantized layer, as nn.quantize makes them."""
+    quantized, scales, biases = mx.quantize(weight, group_size, bits, mode="affine")
+    return {"weight": quantized, "scales": scales, "biases": biases}
 
 
 def apply_structure(model: nn.Module, quantization: dict) -> None:

@@ -5,6 +5,7 @@ sigma, and the key maps of DiT's `models.py` checkpoints (SiT's share them) and 
 
 import math
 import re
+from functools import partial
 from types import SimpleNamespace
 
 import mlx.core as mx
@@ -232,8 +233,9 @@ def _diffusers_weights(state: dict) -> dict:
         missing = [n for n in names if n not in state]
         if missing:
             raise KeyMismatchError(f"The checkpoint lacks {', '.join(missing)}")
-        out[f"transformer_blocks.{block}.attn1.to_qkv.{kind}"] = mx.concatenate(
-            [as_mlx(state[n]) for n in names])
+        # loaded when the map loads it, so a lazy map holds no float copy
+        out[f"transformer_blocks.{block}.attn1.to_qkv.{kind}"] = partial(
+            _concatenate, [state[n] for n in names])
     for key in state:
         split = re.fullmatch(_BLOCK + r"attn1\.to_([kv])\.(weight|bias)", key)
         if split and f"transformer_blocks.{split.group(1)}.attn1.to_q.{split.group(3)}" not in state:
@@ -241,11 +243,16 @@ def _diffusers_weights(state: dict) -> dict:
     return out
 
 
-def weights_from_upstream(state: dict) -> dict:
+def _concatenate(values: list) -> mx.array:
+    return mx.concatenate([as_mlx(v) for v in values])
+
+
+def weights_from_upstream(state: dict, lazy: bool = False) -> dict:
+    """Backbone weights, or with `lazy` zero-argument callables that load them one by one."""
     state = {_strip(k): v for k, v in state.items()}
     if _is_diffusers(state):
-        return map_keys(_diffusers_weights(state), DIFFUSERS_RULES, IGNORE)
-    return map_keys(state, ORIGINAL_RULES, IGNORE)
+        return map_keys(_diffusers_weights(state), DIFFUSERS_RULES, IGNORE, lazy=lazy)
+    return map_keys(state, ORIGINAL_RULES, IGNORE, lazy=lazy)
 
 
 # ---------------------------------------------------------------- sampling

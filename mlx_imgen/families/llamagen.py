@@ -82,9 +82,10 @@ def infer_config(state: dict, hints: dict) -> BackboneConfig:
     return backbone_config(depth, width, heads, hidden, vocab, num_classes, grid)
 
 
-def weights_from_upstream(state: dict) -> dict:
+def weights_from_upstream(state: dict, lazy: bool = False) -> dict:
+    """Backbone weights, or with `lazy` zero-argument callables that load them one by one."""
     state = {_strip(k): v for k, v in state.items()}
-    return map_keys(state, KEY_RULES, IGNORE)
+    return map_keys(state, KEY_RULES, IGNORE, lazy=lazy)
 
 
 # upstream sample_c2i.py defaults; the published FIDs use cfg 1.65-2.0 and top-k 0

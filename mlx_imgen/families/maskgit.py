@@ -109,11 +109,12 @@ def infer_config(state: dict, hints: dict) -> BackboneConfig:
                            registers=registers)
 
 
-def weights_from_upstream(state: dict) -> dict:
+def weights_from_upstream(state: dict, lazy: bool = False) -> dict:
+    """Backbone weights, or with `lazy` zero-argument callables that load them one by one."""
     state = {_strip(k): v for k, v in state.items()}
     if "head.weight" not in state and "tok_emb.weight" in state:
         state["head.weight"] = state["tok_emb.weight"]  # a file that kept the tie once
-    return map_keys(state, KEY_RULES)
+    return map_keys(state, KEY_RULES, lazy=lazy)
 
 
 # Sampler presets. cfg is upstream's w: logits = (1 + w) cond - w uncond, so 0 turns guidance
