@@ -68,6 +68,10 @@ def generate(
     group_size: int = typer.Option(64, help="Quantization group size (32, 64 or 128)."),
     low_memory: bool = typer.Option(False, help="Free the transformer before decoding, decode "
                                     "one image at a time, keep MLX's cache small."),
+    decode_batch_size: int = typer.Option(None, help="Images decoded together (default: the "
+                                          "sampling batch)."),
+    cfg_channels: str = typer.Option(None, help="Diffusion: guide the first 3 latent channels "
+                                     "as DiT does ('3') or all of them ('all')."),
 ):
     """Generate class-conditional images."""
     from mlx_imgen.pipeline import load
@@ -93,7 +97,9 @@ def generate(
             [random.Random(seed).randrange(pipe.config.num_classes) for _ in range(n)]
         pipe.check_classes(labels)
         overrides = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
-                         steps=steps, sampler=sampler)
+                         steps=steps, sampler=sampler,
+                         cfg_channels=int(cfg_channels) if cfg_channels and cfg_channels.isdigit()
+                         else cfg_channels)
         plan, sampling = pipe.plan(**overrides)
         unit = "tokens" if pipe.paradigm == "next-token" else "steps"
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -104,7 +110,8 @@ def generate(
                 progress.update(task, completed=done, total=total)
 
             images = pipe.generate(labels, seed=seed, batch_size=batch_size, on_step=on_step,
-                                   low_memory=low_memory, plan=plan)
+                                   low_memory=low_memory, plan=plan,
+                                   decode_batch_size=decode_batch_size)
         quant = pipe.index.get("quantization")
         parameters = {"model": model, "family": pipe.index["family"], "paradigm": pipe.paradigm,
                       "quantization": f"{quant['bits']}-bit" if quant else "none",

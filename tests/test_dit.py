@@ -286,3 +286,17 @@ def test_python_api_refuses_odd_noise_and_another_image_size(pipes):
         pipe.generate([1], noise=mx.zeros((1, 9, 9, 4)))
     with pytest.raises(ValueError, match="generates 16 px images, not 32 px"):
         pipe.generate([1], image_size=32)
+
+
+def test_cli_guides_all_channels_and_decodes_in_small_batches_on_request(files, pipes, tmp_path):
+    common = ["generate", str(files["root"] / "dit-mlx"), "--class", "1", "--class", "2",
+              "--sampler", "ddim", "--steps", "2", "--seed", "3"]
+    for name, extra in (("three", []), ("all", ["--cfg-channels", "all", "--decode-batch-size", "1"])):
+        result = runner.invoke(app, [*common, *extra, "--output", str(tmp_path / f"{name}.png")])
+        assert result.exit_code == 0, result.output
+    three = np.array(Image.open(tmp_path / "three-0.png"))
+    every = np.array(Image.open(tmp_path / "all-0.png"))
+    guided = {name: json.loads(Image.open(tmp_path / f"{name}-0.png").text["plan"])["guided_channels"]
+              for name in ("three", "all")}
+    assert guided == {"three": 3, "all": 4}
+    assert not np.array_equal(three, every)
