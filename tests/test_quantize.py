@@ -184,21 +184,22 @@ def _maskgit_folder(root):
             "--config", CONFIG, "--autoencoder", str(vq)]
 
 
-def _dit_folder(root):
+def _dit_folder(root, sit=False):
     from dit_files import TINY_CONFIG as DIT_CONFIG, save_pt, save_vae, tiny_dit, tiny_vae
 
     vae = save_vae(tiny_vae(), root / "vae")
-    return ["convert", str(save_pt(tiny_dit(), root / "DiT-tiny.pt")), "--config", DIT_CONFIG,
-            "--autoencoder", str(vae)]
+    return ["convert", str(save_pt(tiny_dit(sit=sit), root / "DiT-tiny.pt")), "--config",
+            DIT_CONFIG, "--autoencoder", str(vae), *(["--family", "sit"] if sit else [])]
 
 
-@pytest.mark.parametrize("family", ["maskgit", "dit"])
+@pytest.mark.parametrize("family", ["maskgit", "dit", "sit"])
 def test_info_check_bounds_8bit_error_for_every_family(family, tmp_path):
-    args = (_maskgit_folder if family == "maskgit" else _dit_folder)(tmp_path)
+    args = _maskgit_folder(tmp_path) if family == "maskgit" else \
+        _dit_folder(tmp_path, sit=family == "sit")
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "float")])
     assert result.exit_code == 0, result.output
     rows = {r["bits"]: r for r in check_quantization(tmp_path / "float", [8, 4], 32)}
-    if family == "dit":
+    if family in ("dit", "sit"):
         # stated bound for 8-bit: the prediction's relative error stays under 2%
         assert rows[8]["relative error"] < 0.02
         assert rows[4]["relative error"] > rows[8]["relative error"]
