@@ -33,7 +33,8 @@ ifeq ($(UNAME_S),Linux)
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      echo "installing Debian's libopenblas0-pthread for MLX's CPU backend"; \
 	      (apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 || \
-	       (apt-get update -qq && apt-get install -y -qq libopenblas0-pthread)) >/dev/null; \
+	       (apt-get update -qq && apt-get install -y -qq libopenblas0-pthread)) >/dev/null 2>&1 || \
+	       echo "could not install OpenBLAS: MLX keeps its slow reference BLAS"; \
 	    else echo "note: install libopenblas0-pthread (Debian/Ubuntu) for a fast CPU backend"; fi; }
 endif
 
