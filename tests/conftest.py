@@ -24,6 +24,29 @@ def build(cfg: BackboneConfig, seed: int = 0) -> Transformer:
     return model
 
 
+def randomize_autoencoder(model, seed: int = 0, fan_in_ndims: tuple[int, ...] = (4,)):
+    """Every parameter drawn at random: weights of the given ranks scaled by fan-in (activations
+    of order 1 through many layers), codebooks unit normal, norm scales near 1, the rest small."""
+    from mlx.utils import tree_flatten, tree_unflatten
+    params = tree_flatten(model.parameters())
+    keys = mx.random.split(mx.random.key(seed), len(params))
+    drawn = []
+    for (name, value), key in zip(params, keys):
+        noise = mx.random.normal(value.shape, key=key)
+        if value.ndim in fan_in_ndims:
+            value = noise * (value[0].size ** -0.5)
+        elif "embedding" in name:
+            value = noise
+        elif "norm" in name and name.endswith("weight"):
+            value = 1 + 0.2 * noise
+        else:
+            value = 0.1 * noise
+        drawn.append((name, value))
+    model.update(tree_unflatten(drawn))
+    mx.eval(model.parameters())
+    return model
+
+
 @pytest.fixture
 def causal_model():
     return build(tiny_config(causal=True, positions="rope2d", rope_prefix="zeros"))

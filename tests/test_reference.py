@@ -9,11 +9,11 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 torch = pytest.importorskip("torch")
 
-from conftest import build, tiny_config  # noqa: E402
+from conftest import build, randomize_autoencoder, tiny_config  # noqa: E402
 from mlx_imgen.autoencoders.vq import VQConfig, VQModel  # noqa: E402
 from mlx_imgen.backbone import BackboneConfig  # noqa: E402
 from mlx_imgen.convert.keymap import KeyMismatchError  # noqa: E402
@@ -310,24 +310,7 @@ def test_top_k_and_top_p_filtering_keep_the_mlx_tokens():
 
 def random_mlx_vq(seed: int = 0) -> VQModel:
     """The tiny MLX VQ with every parameter drawn at random (convs scaled by fan-in)."""
-    model = VQModel(VQConfig.from_dict(tiny_vq_config()))
-    params = tree_flatten(model.parameters())
-    keys = mx.random.split(mx.random.key(seed), len(params))
-    drawn = []
-    for (name, value), key in zip(params, keys):
-        noise = mx.random.normal(value.shape, key=key)
-        if value.ndim == 4:
-            value = noise * (value[0].size ** -0.5)
-        elif "embedding" in name:
-            value = noise
-        elif "norm" in name and name.endswith("weight"):
-            value = 1 + 0.2 * noise
-        else:
-            value = 0.1 * noise
-        drawn.append((name, value))
-    model.update(tree_unflatten(drawn))
-    mx.eval(model.parameters())
-    return model
+    return randomize_autoencoder(VQModel(VQConfig.from_dict(tiny_vq_config())), seed)
 
 
 def test_vq_decode_of_torch_loaded_from_mlx_matches_mlx():

@@ -7,11 +7,10 @@ import dataclasses
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten, tree_unflatten
 
 torch = pytest.importorskip("torch")
 
-from conftest import build  # noqa: E402
+from conftest import build, randomize_autoencoder  # noqa: E402
 from mlx_imgen.autoencoders.kl import AutoencoderKL, KLConfig, decode_flops  # noqa: E402
 from mlx_imgen.convert.keymap import KeyMismatchError  # noqa: E402
 from mlx_imgen.families import dit as dit_family  # noqa: E402
@@ -183,23 +182,9 @@ TINY_KL = dict(block_out_channels=(8, 16), layers_per_block=1, norm_groups=4)
 
 
 def random_mlx_kl(seed: int = 0, **options) -> AutoencoderKL:
-    """A tiny MLX KL-VAE with every parameter drawn at random (convs scaled by fan-in)."""
+    """A tiny MLX KL-VAE with every parameter drawn at random (convs and linears by fan-in)."""
     model = AutoencoderKL(KLConfig(**{**TINY_KL, **options}))
-    params = tree_flatten(model.parameters())
-    keys = mx.random.split(mx.random.key(seed), len(params))
-    drawn = []
-    for (name, value), key in zip(params, keys):
-        noise = mx.random.normal(value.shape, key=key)
-        if value.ndim in (2, 4):
-            value = noise * (value[0].size ** -0.5)
-        elif "norm" in name and name.endswith("weight"):
-            value = 1 + 0.2 * noise
-        else:
-            value = 0.1 * noise
-        drawn.append((name, value))
-    model.update(tree_unflatten(drawn))
-    mx.eval(model.parameters())
-    return model
+    return randomize_autoencoder(model, seed, fan_in_ndims=(2, 4))
 
 
 @pytest.mark.parametrize("options", [

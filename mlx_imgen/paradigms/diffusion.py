@@ -402,9 +402,11 @@ class GaussianSchedule:
         return float(self.sqrt_recip_ab[j]) * x - float(self.sqrt_recipm1_ab[j]) * eps
 
 
-def ddpm_step(schedule: GaussianSchedule, j: int, x: mx.array, out: mx.array,
-              noise: mx.array | None, variance: str = "learned-range") -> mx.array:
-    """One ancestral step from respaced step j to j - 1 given the model output `out`."""
+def ddpm_step(schedule: GaussianSchedule, j: int, x, out, noise, variance: str = "learned-range"):
+    """One ancestral step from respaced step j to j - 1 given the model output `out`.
+
+    Plain arithmetic on the arrays, so the PyTorch reference runs the same function.
+    """
     c = x.shape[-1]
     x0 = schedule.predict_x0(j, x, out[..., :c])
     mean = float(schedule.mean_coef_x0[j]) * x0 + float(schedule.mean_coef_xt[j]) * x
@@ -418,8 +420,8 @@ def ddpm_step(schedule: GaussianSchedule, j: int, x: mx.array, out: mx.array,
     else:
         table = schedule.log_variance_large if variance == "fixed-large" \
             else schedule.log_variance_small
-        log_var = mx.array(float(table[j]), dtype=x.dtype)
-    return mean + mx.exp(0.5 * log_var) * noise
+        log_var = float(table[j])
+    return mean + math.e ** (0.5 * log_var) * noise
 
 
 def ddim_step(schedule: GaussianSchedule, j: int, x: mx.array, out: mx.array,

@@ -199,15 +199,20 @@ def _top_k(logits: mx.array, k: int) -> mx.array:
     return mx.where(logits < kth, -mx.inf, logits)
 
 
-def _scaled_logits(logits: mx.array, plan: MaskedTokenPlan, i: int) -> tuple[mx.array, bool]:
-    """Logits after temperature and top-k, and whether this step samples greedily."""
+def tempered(logits, plan: MaskedTokenPlan, i: int):
+    """Logits after step i's temperature, and whether the step samples greedily. Plain
+    arithmetic, so the PyTorch reference shares it."""
     t = plan.step_temperature(i)
     if plan.temperature_mode == "divide":
         greedy = t == 0
-        scaled = logits if greedy else logits / t
-    else:
-        greedy = math.isinf(t)
-        scaled = logits if greedy else logits * t
+        return (logits if greedy else logits / t), greedy
+    greedy = math.isinf(t)
+    return (logits if greedy else logits * t), greedy
+
+
+def _scaled_logits(logits: mx.array, plan: MaskedTokenPlan, i: int) -> tuple[mx.array, bool]:
+    """Logits after temperature and top-k, and whether this step samples greedily."""
+    scaled, greedy = tempered(logits, plan, i)
     return _top_k(scaled, plan.top_k), greedy
 
 

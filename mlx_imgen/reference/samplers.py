@@ -17,10 +17,10 @@ import numpy as np
 from mlx_imgen.paradigms import (Dopri5Plan, FlowPlan, GaussianPlan, MaskedTokenPlan,
                                  NextTokenPlan, SDEPlan)
 from mlx_imgen.paradigms.diffusion import (DP_ERROR, DP_MID, DP_TIMES, DP_WEIGHTS,
-                                           GaussianSchedule, _combine, _initial_step,
+                                           GaussianSchedule, _combine, _initial_step, ddpm_step,
                                            _next_step, diffusion_coefficient,
                                            flow_times, sde_times, seed_keys)
-from mlx_imgen.paradigms.masked_token import halton_order, revealed_counts
+from mlx_imgen.paradigms.masked_token import halton_order, revealed_counts, tempered
 
 from . import require_torch
 
@@ -185,13 +185,7 @@ def _tensor(value, device):
 
 def _scaled_logits(logits, plan: MaskedTokenPlan, i: int):
     """Logits after temperature and top-k, and whether this step samples greedily."""
-    t = plan.step_temperature(i)
-    if plan.temperature_mode == "divide":
-        greedy = t == 0
-        scaled = logits if greedy else logits / t
-    else:
-        greedy = math.isinf(t)
-        scaled = logits if greedy else logits * t
+    scaled, greedy = tempered(logits, plan, i)
     if 0 < plan.top_k < scaled.shape[-1]:
         kth = torch.topk(scaled, plan.top_k, dim=-1).values.min(dim=-1, keepdim=True).values
         scaled = torch.where(scaled < kth, -torch.inf, scaled)
@@ -531,25 +525,6 @@ def iterate_sde(model, labels, plan: SDEPlan, *, noise=None, seed: int | None = 
 
 
 # ---------------------------------------------------------------- discrete Gaussian diffusion
-
-def ddpm_step(schedule: GaussianSchedule, j: int, x, out, noise, variance: str = "learned-range"):
-    """diffusion.ddpm_step in torch: one ancestral step from respaced step j to j - 1."""
-    c = x.shape[-1]
-    x0 = schedule.predict_x0(j, x, out[..., :c])
-    mean = float(schedule.mean_coef_x0[j]) * x0 + float(schedule.mean_coef_xt[j]) * x
-    if j == 0:
-        return mean
-    if variance == "learned-range":
-        # the model interpolates, in log space, between the posterior variance and beta
-        frac = (out[..., c:2 * c] + 1) / 2
-        log_var = frac * float(np.log(schedule.betas[j])) + \
-            (1 - frac) * float(schedule.log_variance_small[j])
-    else:
-        table = schedule.log_variance_large if variance == "fixed-large" \
-            else schedule.log_variance_small
-        log_var = torch.tensor(float(table[j]), dtype=x.dtype, device=x.device)
-    return mean + torch.exp(0.5 * log_var) * noise
-
 
 def ddim_step(schedule: GaussianSchedule, j: int, x, out, noise, eta: float = 0.0):
     """diffusion.ddim_step in torch: deterministic at eta 0."""
