@@ -424,9 +424,9 @@ def ddpm_step(schedule: GaussianSchedule, j: int, x, out, noise, variance: str =
     return mean + math.e ** (0.5 * log_var) * noise
 
 
-def ddim_step(schedule: GaussianSchedule, j: int, x: mx.array, out: mx.array,
-              noise: mx.array | None, eta: float = 0.0) -> mx.array:
-    """One DDIM step from respaced step j to j - 1; deterministic at eta 0."""
+def ddim_step(schedule: GaussianSchedule, j: int, x, out, noise, eta: float = 0.0):
+    """One DDIM step from respaced step j to j - 1; deterministic at eta 0. Plain arithmetic
+    on the arrays, so the PyTorch reference runs the same function."""
     c = x.shape[-1]
     x0 = schedule.predict_x0(j, x, out[..., :c])
     # epsilon re-derived from x0, as upstream does (it differs when x0 is clipped)

@@ -17,8 +17,9 @@ import numpy as np
 from mlx_imgen.paradigms import (Dopri5Plan, FlowPlan, GaussianPlan, MaskedTokenPlan,
                                  NextTokenPlan, SDEPlan)
 from mlx_imgen.paradigms.diffusion import (DP_ERROR, DP_MID, DP_TIMES, DP_WEIGHTS,
-                                           GaussianSchedule, _combine, _initial_step, ddpm_step,
-                                           _next_step, diffusion_coefficient,
+                                           GaussianSchedule, _combine, _initial_step,
+                                           _next_step, ddim_step, ddpm_step,
+                                           diffusion_coefficient,
                                            flow_times, sde_times, seed_keys)
 from mlx_imgen.paradigms.masked_token import halton_order, revealed_counts, tempered
 
@@ -525,20 +526,6 @@ def iterate_sde(model, labels, plan: SDEPlan, *, noise=None, seed: int | None = 
 
 
 # ---------------------------------------------------------------- discrete Gaussian diffusion
-
-def ddim_step(schedule: GaussianSchedule, j: int, x, out, noise, eta: float = 0.0):
-    """diffusion.ddim_step in torch: deterministic at eta 0."""
-    c = x.shape[-1]
-    x0 = schedule.predict_x0(j, x, out[..., :c])
-    # epsilon re-derived from x0, as upstream does
-    eps = (float(schedule.sqrt_recip_ab[j]) * x - x0) / float(schedule.sqrt_recipm1_ab[j])
-    ab, ab_prev = schedule.alphas_cumprod[j], schedule.alphas_cumprod_prev[j]
-    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
-    x = float(math.sqrt(ab_prev)) * x0 + float(math.sqrt(1 - ab_prev - sigma ** 2)) * eps
-    if j == 0 or sigma == 0:
-        return x
-    return x + sigma * noise
-
 
 GAUSSIAN_OPTIONS = ("steps", "sampler", "cfg_scale", "eta", "variance", "guided_channels",
                     "train_steps")
