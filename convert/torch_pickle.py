@@ -478,10 +478,12 @@ class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - its opcode tabl
         # directory's, and that decides where the data really starts.
         self._fh.seek(info.header_offset)
         sig, *_, name_len, extra_len = struct.unpack("<4s5H3I2H", self._fh.read(30))
+        name = self._fh.read(name_len)
         start = info.header_offset + 30 + name_len + extra_len
         if self._map is None:  # one map of the whole file keeps a single descriptor open
             self._map = np.memmap(self._path, dtype=np.uint8, mode="r")
-        if sig != b"PK\x03\x04" or start + nbytes > self._map.size:
+        # a header of another name means members overlap, a classic zip-bomb layout
+        if sig != b"PK\x03\x04" or name != member.encode() or start + nbytes > self._map.size:
             raise _Malformed(f"storage {_clause(key, 40)} lies outside the file")
         return _Storage(self._path, member, dtype, self._order, nbytes,
                         self._map[start: start + nbytes])
