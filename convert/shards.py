@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
+from safetensors import safe_open
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -40,14 +41,45 @@ def load_weights(folder: Path) -> dict[str, mx.array]:
     """All weights of a component folder, from one file or from its shards."""
     folder = Path(folder)
     if (folder / INDEX_FILE).is_file():
-        index = json.loads((folder / INDEX_FILE).read_text())
         weights = {}
-        for name in sorted(set(index["weight_map"].values())):
-            weights.update(mx.load(str(folder / name)))
+        for name in _shard_names(folder):
+            weights.update(_load_checked(folder / name))
         return weights
     if not (folder / WEIGHTS_FILE).is_file():
         raise ValueError(f"{folder} has no {WEIGHTS_FILE}; convert the model again")
-    return mx.load(str(folder / WEIGHTS_FILE))
+    return _load_checked(folder / WEIGHTS_FILE)
+
+
+def _shard_names(folder: Path) -> list[str]:
+    """Shard file names from the index, which must name plain files inside the folder."""
+    index_path = folder / INDEX_FILE
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        index = None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    names = set(weight_map.values()) if isinstance(weight_map, dict) and weight_map else set()
+    if not names or not all(isinstance(n, str) and n == Path(n).name and n.endswith(
+            ".safetensors") for n in names):
+        raise ValueError(f"{index_path} is damaged (no weight_map of shard file names); "
+                         "convert the model again")
+    missing = sorted(n for n in names if not (folder / n).is_file())
+    if missing:
+        raise ValueError(f"{folder} lacks the shard {missing[0]} its index lists; "
+                         "convert the model again")
+    return sorted(names)
+
+
+def _load_checked(path: Path) -> dict[str, mx.array]:
+    # safetensors validates the header (length, JSON, every offset inside the file) before
+    # mx.load maps the data, so a truncated or damaged file is refused, not read past its end.
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            handle.keys()
+        return mx.load(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors and mlx raise assorted errors
+        raise ValueError(f"{path} is damaged ({type(err).__name__}); convert the model "
+                         "again") from None
 
 
 def weight_files(folder: Path) -> list[Path]:
