@@ -73,16 +73,24 @@ def _leftovers(target: Path, kind: str) -> list[Path]:
     return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def _recover(target: Path) -> None:
     """Undo what a killed writer of `target` left: only called holding the lock, so every
     writer that made these is gone (a live one would hold the lock)."""
     for partial in _leftovers(target, "partial"):
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove(partial)
     for old in _leftovers(target, "old"):
         if not target.exists():  # killed between moving the old folder aside and the new in
             os.rename(old, target)
         else:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
 
 
 def _follow_umask(folder: Path) -> None:
@@ -157,6 +165,8 @@ def atomic_folder(target: str | os.PathLike, *, replace: bool = False):
         if target.exists() and not replace:
             raise ValueError(f"{target} already exists; pass --force to replace it or choose "
                              "another --out")
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"{target} is a file, not a folder; choose another --out")
         tmp, old = _partial(target), _old(target)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()

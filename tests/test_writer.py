@@ -218,3 +218,10 @@ def test_written_files_and_folders_follow_the_umask(tmp_path, umask, mask, file_
     folder = write_pipeline(tmp_path / "out", {}, components(1.0))
     assert modes(png) == {file_mode}
     assert modes(folder) == {file_mode, dir_mode | 0o1000}
+
+
+def test_a_file_in_the_way_is_refused_even_with_force(tmp_path):
+    (tmp_path / "out").write_text("mine")
+    with pytest.raises(ValueError, match="is a file, not a folder; choose another --out"):
+        write_pipeline(tmp_path / "out", {}, components(1.0), force=True)
+    assert (tmp_path / "out").read_text() == "mine" and hidden(tmp_path) == []
