@@ -1,7 +1,10 @@
 # make demo | make test | make bench -- each builds .venv itself.
 # BACKEND: auto (Metal on macOS arm64, CPU elsewhere), cpu, cuda12 or cuda13.
+# OUT: where demo and bench write their reports; out/ is git-ignored, so runs leave the
+# committed reports/ untouched (`make bench OUT=reports` refreshes those on purpose).
 PYTHON ?= python3
 BACKEND ?= auto
+OUT ?= out
 VENV := .venv
 BIN := $(VENV)/bin
 UNAME_S := $(shell uname -s)
@@ -39,15 +42,15 @@ ifeq ($(UNAME_S),Linux)
 endif
 
 demo: $(VENV)/.installed-plot blas
-	mkdir -p reports
-	$(BIN)/mlx-imgen profile --json reports/profile.json --markdown reports/profile.md
+	mkdir -p $(OUT)
+	$(BIN)/mlx-imgen profile --json $(OUT)/profile.json --markdown $(OUT)/profile.md
 
 test: $(VENV)/.installed-dev blas
 	$(BIN)/python -m mlx_imgen.blas $(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-dev blas
-	mkdir -p reports
-	$(BIN)/python -m mlx_imgen.blas $(BIN)/python benchmarks/bench.py --out reports
+	mkdir -p $(OUT)
+	$(BIN)/python -m mlx_imgen.blas $(BIN)/python benchmarks/bench.py --out $(OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

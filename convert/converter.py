@@ -16,11 +16,11 @@ from mlx_imgen.quantize import (apply_structure, check_settings, quantizable_lay
 from mlx_imgen.registry import (AUTOENCODER_SOURCES, CARDS, DEFAULT_AUTOENCODERS, ModelCard, Source,
                                 card_for_file, get_card)
 
-from .hub import fetch
+from .hub import fetch, require
 from .keymap import as_mlx, check_shapes, check_weights
 from .readers import CHECKPOINT_SUFFIXES, read_state_dict
 from .shards import load_weights
-from .writer import sha256_of, write_pipeline
+from .writer import holding_lock_on, sha256_of, write_pipeline
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
@@ -50,15 +50,54 @@ def parse_config_json(text: str | None) -> dict:
     return values
 
 
-def _local_hint(card: ModelCard | None) -> str:
-    name = card.transformer.filename if card else "CHECKPOINT.pt"
-    family = card.family if card else "FAMILY"
-    if card and card.transformer.config:  # a diffusers folder: the whole repo converts
-        name = card.transformer.repo.split("/")[-1]
-        return (f"download the hub repo {card.transformer.repo} yourself and run `mlx-imgen "
-                f"convert path/to/{name} --family {family} --out DIR`")
-    return (f"download {name} yourself and run `mlx-imgen convert path/to/{name} "
-            f"--family {family} --out DIR`")
+def _alias_autoencoder(card: ModelCard, autoencoder: str | None) -> Source | None:
+    """The hub autoencoder an alias converts with (None for a local --autoencoder file)."""
+    return card.autoencoder if autoencoder is None else AUTOENCODER_SOURCES.get(autoencoder)
+
+
+def _download_steps(sources: list[Source]) -> str:
+    """'a.pt and b.pt from URL, and c.json and d.safetensors from URL into a folder ./d'."""
+    from huggingface_hub import constants
+
+    single: dict[str, list[str]] = {}  # repo -> files that convert one by one
+    steps = []
+    for source in sources:
+        if source.repo is None:
+            steps.append(f"{source.filename} (from the link in its upstream README)")
+        elif source.config is None:
+            single.setdefault(source.repo, []).append(source.filename)
+        else:  # a diffusers component converts as a folder, laid out as in the repo
+            # a local config.json is read as it is: what the hub's leaves to defaults is added
+            added = "".join(f", and adding \"{k}\": {json.dumps(v)} to its {source.config}"
+                            for k, v in source.config_defaults.items())
+            steps.append(f"{source.config} and {source.filename} from {constants.ENDPOINT}/"
+                         f"{source.repo} into a folder {_local_path(source)} (keeping their "
+                         f"paths{added})")
+    steps[:0] = [f"{' and '.join(names)} from {constants.ENDPOINT}/{repo}"
+                 for repo, names in single.items()]
+    return ", and ".join(steps)
+
+
+def _local_path(source: Source) -> str:
+    # a folder named after the whole repo: `--autoencoder ./sd-vae-ft-mse` would name the hub
+    # VAE (the CLI's path drops the ./)
+    return f"./{source.repo.replace('/', '-')}" if source.config else f"./{source.filename}"
+
+
+def _local_hint(card: ModelCard | None, autoencoder: str | None = None,
+                out: Path | None = None, dtype: str | None = None) -> str:
+    """What to download by hand, and the exact convert command for those local files."""
+    if card is None:
+        return ("download the checkpoint yourself and run `mlx-imgen convert path/to/CHECKPOINT "
+                "--family FAMILY --out DIR`")
+    ae = _alias_autoencoder(card, autoencoder)
+    command = [f"mlx-imgen convert {_local_path(card.transformer)} --family {card.family}",
+               f"--autoencoder {_local_path(ae) if ae else autoencoder}",
+               f"--out {out or card.alias}"]
+    if dtype and dtype != default_dtype():
+        command.append(f"--dtype {dtype}")
+    steps = _download_steps([card.transformer] + ([ae] if ae else []))
+    return f"download {steps}, then run `{' '.join(command)}`"
 
 
 def _source_record(path: Path, source: Source | None) -> dict:
@@ -180,6 +219,7 @@ def _read_config(path: Path) -> dict:
     return values
 
 
+@holding_lock_on("out")
 def convert(source: str, out: str | Path, *, family: str | None = None, dtype: str | None = None,
             config: str | dict | None = None, autoencoder: str | None = None,
             revision: str | None = None, force: bool = False, quantize: int | None = None,
@@ -211,11 +251,13 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
         transformer_path, transformer_source = path, None
     elif source in CARDS:
         card = get_card(source)
+        hint = _local_hint(card, autoencoder, out, dtype)
         if card.transformer.repo is None:
-            raise ValueError(f"{source} is not on the hub; {_local_hint(card)}")
+            raise ValueError(f"{source} is not on the hub; {hint}")
         transformer_source = dataclasses.replace(
             card.transformer, revision=revision or card.transformer.revision)
-        transformer_path = _fetch_source(transformer_source, _local_hint(card))
+        require([transformer_source, _alias_autoencoder(card, autoencoder)], hint)
+        transformer_path = _fetch_source(transformer_source, hint)
     elif path.suffix in CHECKPOINT_SUFFIXES or "/" in source:
         raise ValueError(f"{source} does not exist; pass the path of a downloaded checkpoint")
     else:

@@ -1,7 +1,69 @@
 """Download checkpoint files from the Hugging Face hub (honours HF_HOME, HF_HUB_OFFLINE and
-revision pinning) with errors that say how to pass a local file instead."""
+revision pinning) with errors that say how to pass a local file instead.
+
+huggingface_hub retries an unreachable hub for about 24 s before giving up on a file it has not
+cached; a file that is not cached is therefore first probed once, without retries, so that no
+network fails at once."""
 
 from pathlib import Path
+
+from mlx_imgen.registry import Source
+
+
+class HubUnreachable(ValueError):
+    """The hub cannot be reached (or offline mode is on) and a needed file is not cached."""
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    check = getattr(constants, "is_offline_mode", None)
+    return check() if check else constants.HF_HUB_OFFLINE
+
+
+def _cached(repo: str, filename: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, filename, revision=revision), str)
+
+
+def _source_cached(source: Source) -> bool:
+    weights = any(_cached(source.repo, name, source.revision)
+                  for name in (source.filename, source.fallback) if name)
+    return weights and (source.config is None or _cached(source.repo, source.config,
+                                                        source.revision))
+
+
+def _unreachable(what: str, hint: str) -> HubUnreachable:
+    return HubUnreachable(f"could not get {what}: the hub could not be reached or offline mode "
+                          f"is on (HF_HUB_OFFLINE), and it is not cached; "
+                          f"{hint or 'download it yourself and pass the local path'}")
+
+
+def _check_reachable(repo: str, filename: str, revision: str | None, hint: str) -> None:
+    """Raise HubUnreachable unless the hub answers one request for `filename`, no retries."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    what = f"{filename} from {repo}"
+    if _offline():
+        raise _unreachable(what, hint)
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision),
+                             timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError:
+        return  # the hub answered (a missing file or a login is reported by the download)
+    except Exception:  # noqa: BLE001 - whatever the HTTP client raises, nothing answered
+        raise _unreachable(what, hint) from None
+
+
+def require(sources: list[Source | None], hint: str) -> None:
+    """Fail at once, with `hint`, when some of these hub sources are not cached and the hub
+    cannot be reached: before any file is fetched or read."""
+    for source in sources:
+        if source is not None and source.repo and not _source_cached(source):
+            _check_reachable(source.repo, source.filename, source.revision, hint)
+            return
 
 
 def fetch(repo: str, filename: str, revision: str | None = None, *,
@@ -10,14 +72,13 @@ def fetch(repo: str, filename: str, revision: str | None = None, *,
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError)
 
+    if not _cached(repo, filename, revision):
+        _check_reachable(repo, filename, revision, local_hint)
     try:
         return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision))
     except LocalEntryNotFoundError:
         # a subclass of EntryNotFoundError: the file is not cached and the hub is not reachable
-        raise ValueError(f"could not get {filename} from {repo}: offline mode is on "
-                         f"(HF_HUB_OFFLINE) or the hub could not be reached, and it is not "
-                         f"cached; {local_hint or 'download it yourself and pass the local path'}"
-                         ) from None
+        raise _unreachable(f"{filename} from {repo}", local_hint) from None
     except EntryNotFoundError:
         raise ValueError(f"the hub repo {repo} has no file {filename}"
                          f"{f' at revision {revision}' if revision else ''}; check the name, or "

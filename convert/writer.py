@@ -1,10 +1,14 @@
-"""Write a pipeline folder atomically: every component into a temporary sibling, then one rename."""
+"""Write a pipeline folder atomically: every component into a temporary sibling, then one
+rename, holding the lock on the folder (mlx_imgen.io) throughout."""
 
+import functools
 import hashlib
+import inspect
 import json
 import os
-import shutil
 from pathlib import Path
+
+from mlx_imgen.io import atomic_folder, exclusive_target
 
 from .shards import MAX_SHARD_BYTES, save_weights
 
@@ -23,15 +27,7 @@ def write_pipeline(out: Path, index: dict, components: dict[str, tuple[dict, dic
                    force: bool = False, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """components: name -> (config dict, {key: mx.array}). Nothing is left half-written."""
     out = Path(out)
-    if out.exists() and not force:
-        raise ValueError(f"{out} already exists; pass --force to replace it or choose another --out")
-    if not out.parent.exists():
-        raise ValueError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with atomic_folder(out, replace=force) as tmp:
         for name, (config, weights) in components.items():
             (tmp / name).mkdir()
             metadata = {"format": "mlx", "mlx_imgen_component": name,
@@ -39,13 +35,18 @@ def write_pipeline(out: Path, index: dict, components: dict[str, tuple[dict, dic
             save_weights(tmp / name, weights, metadata, max_shard_bytes)
             (tmp / name / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def holding_lock_on(param: str):
+    """Run the decorated function holding exclusive_target() on its argument `param`, so a
+    second process converting into the same folder is refused before any work starts."""
+    def decorate(func):
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def locked(*args, **kwargs):
+            with exclusive_target(signature.bind(*args, **kwargs).arguments[param]):
+                return func(*args, **kwargs)
+        return locked
+    return decorate
