@@ -42,7 +42,8 @@ def parse_config_json(text: str | None) -> dict:
     if not text:
         return {}
     try:
-        values = json.loads(Path(text).read_text() if Path(text).is_file() else text)
+        # JSON text first: a long object is no valid path (is_file raises ENAMETOOLONG)
+        values = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
     except (json.JSONDecodeError, OSError) as err:
         raise ValueError(f"--config is neither a JSON object nor a JSON file ({err}); "
                          "for example --config '{\"heads\": 16, \"image_size\": 256}'") from None
