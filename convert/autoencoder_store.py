@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mlx_imgen.autoencoders import AUTOENCODERS
 
-from .keymap import check_weights
+from .keymap import as_mlx, check_shapes, shape_of
 from .readers import read_state_dict
 from .shards import save_weights, weight_files
 
@@ -63,9 +63,11 @@ def convert_state(kind: str, path: Path, config_json: dict | None) -> tuple[dict
     state = read_state_dict(path)
     config = ae.infer_config(state) if config_json is None else \
         ae.infer_config(state, config=config_json)
-    weights = ae.weights_from_upstream(state)
-    check_weights(ae.model(config), weights, f"{path.name} (as {kind})")
-    return config.to_dict(), weights
+    deferred = ae.weights_from_upstream(state, lazy=True)
+    # keys and shapes first: a wrong file fails before any tensor is read
+    check_shapes(ae.model(config), {k: shape_of(v) for k, v in deferred.items()},
+                 f"{path.name} (as {kind})")
+    return config.to_dict(), {k: as_mlx(v) for k, v in deferred.items()}
 
 
 def stored(kind: str, path: Path, sha256: str, source_record: dict,
@@ -83,7 +85,8 @@ def stored(kind: str, path: Path, sha256: str, source_record: dict,
     config = {"kind": kind, "config": ae_config, "source": source_record, **settings,
               "dtype": DTYPE, "quantization": None}
     store_root().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=store_root()))
+    _remove_stale_partials()
+    tmp = Path(tempfile.mkdtemp(prefix=f".partial-{os.getpid()}-", dir=store_root()))
     try:
         save_weights(tmp, weights, {"format": "mlx", "mlx_imgen_component": "autoencoder"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -96,6 +99,24 @@ def stored(kind: str, path: Path, sha256: str, source_record: dict,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return StoredAutoencoder(folder, config)
+
+
+def _remove_stale_partials() -> None:
+    """Temporary entries of killed conversions (their process is gone)."""
+    for tmp in store_root().glob(".partial-*"):
+        pid = tmp.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def link_into(stored_folder: Path, target: Path) -> str:
@@ -147,7 +168,10 @@ def write_folder(out: Path, stored_ae: StoredAutoencoder, force: bool) -> Path:
         raise ValueError(f"{out} already exists; pass --force to replace it or choose another --out")
     if not out.parent.is_dir():
         raise ValueError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         config = dict(stored_ae.config)
         config["store"] = {"key": stored_ae.folder.name,
@@ -156,10 +180,14 @@ def write_folder(out: Path, stored_ae: StoredAutoencoder, force: bool) -> Path:
         (tmp / AUTOENCODER_INDEX).write_text(json.dumps(
             {"component": "autoencoder", "kind": config["kind"],
              "format_version": FORMAT_VERSION}, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
         if out.exists():
-            shutil.rmtree(out)
+            os.rename(out, old)
         os.rename(tmp, out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            os.rename(old, out)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return out

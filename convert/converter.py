@@ -226,6 +226,11 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
         check_settings(quantize, group_size)
     path = Path(source)
     standalone = _standalone_autoencoder(source, path)
+    if weights is not None and (standalone is not None or path.is_dir() and
+                                _diffusers_component(path / "transformer") is None
+                                and _diffusers_component(path) is None):
+        raise ValueError("--weights picks the weight set of a training checkpoint; leave it out "
+                         f"for {source}, which holds none")
     if standalone is not None:
         return convert_autoencoder(*standalone, out, revision=revision, force=force)
     # a diffusers pipeline folder (transformer/ and vae/) or one component folder of it
@@ -260,7 +265,7 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
     checkpoint = read_checkpoint(transformer_path, weights)
     family_name = family or (card.family if card else None) or families.detect(checkpoint.state)
     if family_name is None:
-        if _looks_like_vq(checkpoint.state):
+        if _looks_like_vq(checkpoint.state) and weights is None:
             return convert_autoencoder("vq", None, transformer_path, out, force=force)
         raise ValueError(f"{transformer_path.name} matches no known family; pass --family "
                          f"(one of {', '.join(families.FAMILIES)})")

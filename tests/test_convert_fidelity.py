@@ -4,6 +4,8 @@ convert alone and are stored once."""
 
 import argparse
 import json
+import shutil
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -250,3 +252,39 @@ def test_unconfirmed_maskgit_aliases_are_marked():
              if line.startswith("│ maskgit")}
     assert "(unconfirmed)" in lines["maskgit-halton-t-256"]
     assert "(unconfirmed)" not in lines["maskgit-halton-l-384"]
+
+
+def test_a_store_entry_written_meanwhile_by_another_process_wins(llamagen, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
+    root = autoencoder_store.store_root()
+    stale = root / ".partial-999999999-x"  # a killed conversion's (no such process)
+    stale.mkdir(parents=True)
+    real_rename = autoencoder_store.os.rename
+
+    def racing_rename(src, dst):
+        # the other process finishes first: its entry is in place when ours is renamed
+        if Path(dst).parent == root:
+            shutil.copytree(src, dst)
+            (Path(dst) / "winner").write_text("")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(autoencoder_store.os, "rename", racing_rename)
+    result = convert_gpt(llamagen, TINY_CONFIG, tmp_path / "pipe")
+    assert result.exit_code == 0, result.output
+    [entry] = [p for p in root.iterdir()]  # the stale and our temporary entries are gone
+    assert (entry / "winner").exists() and not stale.exists()
+    assert (tmp_path / "pipe" / "autoencoder" / "model.safetensors").stat().st_ino == \
+        (entry / "model.safetensors").stat().st_ino
+
+
+def test_an_autoencoder_folder_is_replaced_only_with_force(llamagen, tmp_path):
+    out = tmp_path / "vq"
+    assert runner.invoke(app, ["convert", str(llamagen["vq"]), "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["convert", str(llamagen["vq"]), "--out", str(out)])
+    assert result.exit_code == 2 and "already exists; pass --force" in result.output
+    result = runner.invoke(app, ["convert", str(llamagen["vq"]), "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vq"]  # no temporary or old folder
+    result = runner.invoke(app, ["convert", str(llamagen["vq"]), "--out", str(tmp_path / "o"),
+                                 "--weights", "ema"])
+    assert result.exit_code == 2 and "--weights picks the weight set" in result.output
