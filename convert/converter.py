@@ -226,16 +226,20 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
         check_settings(quantize, group_size)
     path = Path(source)
     standalone = _standalone_autoencoder(source, path)
-    if weights is not None and (standalone is not None or path.is_dir() and
-                                _diffusers_component(path / "transformer") is None
-                                and _diffusers_component(path) is None):
-        raise ValueError("--weights picks the weight set of a training checkpoint; leave it out "
-                         f"for {source}, which holds none")
-    if standalone is not None:
-        return convert_autoencoder(*standalone, out, revision=revision, force=force)
     # a diffusers pipeline folder (transformer/ and vae/) or one component folder of it
     diffusers_weights = (_diffusers_component(path / "transformer") or _diffusers_component(path)) \
         if path.is_dir() else None
+    if weights is not None and (standalone or path.is_dir() and diffusers_weights is None):
+        raise ValueError("--weights picks the weight set of a training checkpoint; leave it out "
+                         f"for {source}, which holds none")
+    if standalone is not None:
+        extra = [name for name, value in (("--family", family), ("--config", config),
+                                          ("--autoencoder", autoencoder), ("--quantize", quantize))
+                 if value]
+        if extra:
+            raise ValueError(f"{source} is an autoencoder, which converts alone; leave out "
+                             f"{', '.join(extra)}")
+        return convert_autoencoder(*standalone, out, revision=revision, force=force)
     if path.is_dir() and diffusers_weights is None:
         if not quantize:
             raise ValueError(f"{path} is a folder; to quantize a converted folder pass --quantize, "

@@ -30,6 +30,9 @@ TRAINING_ONLY = {
 }
 TRAINING_ONLY["sit"] = TRAINING_ONLY["dit"]
 
+# bounds that keep a position table of (grid_size ** 2) rows within memory
+LARGEST = {"image_size": 4096, "grid_size": 256, "latent_size": 512}
+
 # the tokenizer's and the VAE's downsampling, which turn an image size into a grid
 TOKEN_STRIDE = 16
 LATENT_STRIDE = 8
@@ -50,7 +53,28 @@ def _square_root(name: str, tokens: int) -> int:
     if grid < 1 or grid * grid != tokens:
         _refuse(f"{name} {tokens} is not a square number of tokens; pass the token count of a "
                 "square grid (256 for 16x16)")
+    if grid > LARGEST["grid_size"]:
+        _refuse(f"{name} {tokens} makes a grid larger than the largest supported, "
+                f"{LARGEST['grid_size']}x{LARGEST['grid_size']}")
     return grid
+
+
+def _project_value(name: str, value):
+    """A project-named value of the right type and range (a whole count, a finite number)."""
+    if name in ("heads", "image_size", "grid_size", "latent_size"):
+        if _int(name, value) < 1:
+            _refuse(f"--config {name} must be at least 1, got {value}")
+        if name in LARGEST and value > LARGEST[name]:
+            _refuse(f"--config {name} {value} is larger than the largest supported, "
+                    f"{LARGEST[name]}")
+        return value
+    if value is None and name == "mlp_norm_eps":  # None: the block norm's eps
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _refuse(f"--config {name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and name != "timestep_freq_shift"):
+        _refuse(f"--config {name} must be positive, got {value}")
+    return value
 
 
 def _must(name: str, value, allowed, why: str) -> dict:
@@ -151,7 +175,7 @@ def normalise(family: str, values: dict, what: str, strict: bool = True) -> dict
         if name in TRAINING_ONLY[family]:
             continue
         if name in PROJECT_NAMES[family]:
-            found = {name: value}
+            found = {name: _project_value(name, value)}
         else:
             found = UPSTREAM[family](name, value) if name in UPSTREAM_NAMES[family] else None
         if found is None:

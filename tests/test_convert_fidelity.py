@@ -288,3 +288,14 @@ def test_an_autoencoder_folder_is_replaced_only_with_force(llamagen, tmp_path):
     result = runner.invoke(app, ["convert", str(llamagen["vq"]), "--out", str(tmp_path / "o"),
                                  "--weights", "ema"])
     assert result.exit_code == 2 and "--weights picks the weight set" in result.output
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"heads": "4", "image_size": 64}', "heads must be a whole number"),
+    ('{"heads": 4, "image_size": 16000000}', "larger than the largest supported, 4096"),
+    ('{"n_head": 4, "block_size": 1000000000000}', "larger than the largest supported, 256x256"),
+    ('{"heads": 4, "image_size": 64, "norm_eps": -1}', "norm_eps must be positive"),
+])
+def test_config_values_of_the_wrong_type_or_range_are_refused(llamagen, tmp_path, config, message):
+    result = convert_gpt(llamagen, config, tmp_path / "o")
+    assert result.exit_code == 2 and message in result.output, result.output
