@@ -287,7 +287,11 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
     config_json = _component_config(transformer_source, transformer_path, _local_hint(card))
     if config_json is not None:
         hints["config_json"] = config_json
-    backbone = fam.infer_config(state, hints)
+    try:
+        backbone = fam.infer_config(state, hints)
+    except KeyError as err:  # a key the family's layout always has
+        raise ValueError(f"{transformer_path.name} lacks {err.args[0]}, which every "
+                         f"{family_name} checkpoint has; pass a complete checkpoint") from None
     upstream_config.check(family_name, backbone, asked)
     sources = fam.weights_from_upstream(state, lazy=True)
     del state  # the lazy map holds what it needs, and lets go of each tensor once loaded

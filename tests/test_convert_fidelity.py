@@ -299,3 +299,19 @@ def test_an_autoencoder_folder_is_replaced_only_with_force(llamagen, tmp_path):
 def test_config_values_of_the_wrong_type_or_range_are_refused(llamagen, tmp_path, config, message):
     result = convert_gpt(llamagen, config, tmp_path / "o")
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_across_filesystems_the_stored_weights_are_copied_and_the_record_says_so(
+        llamagen, tmp_path, monkeypatch):
+    def no_link(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(autoencoder_store.os, "link", no_link)
+    result = convert_gpt(llamagen, TINY_CONFIG, tmp_path / "pipe")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "pipe" / "autoencoder" / "config.json").read_text())
+    assert record["store"]["files"] == "copy"
+    stored = autoencoder_store.store_root() / record["store"]["key"] / "model.safetensors"
+    copied = tmp_path / "pipe" / "autoencoder" / "model.safetensors"
+    assert copied.stat().st_ino != stored.stat().st_ino
+    assert copied.read_bytes() == stored.read_bytes()
