@@ -16,7 +16,6 @@ from .torch_pickle import CheckpointError, LazyTensor, flatten_state_dict, load_
 # state dict, which holds no named set.
 WEIGHT_SETS = {"ema": ("ema",), "model": ("model", "model_state_dict", "module", "state_dict")}
 RAW = "raw"  # the set name recorded for a file that is one raw state dict
-NESTING_KEYS = WEIGHT_SETS["model"]
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
