@@ -52,7 +52,7 @@ def generate(
     n: int = typer.Option(1, "--n", help="Images per class (or random classes if none given)."),
     batch_size: int = typer.Option(None, help="Images sampled together (default: all)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same images."),
-    steps: int = typer.Option(None, help="Sampling steps (masked-token and diffusion)."),
+    steps: int = typer.Option(None, help="Sampling steps (masked-token and diffusion); for SiT's ODE solvers, solver steps: --steps 10 is upstream's --num-sampling-steps 11."),
     cfg: float = typer.Option(None, help="Classifier-free guidance scale."),
     temperature: float = typer.Option(None, help="Sampling temperature. Next-token divides the "
                                       "logits by it (0 = greedy); Halton-MaskGIT multiplies "

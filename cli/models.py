@@ -22,8 +22,9 @@ def models():
     for card in CARDS.values():
         table.add_row(card.alias, card.paradigm, card.parameters,
                       f"{card.image_size}px", f"{card.fid}" if card.fid else "-", card.license,
-                      f"{card.transformer.repo}/{card.transformer.filename}" if card.transformer.repo
-                      else f"local file {card.transformer.filename}")
+                      (f"{card.transformer.repo}/{card.transformer.filename}" if card.transformer.repo
+                       else f"local file {card.transformer.filename}")
+                      + ("" if card.confirmed else " (unconfirmed)"))
     console.print(table)
 
 
@@ -43,8 +44,10 @@ def convert(
                                  "(8 or 4; also 2, 3, 5, 6). A converted float folder may be "
                                  "given as SOURCE."),
     group_size: int = typer.Option(64, help="Quantization group size (32, 64 or 128)."),
+    weights: str = typer.Option(None, help="The weight set of a training checkpoint: ema or "
+                                "model (default: the one upstream samples from, ema for DiT/SiT)."),
 ):
-    """Convert a PyTorch checkpoint into an MLX pipeline folder."""
+    """Convert a PyTorch checkpoint (or an autoencoder alone) into an MLX folder."""
     from mlx_imgen.convert.converter import convert as run_convert
 
     with user_errors():
@@ -52,7 +55,7 @@ def convert(
             folder = run_convert(source, out, family=family, dtype=dtype, config=config,
                                  autoencoder=str(autoencoder) if autoencoder else None,
                                  revision=revision, force=force, quantize=quantize,
-                                 group_size=group_size)
+                                 group_size=group_size, weights=weights)
         console.print(f"wrote {folder}")
 
 

@@ -9,16 +9,17 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from mlx_imgen import __version__, families
-from mlx_imgen.autoencoders import AUTOENCODERS
 from mlx_imgen.backbone import BackboneConfig, Transformer
 from mlx_imgen.quantize import (apply_structure, check_settings, quantizable_layers,
                                 quantization_record, quantize_weight)
 from mlx_imgen.registry import (AUTOENCODER_SOURCES, CARDS, DEFAULT_AUTOENCODERS, ModelCard, Source,
                                 card_for_file, get_card)
 
+from . import autoencoder_store as store
+from . import upstream_config
 from .hub import fetch, require
-from .keymap import as_mlx, check_shapes, check_weights
-from .readers import CHECKPOINT_SUFFIXES, read_state_dict
+from .keymap import KeyMismatchError, as_mlx, check_shapes, check_weights, shape_of
+from .readers import CHECKPOINT_SUFFIXES, read_checkpoint
 from .shards import load_weights
 from .writer import holding_lock_on, sha256_of, write_pipeline
 
@@ -41,7 +42,8 @@ def parse_config_json(text: str | None) -> dict:
     if not text:
         return {}
     try:
-        values = json.loads(Path(text).read_text() if Path(text).is_file() else text)
+        # JSON text first: a long object is no valid path (is_file raises ENAMETOOLONG)
+        values = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
     except (json.JSONDecodeError, OSError) as err:
         raise ValueError(f"--config is neither a JSON object nor a JSON file ({err}); "
                          "for example --config '{\"heads\": 16, \"image_size\": 256}'") from None
@@ -100,9 +102,10 @@ def _local_hint(card: ModelCard | None, autoencoder: str | None = None,
     return f"download {steps}, then run `{' '.join(command)}`"
 
 
-def _source_record(path: Path, source: Source | None) -> dict:
+def _source_record(path: Path, source: Source | None, sha256: str | None = None) -> dict:
     return {"repo": source.repo if source else None, "file": path.name,
-            "revision": source.revision if source else None, "sha256": sha256_of(path)}
+            "revision": source.revision if source else None,
+            "sha256": sha256 or sha256_of(path)}
 
 
 def _check_family(family, state: dict, path: Path) -> None:
@@ -119,21 +122,26 @@ def stream_weights(backbone: BackboneConfig, sources: dict, dtype: str | None,
     `sources` maps keys to tensors or to zero-argument callables that load them (a lazy key
     map); it is emptied as it goes, so each float tensor is freed once it is cast to `dtype`
     (None keeps it) and, for the layers quantize_model would quantize, quantized. The float
-    model and the quantized one never coexist. Shapes are checked strictly at the end.
+    model and the quantized one never coexist. Keys and shapes are checked before anything
+    loads.
     """
     model = Transformer(backbone)  # structure only: MLX initialises parameters lazily
     expected = {k: v.shape for k, v in tree_flatten(model.parameters())}
+    # the key-and-shape pass: a file that does not fit fails before any tensor is read
+    check_shapes(model, {k: shape_of(v) for k, v in sources.items()}, what)
     record, layers = None, set()
     if quantize:
         record = quantization_record(quantize, group_size,
                                      quantizable_layers(model, quantize, group_size))
         layers = {f"{path}.weight" for path in record["modules"]}
-    weights, shapes = {}, {}
+    weights = {}
     for key in list(sources):
         array = as_mlx(sources.pop(key))
         array = array.astype(DTYPES[dtype]) if dtype else array
-        shapes[key] = array.shape
-        if key in layers and array.shape == expected[key]:
+        if array.shape != expected[key]:  # a lying file: its data disagree with its header
+            raise KeyMismatchError(f"The {what} does not fit the model: {key} loads as "
+                                   f"{tuple(array.shape)}, not {tuple(expected[key])}")
+        if key in layers:
             parts = quantize_weight(array, quantize, group_size)
             new = {key[: -len("weight")] + name: v for name, v in parts.items()}
         else:
@@ -141,7 +149,6 @@ def stream_weights(backbone: BackboneConfig, sources: dict, dtype: str | None,
         mx.eval(new)
         weights.update(new)
         del array, new
-    check_shapes(model, shapes, what)
     if not quantize:
         return weights, None
     apply_structure(model, record)
@@ -164,10 +171,11 @@ def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: b
     weights, record = stream_weights(backbone, load_weights(folder / "transformer"), None,
                                      quantize, group_size, f"{folder / 'transformer'}")
     ae_config = read_json(folder / "autoencoder" / "config.json")
+    ae_folder = store.StoredAutoencoder(folder / "autoencoder", ae_config)
     index = {**index, "quantization": record}
     return write_pipeline(out, index, {
         "transformer": ({**t_config, "quantization": record}, weights),
-        "autoencoder": (ae_config, load_weights(folder / "autoencoder")),
+        "autoencoder": (ae_config, store.linker(ae_folder, ae_config)),
     }, force=force)
 
 
@@ -219,13 +227,37 @@ def _read_config(path: Path) -> dict:
     return values
 
 
+def _is_vae_folder(path: Path) -> bool:
+    """A diffusers AutoencoderKL folder (config.json naming the class beside its weights)."""
+    if _diffusers_component(path) is None:
+        return False
+    try:
+        return _read_config(path / "config.json").get("_class_name") == "AutoencoderKL"
+    except ValueError:
+        return False
+
+
+def _standalone_autoencoder(source: str, path: Path) -> tuple[str, Source | None, Path | None] | None:
+    """(kind, hub source, local path) when `source` names an autoencoder on its own: a VAE
+    alias, a diffusers VAE folder, or a tokenizer file known by name."""
+    if source in AUTOENCODER_SOURCES:
+        return "kl", AUTOENCODER_SOURCES[source], None
+    if path.is_dir() and _is_vae_folder(path):
+        return "kl", None, path
+    if path.is_file() and path.name in VQ_FILES:
+        return "vq", None, path
+    return None
+
+
 @holding_lock_on("out")
 def convert(source: str, out: str | Path, *, family: str | None = None, dtype: str | None = None,
             config: str | dict | None = None, autoencoder: str | None = None,
             revision: str | None = None, force: bool = False, quantize: int | None = None,
-            group_size: int = 64) -> Path:
+            group_size: int = 64, weights: str | None = None) -> Path:
     """Convert `source` (an alias, a .pt/.pth/.safetensors path, or a converted float folder)
-    into the folder `out`, optionally quantizing the transformer to `quantize` bits."""
+    into the folder `out`, optionally quantizing the transformer to `quantize` bits. `weights`
+    picks the weight set of a training checkpoint ("ema" or "model"); by default the set the
+    family's upstream samples from. An autoencoder alone converts into an autoencoder folder."""
     dtype = resolve_dtype(dtype)
     out = Path(out)
     if out.exists() and not force:
@@ -233,9 +265,21 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
     if quantize:
         check_settings(quantize, group_size)
     path = Path(source)
+    standalone = _standalone_autoencoder(source, path)
     # a diffusers pipeline folder (transformer/ and vae/) or one component folder of it
     diffusers_weights = (_diffusers_component(path / "transformer") or _diffusers_component(path)) \
         if path.is_dir() else None
+    if weights is not None and (standalone or path.is_dir() and diffusers_weights is None):
+        raise ValueError("--weights picks the weight set of a training checkpoint; leave it out "
+                         f"for {source}, which holds none")
+    if standalone is not None:
+        extra = [name for name, value in (("--family", family), ("--config", config),
+                                          ("--autoencoder", autoencoder), ("--quantize", quantize))
+                 if value]
+        if extra:
+            raise ValueError(f"{source} is an autoencoder, which converts alone; leave out "
+                             f"{', '.join(extra)}")
+        return convert_autoencoder(*standalone, out, revision=revision, force=force)
     if path.is_dir() and diffusers_weights is None:
         if not quantize:
             raise ValueError(f"{path} is a folder; to quantize a converted folder pass --quantize, "
@@ -264,61 +308,117 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
         get_card(source)  # raises with the closest aliases
         raise AssertionError("unreachable")
 
-    state = read_state_dict(transformer_path)
-    family_name = family or (card.family if card else None) or families.detect(state)
+    checkpoint = read_checkpoint(transformer_path, weights)
+    family_name = family or (card.family if card else None) or families.detect(checkpoint.state)
     if family_name is None:
+        if _looks_like_vq(checkpoint.state) and weights is None:
+            return convert_autoencoder("vq", None, transformer_path, out, force=force)
         raise ValueError(f"{transformer_path.name} matches no known family; pass --family "
                          f"(one of {', '.join(families.FAMILIES)})")
     fam = families.get(family_name)
+    if weights is None:
+        checkpoint.select(None, fam.SAMPLES_FROM)
+    state = checkpoint.state
     _check_family(fam, state, transformer_path)
-    hints = {**(card.hints if card and card.family == family_name else {}),
-             **(config if isinstance(config, dict) else parse_config_json(config))}
+    asked = upstream_config.merge(
+        upstream_config.normalise(family_name, checkpoint.args, "the checkpoint's stored args",
+                                  strict=False),
+        upstream_config.normalise(family_name, config if isinstance(config, dict)
+                                  else parse_config_json(config), "--config"))
+    hints = {**(card.hints if card and card.family == family_name else {}), **asked}
     config_json = _component_config(transformer_source, transformer_path, _local_hint(card))
     if config_json is not None:
         hints["config_json"] = config_json
-    backbone = fam.infer_config(state, hints)
+    try:
+        backbone = fam.infer_config(state, hints)
+    except KeyError as err:  # a key the family's layout always has
+        raise ValueError(f"{transformer_path.name} lacks {err.args[0]}, which every "
+                         f"{family_name} checkpoint has; pass a complete checkpoint") from None
+    upstream_config.check(family_name, backbone, asked)
     sources = fam.weights_from_upstream(state, lazy=True)
     del state  # the lazy map holds what it needs, and lets go of each tensor once loaded
-    weights, quantization = stream_weights(backbone, sources, dtype, quantize, group_size,
-                                           f"{transformer_path.name} (as {family_name})")
-
-    ae_source = card.autoencoder if card else DEFAULT_AUTOENCODERS[family_name]
-    if autoencoder in AUTOENCODER_SOURCES:
-        ae_source = AUTOENCODER_SOURCES[autoencoder]
-    elif autoencoder or local_vae:
-        ae_path, ae_source = Path(autoencoder) if autoencoder else local_vae, None
-        if ae_path.is_dir():
-            folder, ae_path = ae_path, _diffusers_component(ae_path)
-            if ae_path is None:
-                raise ValueError(f"{folder} is not a diffusers VAE folder (config.json and "
-                                 f"{DIFFUSERS_WEIGHTS[0]}); pass that folder or a checkpoint file")
-    ae_hint = (f"download the hub repo {ae_source.repo} and pass its folder as --autoencoder"
-               if ae_source and ae_source.config else
-               f"download {ae_source.filename if ae_source else 'it'} and pass --autoencoder PATH")
-    if ae_source is not None:
-        ae_path = _fetch_source(ae_source, ae_hint)
-    kind = AUTOENCODERS[fam.AUTOENCODER]
-    ae_state = read_state_dict(ae_path)
-    ae_json = _component_config(ae_source, ae_path, ae_hint)
-    ae_config = kind.infer_config(ae_state) if ae_json is None else \
-        kind.infer_config(ae_state, config=ae_json)
-    ae_weights = kind.weights_from_upstream(ae_state)
-    check_weights(kind.model(ae_config), ae_weights, f"{ae_path.name} (as {fam.AUTOENCODER})")
+    transformer_weights, quantization = stream_weights(
+        backbone, sources, dtype, quantize, group_size, f"{transformer_path.name} (as {family_name})")
 
     settings = {"dtype": dtype, "quantization": quantization, "mlx_imgen_version": __version__,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    stored_ae = _pipeline_autoencoder(fam.AUTOENCODER, card, family_name, autoencoder, local_vae,
+                                      settings)
+    ae_config = {**stored_ae.config, **settings, "dtype": store.DTYPE, "quantization": None}
     index = {"family": family_name, "paradigm": fam.PARADIGM,
              "alias": card.alias if card and card.family == family_name else None,
              "license": card.license if card else getattr(fam, "LICENSE", None),
              "sampling": dict(card.sampling if card and card.family == family_name
-                              else fam.SAMPLING), **settings}
+                              else fam.SAMPLING),
+             "weights": checkpoint.weight_set, **settings}
+    t_source = {**_source_record(transformer_path, transformer_source),
+                "weights": checkpoint.weight_set, "entry": checkpoint.entry}
     components = {
         "transformer": ({"family": family_name, "backbone": backbone.to_dict(),
-                         "source": _source_record(transformer_path, transformer_source), **settings},
-                        weights),
-        "autoencoder": ({"kind": fam.AUTOENCODER, "config": ae_config.to_dict(),
-                         "source": _source_record(ae_path, ae_source), **settings,
-                         "dtype": "float32", "quantization": None},
-                        ae_weights),
+                         "source": t_source, **settings}, transformer_weights),
+        "autoencoder": (ae_config, store.linker(stored_ae, ae_config)),
     }
     return write_pipeline(out, index, components, force=force)
+
+
+VQ_FILES = {s.filename for s in DEFAULT_AUTOENCODERS.values() if s.config is None} | {"vq_ds8_c2i.pt"}
+VQ_KEYS = ("quantize.embedding.weight", "encoder.conv_in.weight", "decoder.conv_out.weight")
+
+
+def _looks_like_vq(state: dict) -> bool:
+    return all(k in state for k in VQ_KEYS)
+
+
+def _ae_hint(ae_source: Source | None) -> str:
+    if ae_source and ae_source.config:
+        return f"download the hub repo {ae_source.repo} and pass its folder as --autoencoder"
+    return f"download {ae_source.filename if ae_source else 'it'} and pass --autoencoder PATH"
+
+
+def _pipeline_autoencoder(kind: str, card: ModelCard | None, family_name: str,
+                          autoencoder: str | None, local_vae: Path | None,
+                          settings: dict) -> store.StoredAutoencoder:
+    """The family's autoencoder from the store (converted there on first use), or a converted
+    autoencoder folder passed as --autoencoder."""
+    ae_source = card.autoencoder if card else DEFAULT_AUTOENCODERS[family_name]
+    ae_path = None
+    if autoencoder in AUTOENCODER_SOURCES:
+        ae_source = AUTOENCODER_SOURCES[autoencoder]
+    elif autoencoder or local_vae:
+        ae_path, ae_source = Path(autoencoder) if autoencoder else local_vae, None
+        if store.is_autoencoder_folder(ae_path):
+            return store.read_folder(ae_path, kind)
+        if ae_path.is_dir():
+            folder, ae_path = ae_path, _diffusers_component(ae_path)
+            if ae_path is None:
+                raise ValueError(f"{folder} is not a diffusers VAE folder (config.json and "
+                                 f"{DIFFUSERS_WEIGHTS[0]}) nor a converted autoencoder folder; "
+                                 "pass one of those or a checkpoint file")
+    if ae_source is not None:
+        ae_path = _fetch_source(ae_source, _ae_hint(ae_source))
+    return _stored_autoencoder(kind, ae_source, ae_path, settings)
+
+
+def _stored_autoencoder(kind: str, ae_source: Source | None, ae_path: Path,
+                        settings: dict) -> store.StoredAutoencoder:
+    if not ae_path.is_file():
+        raise ValueError(f"{ae_path} does not exist; pass the path of a downloaded "
+                         f"{'VAE' if kind == 'kl' else 'tokenizer'}")
+    sha = sha256_of(ae_path)
+    record = {**_source_record(ae_path, ae_source, sha)}
+    config_json = _component_config(ae_source, ae_path, _ae_hint(ae_source))
+    return store.stored(kind, ae_path, sha, record, config_json, settings)
+
+
+def convert_autoencoder(kind: str, ae_source: Source | None, ae_path: Path | None, out: Path, *,
+                        revision: str | None = None, force: bool = False) -> Path:
+    """An autoencoder on its own: a VAE alias, a diffusers VAE folder or a tokenizer file, into
+    an autoencoder folder that `convert --autoencoder` accepts."""
+    if ae_source is not None:
+        ae_source = dataclasses.replace(ae_source, revision=revision or ae_source.revision)
+        ae_path = _fetch_source(ae_source, _ae_hint(ae_source))
+    elif ae_path.is_dir():
+        ae_path = _diffusers_component(ae_path)
+    settings = {"mlx_imgen_version": __version__,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return store.write_folder(out, _stored_autoencoder(kind, ae_source, ae_path, settings), force)

@@ -2,8 +2,9 @@
 
 A map is a list of `Rule(source regex, target template, transform)`; each upstream key must match
 exactly one rule or an `ignore` pattern. Transforms run once, at conversion time. A lazy map
-gives zero-argument callables that load and transform one tensor each, so a converter can
-hold one float tensor at a time.
+gives `Deferred` values that load and transform one tensor each, so a converter can hold one
+float tensor at a time; each also knows its target shape without loading anything, so a wrong
+file is refused from its shapes alone.
 """
 
 import re
@@ -33,6 +34,43 @@ def conv_weight(w: mx.array) -> mx.array:
     return w.transpose(0, 2, 3, 1) if w.ndim == 4 else w
 
 
+def _conv_weight_shape(shape: tuple) -> tuple:
+    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else shape
+
+
+# the shape each transform gives, so that target shapes are known before any tensor is read;
+# a transform missing here is a bug the key-and-shape pass reports at once
+SHAPE_RULES: dict[Callable, Callable[[tuple], tuple]] = {conv_weight: _conv_weight_shape}
+
+
+class Deferred:
+    """A tensor not loaded yet: calling it loads it; `shape` is known without loading."""
+
+    def __init__(self, load: Callable[[], mx.array], shape: tuple):
+        self.load, self.shape = load, tuple(shape)
+
+    def __call__(self) -> mx.array:
+        return self.load()
+
+
+def shape_of(value) -> tuple:
+    """The shape of a stored tensor (LazyTensor, Deferred, numpy or mx array), without loading."""
+    return tuple(int(n) for n in value.shape)
+
+
+def concatenated(values: list) -> Deferred:
+    """The concatenation along dim 0 of stored tensors (q, k and v into one qkv), deferred."""
+    shapes = [shape_of(v) for v in values]
+    if any(s[1:] != shapes[0][1:] for s in shapes):
+        raise KeyMismatchError(f"cannot concatenate tensors of shapes {', '.join(map(str, shapes))}")
+    shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+    return Deferred(partial(_concatenate, values), shape)
+
+
+def _concatenate(values: list) -> mx.array:
+    return mx.concatenate([as_mlx(v) for v in values])
+
+
 def strip_prefixes(weights: dict, prefixes: Iterable[str]) -> dict:
     """Remove wrapper prefixes such as DDP's `module.` and torch.compile's `_orig_mod.`."""
     pattern = re.compile("|".join(re.escape(p) for p in prefixes))
@@ -54,10 +92,15 @@ def _load(value, load: Callable, transform: Callable | None) -> mx.array:
     return transform(array) if transform else array
 
 
+def _target_shape(value, transform: Callable | None) -> tuple:
+    shape = shape_of(value)
+    return SHAPE_RULES[transform](shape) if transform else shape
+
+
 def map_keys(weights: dict, rules: list[Rule], ignore: Iterable[str] = (), *,
              load: Callable = as_mlx, lazy: bool = False) -> dict:
     """Rename and transform upstream weights; `load` turns a stored value into an mx.array.
-    With `lazy`, each value is a zero-argument callable that loads and transforms it."""
+    With `lazy`, each value is a Deferred that loads and transforms it."""
     compiled = [(re.compile(rule.source + r"\Z"), rule) for rule in rules]
     ignored = [re.compile(p + r"\Z") for p in ignore]
     out, unexpected = {}, []
@@ -66,7 +109,8 @@ def map_keys(weights: dict, rules: list[Rule], ignore: Iterable[str] = (), *,
             match = pattern.match(key)
             if match:
                 thunk = partial(_load, value, load, rule.transform)
-                out[match.expand(rule.target)] = thunk if lazy else thunk()
+                out[match.expand(rule.target)] = \
+                    Deferred(thunk, _target_shape(value, rule.transform)) if lazy else thunk()
                 break
         else:
             if not any(p.match(key) for p in ignored):

@@ -31,6 +31,7 @@ class ModelCard:
     sampling: dict = field(default_factory=dict)
     hints: dict = field(default_factory=dict)  # what shapes cannot tell (heads, image size)
     local_files: tuple[str, ...] = ()   # names of the upstream files that users download themselves
+    confirmed: bool = True              # False: upstream documents no such file (a guessed name)
 
 
 # the tokenizer each family decodes with when a local transformer file comes without one
@@ -83,7 +84,9 @@ def _maskgit(size: str, image_size: int, parameters: str, fid: float, fid_w: flo
         transformer=Source(MASKGIT_REPO, f"ImageNet_{image_size}_{size}.pth"),
         autoencoder=LLAMAGEN_VQ, license="MIT", fid=fid,
         published=f"Halton sampler, 32 steps, cfg w {fid_w} (upstream's README table)",
-        sampling=dict(SAMPLING), hints={"heads": SIZES[size][2], "image_size": image_size})
+        sampling=dict(SAMPLING), hints={"heads": SIZES[size][2], "image_size": image_size},
+        # upstream's README documents only ImageNet_384_large.pth on the hub
+        confirmed=(size, image_size) == ("large", 384))
 
 
 DEFAULT_AUTOENCODERS["maskgit"] = LLAMAGEN_VQ

@@ -64,3 +64,10 @@ def flow_model():
                              positions="sincos2d", in_channels=4, patch_size=2, out_channels=8,
                              mlp="gelu_tanh", norm="layer", norm_affine=False,
                              final_norm_affine=False, head_bias=True))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _autoencoder_store(tmp_path_factory):
+    """Conversions store autoencoders in a test cache, never in the user's."""
+    import os
+    os.environ["MLX_IMGEN_CACHE"] = str(tmp_path_factory.mktemp("mlx-imgen-cache"))

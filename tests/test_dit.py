@@ -206,6 +206,14 @@ def test_hub_alias_downloads_converts_and_generates(tmp_path):
     assert result.returncode == 0, result.stderr
     ae = json.loads((tmp_path / "ema" / "autoencoder" / "config.json").read_text())
     assert ae["source"]["repo"] == "stabilityai/sd-vae-ft-ema"
+    # the VAE alone, by its name, into an autoencoder folder holding the same stored weights
+    result = subprocess.run([sys.executable, "-m", "mlx_imgen.cli", "convert", "sd-vae-ft-ema",
+                             "--out", str(tmp_path / "vae-mlx")], env=offline_env(hf_home, cache),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "vae-mlx" / "config.json").read_text())["kind"] == "kl"
+    assert (tmp_path / "vae-mlx" / "model.safetensors").stat().st_ino == \
+        (tmp_path / "ema" / "autoencoder" / "model.safetensors").stat().st_ino
 
 
 # ---------------------------------------------------------------- bad input

@@ -270,8 +270,8 @@ def infer_kl_config(state: dict, config: dict | None = None) -> KLConfig:
         shift_factor=float(config.get("shift_factor") or 0.0))
 
 
-def kl_weights_from_upstream(state: dict) -> dict[str, mx.array]:
-    return map_keys(state, KL_KEY_RULES)
+def kl_weights_from_upstream(state: dict, lazy: bool = False) -> dict[str, mx.array]:
+    return map_keys(state, KL_KEY_RULES, lazy=lazy)
 
 
 # ---------------------------------------------------------------- FLOPs (2 x MACs)

@@ -235,9 +235,10 @@ def infer_vq_config(state: dict) -> VQConfig:
                     ch_mult=ch_mult, z_channels=z_channels, num_res_blocks=len(res))
 
 
-def vq_weights_from_upstream(state: dict) -> dict[str, mx.array]:
-    """Upstream VQModel state dict (the checkpoint's "model" entry) -> VQModel weights."""
-    return map_keys(state, VQ_KEY_RULES, VQ_IGNORE)
+def vq_weights_from_upstream(state: dict, lazy: bool = False) -> dict[str, mx.array]:
+    """Upstream VQModel state dict (the checkpoint's "model" entry) -> VQModel weights, or with
+    `lazy` deferred ones that know their shapes."""
+    return map_keys(state, VQ_KEY_RULES, VQ_IGNORE, lazy=lazy)
 
 
 # ---------------------------------------------------------------- FLOPs (2 x MACs)

@@ -5,14 +5,14 @@ sigma, and the key maps of DiT's `models.py` checkpoints (SiT's share them) and 
 
 import math
 import re
-from functools import partial
 from types import SimpleNamespace
 
 import mlx.core as mx
 import numpy as np
 
 from mlx_imgen.backbone import BackboneConfig
-from mlx_imgen.convert.keymap import KeyMismatchError, Rule, as_mlx, conv_weight, map_keys
+from mlx_imgen.convert.keymap import (KeyMismatchError, Rule, as_mlx, concatenated, conv_weight,
+                                     map_keys)
 from mlx_imgen.nn import sincos_2d
 
 FAMILY = "dit"
@@ -27,6 +27,8 @@ ORIGINAL_KEYS = ("x_embedder.proj.weight", "final_layer.linear.weight")
 DIFFUSERS_KEYS = ("pos_embed.proj.weight", "proj_out_2.weight")
 SIGNATURE = tuple(f"{a} (or diffusers' {b})" for a, b in zip(ORIGINAL_KEYS, DIFFUSERS_KEYS))
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# DiT's and SiT's sample.py load a training checkpoint's "ema" weights (find_model)
+SAMPLES_FROM = ("ema", "model")
 
 ORIGINAL_RULES = [
     Rule(r"x_embedder\.proj\.weight", "patch_embed.proj.weight", conv_weight),
@@ -234,17 +236,13 @@ def _diffusers_weights(state: dict) -> dict:
         if missing:
             raise KeyMismatchError(f"The checkpoint lacks {', '.join(missing)}")
         # loaded when the map loads it, so a lazy map holds no float copy
-        out[f"transformer_blocks.{block}.attn1.to_qkv.{kind}"] = partial(
-            _concatenate, [state[n] for n in names])
+        out[f"transformer_blocks.{block}.attn1.to_qkv.{kind}"] = concatenated(
+            [state[n] for n in names])
     for key in state:
         split = re.fullmatch(_BLOCK + r"attn1\.to_([kv])\.(weight|bias)", key)
         if split and f"transformer_blocks.{split.group(1)}.attn1.to_q.{split.group(3)}" not in state:
             raise KeyMismatchError(f"The checkpoint has {key} but no matching to_q")
     return out
-
-
-def _concatenate(values: list) -> mx.array:
-    return mx.concatenate([as_mlx(v) for v in values])
 
 
 def weights_from_upstream(state: dict, lazy: bool = False) -> dict:
@@ -319,6 +317,6 @@ def make_sit_plan(config: BackboneConfig, sampling: dict):
 # SiT is DiT's network and key layout (its forward drops the sigma channels) with a flow sampler
 SIT = SimpleNamespace(
     FAMILY="sit", PARADIGM=PARADIGM, AUTOENCODER=AUTOENCODER, LICENSE="MIT", SIZES=SIZES,
-    SIGNATURE=SIGNATURE, is_checkpoint=is_checkpoint, infer_config=infer_config,
+    SIGNATURE=SIGNATURE, SAMPLES_FROM=SAMPLES_FROM, is_checkpoint=is_checkpoint, infer_config=infer_config,
     weights_from_upstream=weights_from_upstream, config_for=config_for,
     SAMPLING=SIT_SAMPLING, make_plan=make_sit_plan)

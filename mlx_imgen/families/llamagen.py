@@ -5,6 +5,7 @@ import re
 
 from mlx_imgen.backbone import BackboneConfig
 from mlx_imgen.convert.keymap import Rule, map_keys
+from mlx_imgen.convert.upstream_config import grid_from_image_size
 from mlx_imgen.nn import swiglu_hidden
 
 FAMILY = "llamagen"
@@ -32,15 +33,18 @@ KEY_RULES = [
 # RoPE tables and generation caches are rebuilt at run time
 IGNORE = [r"freqs_cis", r"layers\.\d+\.attention\.kv_cache\.[kv]_cache"]
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# the weight set upstream samples from first: its released files hold "model"
+SAMPLES_FROM = ("model", "ema")
 
 
 def backbone_config(depth: int, width: int, heads: int, hidden: int, vocab_size: int = 16384,
-                    num_classes: int = 1000, grid_size: int = 16) -> BackboneConfig:
+                    num_classes: int = 1000, grid_size: int = 16, norm_eps: float = 1e-5,
+                    rope_base: float = 10000.0) -> BackboneConfig:
     return BackboneConfig(
         depth=depth, width=width, heads=heads, mlp="swiglu", mlp_hidden=hidden,
-        mlp_bias=False, norm="rms", norm_eps=1e-5, fused_qkv=True, qkv_bias=False,
+        mlp_bias=False, norm="rms", norm_eps=norm_eps, fused_qkv=True, qkv_bias=False,
         out_bias=False, causal=True, input="tokens", grid_size=grid_size, vocab_size=vocab_size,
-        conditioning="prefix", num_classes=num_classes, positions="rope2d", rope_base=10000.0,
+        conditioning="prefix", num_classes=num_classes, positions="rope2d", rope_base=rope_base,
         rope_prefix="zeros", head_bias=False)
 
 
@@ -76,10 +80,12 @@ def infer_config(state: dict, hints: dict) -> BackboneConfig:
     if "image_size" not in hints and "grid_size" not in hints:
         raise ValueError("cannot tell the image size this LlamaGen checkpoint was trained at; "
                          "pass --config '{\"image_size\": 256}' (or 384)")
-    grid = hints.get("grid_size") or hints["image_size"] // 16
+    grid = hints.get("grid_size") or grid_from_image_size(hints["image_size"])
     if width % heads:
         raise ValueError(f"{heads} heads do not divide the width {width}; fix --config heads")
-    return backbone_config(depth, width, heads, hidden, vocab, num_classes, grid)
+    return backbone_config(depth, width, heads, hidden, vocab, num_classes, grid,
+                           norm_eps=hints.get("norm_eps", 1e-5),
+                           rope_base=hints.get("rope_base", 10000.0))
 
 
 def weights_from_upstream(state: dict, lazy: bool = False) -> dict:

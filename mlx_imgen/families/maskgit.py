@@ -40,6 +40,9 @@ KEY_RULES = [
     Rule(r"head\.(weight|bias)", r"head.\1"),
 ]
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# upstream saves the model and its EMA as separate files (current.pth, ema.pth), each under
+# "model_state_dict"; a file that holds both sets converts "model"
+SAMPLES_FROM = ("model", "ema")
 
 
 def backbone_config(depth: int, width: int, heads: int, hidden: int, *, head_dim: int | None = None,
