@@ -95,6 +95,8 @@ def loading(model: str):
     its keys, an index of `[]`) becomes one sentence naming the folder."""
     try:
         yield
+    except (typer.Exit, typer.Abort):  # both are RuntimeErrors
+        raise
     except (RuntimeError, KeyError, TypeError, IndexError, AttributeError) as err:
         if debugging():
             raise
