@@ -29,8 +29,10 @@ def main() -> None:
     except KeyboardInterrupt:
         _interrupted()
     except Exception as err:  # a broken installation: still one line, no traceback
-        from .errors import debugging
+        from .errors import caused_by_interrupt, debugging
 
+        if caused_by_interrupt(err):
+            _interrupted()
         if debugging():
             raise
         sys.stderr.write(f"error: mlx-imgen could not start: {type(err).__name__}: {err} "

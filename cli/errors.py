@@ -49,10 +49,22 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def caused_by_interrupt(err: BaseException) -> bool:
+    """Whether Ctrl-C is behind `err` (Python wraps it, say, when it lands in a class body)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def describe_os_error(err: OSError) -> str:
     where = f" {err.filename}" if err.filename else ""
     if err.errno == errno.ENOSPC:
-        return f"no space left on the device writing{where}; free some space or choose another --out"
+        return f"no space left on the device{' for' + where if where else ''}; free some space " \
+            "or choose another --out"
     if err.errno == errno.EROFS:
         return f"cannot write{where}: the file system is read-only; choose another --out"
     if err.errno in (errno.EACCES, errno.EPERM):
@@ -75,6 +87,9 @@ def describe(err: BaseException, command: str | None) -> str:
         return (f"{name} ran out of memory; ask for fewer images (--n, --batch-size) or pass "
                 "--low-memory")
     detail = str(err) or "no details"
+    if isinstance(err, RuntimeError) and detail.startswith("[write]"):  # MLX's file writers
+        return (f"{name} could not write its output ({detail}); no space left on the device or "
+                "a read-only target: free some space or choose another --out")
     return f"{name} failed with {type(err).__name__}: {detail} (set {DEBUG_ENV}=1 for the traceback)"
 
 
@@ -129,6 +144,8 @@ class GuardedGroup(TyperGroup):
         except typer.Abort:
             stderr.print("interrupted", highlight=False)
             sys.exit(INTERRUPTED_EXIT)
+        if result == INTERRUPTED_EXIT:  # Ctrl-C in a command, or in typer's own parsing
+            stderr.print("interrupted", highlight=False)
         sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx):
@@ -136,12 +153,13 @@ class GuardedGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, click_errors.ClickException):
             raise
-        except KeyboardInterrupt:
-            stderr.print("interrupted", highlight=False)
+        except KeyboardInterrupt:  # main() says "interrupted"
             raise typer.Exit(INTERRUPTED_EXIT) from None
         except BrokenPipeError:
             raise  # click's own handling: a closed pipe (`| head`) is not an error
         except Exception as err:  # the boundary: nothing may reach the user as a traceback
+            if caused_by_interrupt(err):
+                raise typer.Exit(INTERRUPTED_EXIT) from None
             if debugging():
                 raise
             report(describe(err, ctx.invoked_subcommand))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
 
@@ -136,6 +137,9 @@ def generate(
             raise ValueError(f"{existing[0]} already exists; pass --force to overwrite it")
         if not output.parent.exists():
             raise ValueError(f"folder {output.parent} does not exist; create it first")
+        if not os.access(output.parent, os.W_OK):
+            raise ValueError(f"cannot write {output}: folder {output.parent} is not writable; "
+                             "choose another --output")
         with console.status(f"loading {model}"), loading(model):
             pipe = load(model, dtype=dtype, quantize=quantize, group_size=group_size)
         # without --class, n classes drawn from the seed among the model's own
@@ -149,7 +153,8 @@ def generate(
         plan, sampling = pipe.plan(**overrides)
         unit = "tokens" if pipe.paradigm == "next-token" else "steps"
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=console) as progress:
+                      TimeRemainingColumn(), console=console,
+                      disable=not console.is_terminal) as progress:
             task = progress.add_task(f"{pipe.paradigm} {unit}", total=None)
 
             def on_step(done: int, total: int) -> None:

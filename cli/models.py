@@ -109,6 +109,10 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
         table.add_row("sampling", json.dumps(index.get("sampling")))
         for name in ("transformer", "autoencoder"):
             config = read_json(folder / name / "config.json")
+            needed = "backbone" if name == "transformer" else "config"
+            if not isinstance(config, dict) or needed not in config:
+                raise ValueError(f"{folder / name / 'config.json'} has no {needed!r}; the folder "
+                                 "is damaged or incomplete: convert the model again")
             files = weight_files(folder / name)
             size = sum(f.stat().st_size for f in files) / 1e6
             source = config.get("source", {})
