@@ -20,7 +20,15 @@ def _interrupted() -> None:
         os._exit(INTERRUPTED_EXIT)
 
 
+def _interrupted_at_start_up(signum, frame) -> None:
+    _interrupted()
+
+
 def main() -> None:
+    # Until a command runs, Ctrl-C exits at once: an import may swallow a KeyboardInterrupt
+    # (a bare `except:`), and there is nothing to clean up yet. The command boundary
+    # (errors.GuardedGroup) restores KeyboardInterrupt so that half-written files are removed.
+    signal.signal(signal.SIGINT, _interrupted_at_start_up)
     try:
         from mlx_imgen import blas
 

@@ -8,6 +8,7 @@ sentence naming the input and the fix, and the boundary words everything else.
 import contextlib
 import errno
 import os
+import signal
 import sys
 
 import typer
@@ -149,6 +150,10 @@ class GuardedGroup(TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx):
+        from . import _interrupted_at_start_up
+
+        if signal.getsignal(signal.SIGINT) is _interrupted_at_start_up:  # the console script
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, click_errors.ClickException):

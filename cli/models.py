@@ -10,7 +10,7 @@ from rich.table import Table
 from mlx_imgen.registry import CARDS
 
 from .errors import loading, user_errors
-from .validate import CONFIG_NUMBER, IMAGE_SIZE, check_options, check_value, group_sizes, quantize_bits
+from .validate import CONFIG_IMAGE_SIZE, CONFIG_NUMBER, check_options, check_value, group_sizes, quantize_bits
 
 console = Console()
 
@@ -34,7 +34,7 @@ def check_config_values(values: dict) -> None:
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        allowed = IMAGE_SIZE if key == "image_size" else CONFIG_NUMBER
+        allowed = CONFIG_IMAGE_SIZE if key == "image_size" else CONFIG_NUMBER
         check_value(f"--config {key}", value, allowed)
 
 

@@ -42,7 +42,7 @@ class Range:
         low, high = (f"{int(v)}" if self.integer else f"{v:g}" for v in (self.low, self.high))
         if self.low_open:
             return f"{kind} above {low} and at most {high}"
-        return f"{kind} from {low} to {high}"
+        return f"{kind} at least {low} and at most {high}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ IMAGE_SIZE = Range(16, MAX_IMAGE_SIZE, integer=True, multiple_of=16)
 TRIALS = counted(MAX_TRIALS)
 STEP_BUDGET = Range(0, MAX_STEP_BUDGET_S)
 MEMORY_LIMIT_GB = Range(0, 1e6, low_open=True)
+CONFIG_IMAGE_SIZE = Range(1, MAX_IMAGE_SIZE, integer=True)  # the family checks divisibility
 CONFIG_NUMBER = Range(0, 1_000_000)  # widths, depths, heads, vocabularies, rates, epsilons
 
 
@@ -88,8 +89,11 @@ def group_sizes() -> OneOf:
 
 
 def check_value(option: str, value, allowed: "Range | OneOf") -> None:
-    if value is not None and not allowed.holds(value):
-        raise ValueError(f"{option} must be {allowed.describe()}, got {value}")
+    if value is None or allowed.holds(value):
+        return
+    if isinstance(allowed, OneOf):
+        raise ValueError(f"{option} {value} is not supported; use {allowed.describe()}")
+    raise ValueError(f"{option} must be {allowed.describe()}, got {value}")
 
 
 def check_options(options: dict) -> None:

@@ -45,7 +45,7 @@ def test_profile_json_has_every_field_for_all_three_paradigms(tmp_path):
     (["--paradigms", "gan"], "unknown paradigm"),
     (["--batch-sizes", "0"], "batch sizes must be positive"),
     (["--batch-sizes", "a,b"], "batch sizes must be positive"),
-    (["--steps", "0"], "--steps must be an integer from 1"),
+    (["--steps", "0"], "steps must be an integer at least 1"),
     (["--image-size", "250"], "must be a multiple of 16"),
     (["--json", "/nonexistent-dir/x.json"], "does not exist"),
 ])
