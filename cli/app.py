@@ -2,13 +2,13 @@
 
 import typer
 
-from mlx_imgen import blas
-
+from .errors import GuardedGroup
 from .generate import generate
 from .models import convert, info, models
 from .profile import profile
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(cls=GuardedGroup, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
                   help="Diffusion, masked-token and next-token image generation on MLX.")
 for command in (models, convert, generate, info, profile):
     app.command()(command)
@@ -20,8 +20,9 @@ def root() -> None:
 
 
 def main() -> None:
-    blas.ensure_optimized_blas()
-    app()
+    from . import main as guarded_main
+
+    guarded_main()
 
 
 if __name__ == "__main__":

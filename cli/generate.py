@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
 
@@ -10,9 +11,12 @@ from PIL import Image, PngImagePlugin
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mlx_imgen.imagenet import class_index
 from mlx_imgen.io import atomic_write_bytes
 
-from .errors import user_errors
+from .errors import loading, user_errors
+from .validate import (BATCH, GUIDANCE, IMAGES, MAX_IMAGES, SEED, STEPS, TEMPERATURE, TOP_K, TOP_P,
+                       check_options, group_sizes, quantize_bits)
 
 console = Console(stderr=True)
 
@@ -46,9 +50,55 @@ def png_bytes(image: Image.Image, parameters: dict) -> bytes:
     return buffer.getvalue()
 
 
+def check_generate_options(model: str, options: dict) -> None:
+    """Every option in range, and each one applies to the model, before anything is loaded."""
+    from mlx_imgen.convert.converter import resolve_dtype
+    from mlx_imgen.memory import generation_estimate, model_shape, refuse_if_too_big
+    from mlx_imgen.pipeline import INDEX_FILE, read_json
+
+    o = options
+    check_options({
+        "--n": (o["n"], IMAGES), "--batch-size": (o["batch_size"], BATCH),
+        "--decode-batch-size": (o["decode_batch_size"], BATCH), "--seed": (o["seed"], SEED),
+        "--steps": (o["steps"], STEPS), "--cfg": (o["cfg"], GUIDANCE),
+        "--temperature": (o["temperature"], TEMPERATURE), "--top-k": (o["top_k"], TOP_K),
+        "--top-p": (o["top_p"], TOP_P), "--quantize": (o["quantize"], quantize_bits()),
+        "--group-size": (o["group_size"], group_sizes())})
+    count = o["count"]
+    if count > MAX_IMAGES:
+        raise ValueError(f"--n {o['n']} for each of {len(o['classes'])} classes is {count} "
+                         f"images; one run writes at most {MAX_IMAGES}")
+    channels = o["cfg_channels"]
+    if channels is not None and channels != "all" and not (channels.isdigit() and int(channels) > 0):
+        raise ValueError(f"--cfg-channels must be 'all' or a positive number of channels (DiT "
+                         f"guides 3), got {channels!r}")
+    dtype = resolve_dtype(o["dtype"])
+    folder = Path(model)
+    if (folder / INDEX_FILE).is_file():
+        index = read_json(folder / INDEX_FILE)
+        if not isinstance(index, dict):
+            raise ValueError(f"{folder / INDEX_FILE} is not a JSON object; convert the model again")
+        if o["dtype"] is not None:
+            raise ValueError(f"--dtype does not apply to the converted folder {folder}: its dtype "
+                             f"({index.get('dtype')}) was fixed when it was converted; drop "
+                             "--dtype, or convert again with `mlx-imgen convert ... --dtype`")
+        quant = index.get("quantization")
+        if o["quantize"] and quant:
+            raise ValueError(f"--quantize does not apply to {folder}: it is already quantized "
+                             f"({quant.get('bits')}-bit); drop --quantize, or quantize the "
+                             "float folder it came from")
+    batch = o["batch_size"] or count
+    decode_batch = 1 if o["low_memory"] else o["decode_batch_size"] or batch
+    shape = model_shape(model, dtype)
+    refuse_if_too_big(generation_estimate(shape, count, batch, decode_batch),
+                      f"generating {count} images of {shape.image_size} px, {batch} at a time,",
+                      "lower --batch-size or --n, or pass --low-memory")
+
+
 def generate(
     model: str = typer.Argument(..., help="An alias or a converted pipeline folder."),
-    classes: list[int] = typer.Option(None, "--class", help="ImageNet class id (repeatable)."),
+    classes: list[str] = typer.Option(None, "--class", help="ImageNet class id or name, e.g. 207 "
+                                      "or 'golden retriever' (repeatable)."),
     n: int = typer.Option(1, "--n", help="Images per class (or random classes if none given)."),
     batch_size: int = typer.Option(None, help="Images sampled together (default: all)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same images."),
@@ -60,7 +110,8 @@ def generate(
     top_k: int = typer.Option(None, help="Keep the k most likely tokens (0 = all)."),
     top_p: float = typer.Option(None, help="Keep the smallest set with this probability."),
     sampler: str = typer.Option(None, help="Paradigm sampler variant, where the model has several."),
-    output: Path = typer.Option(Path("image.png"), help="PNG path; several images get -0, -1, ..."),
+    output: Path = typer.Option(Path("image.png"), "--output", "--out",
+                                help="PNG path; several images get -0, -1, ..."),
     grid: bool = typer.Option(False, help="Write one grid image instead of one PNG per image."),
     force: bool = typer.Option(False, help="Overwrite existing images."),
     dtype: str = typer.Option(None, help="Weights dtype when converting an alias on first use."),
@@ -77,20 +128,19 @@ def generate(
     from mlx_imgen.pipeline import load
 
     with user_errors():
-        if n < 1:
-            raise ValueError(f"--n must be at least 1, got {n}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-        if steps is not None and steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {steps}")
+        classes = [class_index(c) for c in classes or []]
         count = n * len(classes) if classes else n
+        check_generate_options(model, locals())
         paths = output_paths(output, count, grid)
         existing = [p for p in paths if p.exists()]
         if existing and not force:
             raise ValueError(f"{existing[0]} already exists; pass --force to overwrite it")
         if not output.parent.exists():
             raise ValueError(f"folder {output.parent} does not exist; create it first")
-        with console.status(f"loading {model}"):
+        if not os.access(output.parent, os.W_OK):
+            raise ValueError(f"cannot write {output}: folder {output.parent} is not writable; "
+                             "choose another --output")
+        with console.status(f"loading {model}"), loading(model):
             pipe = load(model, dtype=dtype, quantize=quantize, group_size=group_size)
         # without --class, n classes drawn from the seed among the model's own
         labels = [c for c in (classes or []) for _ in range(n)] or \
@@ -103,7 +153,8 @@ def generate(
         plan, sampling = pipe.plan(**overrides)
         unit = "tokens" if pipe.paradigm == "next-token" else "steps"
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=console) as progress:
+                      TimeRemainingColumn(), console=console,
+                      disable=not console.is_terminal) as progress:
             task = progress.add_task(f"{pipe.paradigm} {unit}", total=None)
 
             def on_step(done: int, total: int) -> None:

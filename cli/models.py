@@ -9,7 +9,8 @@ from rich.table import Table
 
 from mlx_imgen.registry import CARDS
 
-from .errors import user_errors
+from .errors import loading, user_errors
+from .validate import CONFIG_IMAGE_SIZE, CONFIG_NUMBER, check_options, check_value, group_sizes, quantize_bits
 
 console = Console()
 
@@ -28,9 +29,29 @@ def models():
     console.print(table)
 
 
+def check_config_values(values: dict) -> None:
+    """--config numbers are sizes and counts: finite, not negative, and bounded, so that a typo
+    cannot ask for terabytes before the checkpoint's shapes are compared."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        allowed = CONFIG_IMAGE_SIZE if key == "image_size" else CONFIG_NUMBER
+        check_value(f"--config {key}", value, allowed)
+
+
+def check_convert_options(dtype: str | None, config: str | None, quantize: int | None,
+                          group_size: int) -> None:
+    from mlx_imgen.convert.converter import parse_config_json, resolve_dtype
+
+    resolve_dtype(dtype)
+    check_options({"--quantize": (quantize, quantize_bits()),
+                   "--group-size": (group_size, group_sizes())})
+    check_config_values(parse_config_json(config))
+
+
 def convert(
     source: str = typer.Argument(..., help="An alias, or a local .pt/.pth/.safetensors checkpoint."),
-    out: Path = typer.Option(..., "--out", help="The pipeline folder to write."),
+    out: Path = typer.Option(..., "--out", "--output", help="The pipeline folder to write."),
     family: str = typer.Option(None, help="Family of a local checkpoint (detected if omitted)."),
     dtype: str = typer.Option(None, help="float32, float16 or bfloat16 (default: float16 on a "
                               "GPU, float32 on the CPU)."),
@@ -51,6 +72,7 @@ def convert(
     from mlx_imgen.convert.converter import convert as run_convert
 
     with user_errors():
+        check_convert_options(dtype, config, quantize, group_size)
         with console.status(f"converting {source}"):
             folder = run_convert(source, out, family=family, dtype=dtype, config=config,
                                  autoencoder=str(autoencoder) if autoencoder else None,
@@ -70,7 +92,13 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
 
     from .errors import parse_positive_ints
 
-    with user_errors():
+    with user_errors(), loading(str(folder)):
+        if not check and (bits != "8,4" or group_size != 64):
+            raise ValueError("--bits and --group-size apply only with --check; add --check or "
+                             "drop them")
+        check_value("--group-size", group_size, group_sizes())
+        for bits_value in parse_positive_ints(bits, "--bits"):
+            check_value("--bits", bits_value, quantize_bits())
         if not (folder / INDEX_FILE).is_file():
             raise ValueError(f"{folder} is not a converted pipeline folder (no {INDEX_FILE}); "
                              "create one with `mlx-imgen convert`")
@@ -84,6 +112,10 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
         table.add_row("sampling", json.dumps(index.get("sampling")))
         for name in ("transformer", "autoencoder"):
             config = read_json(folder / name / "config.json")
+            needed = "backbone" if name == "transformer" else "config"
+            if not isinstance(config, dict) or needed not in config:
+                raise ValueError(f"{folder / name / 'config.json'} has no {needed!r}; the folder "
+                                 "is damaged or incomplete: convert the model again")
             files = weight_files(folder / name)
             size = sum(f.stat().st_size for f in files) / 1e6
             source = config.get("source", {})

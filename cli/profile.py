@@ -16,6 +16,8 @@ from mlx_imgen.profiling import Workload, profile_workload, report
 from mlx_imgen.report_format import markdown, rich_tables
 
 from .errors import parse_names, parse_positive_ints, user_errors
+from .validate import (BATCH, IMAGE_SIZE, MEMORY_LIMIT_GB, STEP_BUDGET, STEPS, TRIALS,
+                       check_options, check_value)
 
 console = Console()
 
@@ -64,7 +66,60 @@ def _check_output(path: Path | None) -> None:
         raise ValueError(f"cannot write {path}: folder {folder} does not exist; create it first")
 
 
+def _explicit(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def check_profile_options(ctx: typer.Context, o: dict) -> list[int]:
+    """The batch sizes, once every option is in range, applies, and every batch fits memory."""
+    from mlx_imgen.convert.converter import resolve_dtype
+    from mlx_imgen.memory import grid_estimate, model_shape, generation_estimate, \
+        refuse_if_too_big
+    from mlx_imgen.pipeline import INDEX_FILE
+
+    batches = parse_positive_ints(o["batch_sizes"], "batch sizes")
+    for batch in batches:
+        check_value("--batch-sizes", batch, BATCH)
+    check_options({"--trials": (o["trials"], TRIALS), "--step-budget": (o["step_budget"], STEP_BUDGET),
+                   "--steps": (o["steps"], STEPS), "--image-size": (o["image_size"], IMAGE_SIZE),
+                   "--memory-limit": (o["memory_limit"], MEMORY_LIMIT_GB)})
+    dtype = resolve_dtype(o["dtype"])
+    models = o["models"]
+    grid_only = [f"--{n.replace('_', '-')}" for n in ("sizes", "paradigms", "image_size")
+                 if _explicit(ctx, n)]
+    if models and grid_only:
+        raise ValueError(f"{grid_only[0]} applies to the controlled grid, not to named models; "
+                         f"drop it, or drop the model names")
+    model_only = [f"--{n.replace('_', '-')}" for n in ("dtype", "random_weights") if o[n]]
+    if not models and model_only:
+        raise ValueError(f"{model_only[0]} applies to named models, not to the controlled grid; "
+                         "name the models to profile, or drop it")
+    if o["dtype"] and not o["random_weights"]:
+        folders = [m for m in models if (Path(m) / INDEX_FILE).is_file()]
+        if folders:
+            raise ValueError(f"--dtype does not apply to the converted folder {folders[0]}: its "
+                             "dtype was fixed when it was converted; drop --dtype")
+    biggest = max(batches)
+    if models:
+        for name in models:
+            shape = model_shape(name, dtype)
+            refuse_if_too_big(generation_estimate(shape, biggest, biggest, biggest),
+                              f"profiling {name} at batch {biggest}",
+                              "profile smaller --batch-sizes")
+    else:
+        sizes = parse_names(o["sizes"], tuple(GRID_SIZES), "size")
+        largest = max(sizes, key=lambda s: GRID_SIZES[s][0] * GRID_SIZES[s][1] ** 2)
+        for paradigm in parse_names(o["paradigms"], PARADIGMS, "paradigm"):
+            cfg = grid_config(paradigm, largest, o["image_size"])
+            refuse_if_too_big(grid_estimate(cfg, paradigm, biggest),
+                              f"profiling the {paradigm} grid model at batch {biggest}",
+                              "profile smaller --batch-sizes, --sizes or --image-size")
+    return batches
+
+
 def profile(
+    ctx: typer.Context,
     models: list[str] = typer.Argument(None, help="Model aliases or converted folders; none "
                                        "profiles the controlled grid."),
     sizes: str = typer.Option("S,B", help=f"Grid sizes, from {','.join(GRID_SIZES)}."),
@@ -85,18 +140,18 @@ def profile(
     json_path: Path = typer.Option(None, "--json", help="Write the report as JSON here."),
     markdown_path: Path = typer.Option(None, "--markdown", help="Write the report as Markdown here."),
     plot: Path = typer.Option(None, help="Write PNG plots into this folder (needs matplotlib)."),
+    out: Path = typer.Option(None, "--out", "--output", help="An existing folder for the report: "
+                             "profile.json and profile.md, unless --json or --markdown name other "
+                             "files."),
 ):
     """Measure latency, throughput, peak memory and FLOPs of each paradigm."""
     with user_errors():
-        batches = parse_positive_ints(batch_sizes, "batch sizes")
-        if trials < 1:
-            raise ValueError(f"--trials must be at least 1, got {trials}")
-        if step_budget < 0:
-            raise ValueError(f"--step-budget must be 0 or more seconds, got {step_budget}")
-        if steps is not None and steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {steps}")
-        if memory_limit is not None and memory_limit <= 0:
-            raise ValueError(f"--memory-limit must be a positive number of GB, got {memory_limit}")
+        if out is not None:
+            if not out.is_dir():
+                raise ValueError(f"--out {out} is not an existing folder; create it first")
+            json_path = json_path or out / "profile.json"
+            markdown_path = markdown_path or out / "profile.md"
+        batches = check_profile_options(ctx, locals())
         if reference not in (None, "torch"):
             raise ValueError(f"unknown --reference {reference!r}; the only reference is 'torch'")
         if reference:

@@ -45,8 +45,8 @@ def test_profile_json_has_every_field_for_all_three_paradigms(tmp_path):
     (["--paradigms", "gan"], "unknown paradigm"),
     (["--batch-sizes", "0"], "batch sizes must be positive"),
     (["--batch-sizes", "a,b"], "batch sizes must be positive"),
-    (["--steps", "0"], "steps must be at least 1"),
-    (["--image-size", "250"], "not a multiple of 16"),
+    (["--steps", "0"], "steps must be an integer at least 1"),
+    (["--image-size", "250"], "must be a multiple of 16"),
     (["--json", "/nonexistent-dir/x.json"], "does not exist"),
 ])
 def test_profile_bad_input_gets_one_sentence_and_exit_code_2(args, words):

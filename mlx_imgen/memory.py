@@ -1,0 +1,184 @@
+"""A memory estimate for a generation or a profile batch, checked before any model is loaded.
+
+The estimate is deliberately simple, an upper-end figure rather than a measurement:
+
+    total = weights + max(sampling, decoding) + kept
+
+- weights: the pipeline folder's weight files (transformer + autoencoder); for an alias not
+  converted yet, the transformer's parameters from its architecture times the dtype's bytes,
+  plus the autoencoder's parameters in float32.
+- sampling, for a batch of B images, guided (2B rows through the transformer) with width D,
+  MLP width F, H heads, depth L, T tokens of a forward pass, b bytes per activation value:
+    next-token:   KV cache 2 * L * 2B * T * D * b, plus one token's activations and logits
+    masked-token: 2B * T * (8D + 2F) * b + 2B * H * T^2 * 4 (attention scores, float32)
+                  + 2B * T * V * 4 (float32 logits over the V codes)
+    diffusion:    as masked-token with the patch outputs instead of the logits
+- decoding, for a decode batch Bd of S x S images: Bd * 8 * C * S^2 * 4, eight float32
+  feature maps of the decoder's C full-resolution channels (128 for both autoencoders here).
+- kept: every image stays in memory until written, count * (2 * 3 S^2) bytes (the array and
+  the PIL image), plus the sampled codes or latents.
+
+The available memory is the accelerator's memory where MLX reports it, else the machine's
+physical memory (os.sysconf).
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+GB = 1e9
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DECODER_FEATURE_MAPS = 8
+DECODER_CHANNELS = 128
+
+
+@dataclass
+class Estimate:
+    weights: float
+    sampling: float
+    decoding: float
+    kept: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + max(self.sampling, self.decoding) + self.kept
+
+    def describe(self) -> str:
+        return (f"about {self.total / GB:.1f} GB (weights {self.weights / GB:.1f}, sampling "
+                f"{self.sampling / GB:.1f}, decoding {self.decoding / GB:.1f}, images kept "
+                f"{self.kept / GB:.1f})")
+
+
+def available_bytes() -> int:
+    """The memory MLX can allocate: the GPU's where reported, else physical memory."""
+    try:
+        import mlx.core as mx
+
+        if mx.default_device().type == mx.gpu:
+            info = mx.device_info()
+            for key in ("memory_size", "total_memory", "max_recommended_working_set_size"):
+                if info.get(key):
+                    return int(info[key])
+    except (ImportError, AttributeError, RuntimeError):
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def transformer_parameters(cfg) -> int:
+    """Parameters of a BackboneConfig from its shapes (embeddings, blocks, head)."""
+    d, f = cfg.width, cfg.hidden
+    attention = 4 * d * d
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * f
+    adaln = 6 * d * d if cfg.conditioning == "adaln" else 0
+    inputs = (cfg.vocab_size + 1) * d if cfg.input == "tokens" else \
+        cfg.patch_size ** 2 * cfg.in_channels * d
+    return cfg.depth * (attention + mlp + adaln) + inputs + (cfg.num_classes + 1) * d + \
+        d * cfg.output_dims + cfg.num_tokens * d
+
+
+def sampling_bytes(cfg, paradigm: str, batch: int, activation_bytes: int) -> float:
+    rows, t, d, b = 2 * batch, cfg.seq_len, cfg.width, activation_bytes
+    if paradigm == "next-token":
+        kv_cache = 2 * cfg.depth * rows * t * d * b
+        return kv_cache + rows * ((8 * d + 2 * cfg.hidden) * b + cfg.output_dims * 4)
+    forward = rows * t * (8 * d + 2 * cfg.hidden) * b + rows * cfg.heads * t * t * 4
+    return forward + rows * cfg.num_tokens * cfg.output_dims * 4
+
+
+def decoding_bytes(image_size: int, decode_batch: int) -> float:
+    return decode_batch * DECODER_FEATURE_MAPS * DECODER_CHANNELS * image_size ** 2 * 4
+
+
+def kept_bytes(cfg, count: int, image_size: int) -> float:
+    per_sample = cfg.num_tokens * 4 if cfg.input == "tokens" else \
+        cfg.num_tokens * cfg.patch_size ** 2 * cfg.in_channels * 4
+    return count * (2 * 3 * image_size ** 2 + per_sample)
+
+
+@dataclass
+class ModelShape:
+    """What the estimate needs of a model, read without loading any weights."""
+    config: object          # BackboneConfig
+    paradigm: str
+    image_size: int
+    weight_bytes: float
+    activation_bytes: int
+
+
+def _folder_shape(folder: Path) -> ModelShape:
+    from .autoencoders import AUTOENCODERS
+    from .backbone import BackboneConfig
+    from .convert.shards import weight_files
+
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        t_config = json.loads((folder / "transformer" / "config.json").read_text())
+        ae_config = json.loads((folder / "autoencoder" / "config.json").read_text())
+        cfg = BackboneConfig.from_dict(t_config["backbone"])
+        ae = AUTOENCODERS[ae_config["kind"]].config.from_dict(ae_config["config"])
+        paradigm = index["paradigm"]
+        dtype = t_config.get("dtype") or index.get("dtype") or "float32"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{folder} is not a complete pipeline folder ({type(err).__name__}: "
+                         f"{err}); convert the model again") from None
+    side = cfg.grid_size * cfg.patch_size if cfg.input == "patches" else cfg.grid_size
+    weights = sum(f.stat().st_size for name in ("transformer", "autoencoder")
+                  for f in weight_files(folder / name))
+    return ModelShape(cfg, paradigm, side * ae.downsample, weights, DTYPE_BYTES.get(dtype, 4))
+
+
+def _autoencoder_bytes(kind: str) -> float:
+    from mlx.utils import tree_flatten
+
+    from .autoencoders import AUTOENCODERS
+
+    auto = AUTOENCODERS[kind]
+    model = auto.model(auto.config())  # lazy parameters: nothing is computed here
+    return sum(v.size * 4 for _, v in tree_flatten(model.parameters()))
+
+
+def _card_shape(alias: str, dtype: str) -> ModelShape:
+    from . import families
+    from .registry import get_card
+
+    card = get_card(alias)
+    family = families.get(card.family)
+    cfg = family.config_for(card.size, card.image_size)
+    weights = transformer_parameters(cfg) * DTYPE_BYTES[dtype] + \
+        _autoencoder_bytes(family.AUTOENCODER)
+    return ModelShape(cfg, card.paradigm, card.image_size, weights, DTYPE_BYTES[dtype])
+
+
+def model_shape(model: str, dtype: str) -> ModelShape:
+    """The shape of a converted folder, of an alias's cached conversion, or of an alias."""
+    from .pipeline import INDEX_FILE, cache_root
+
+    path = Path(model)
+    if (path / INDEX_FILE).is_file():
+        return _folder_shape(path)
+    cached = cache_root() / f"{model}-{dtype}"
+    if not path.is_dir() and (cached / INDEX_FILE).is_file():
+        return _folder_shape(cached)
+    return _card_shape(model, dtype)
+
+
+def generation_estimate(shape: ModelShape, count: int, batch: int, decode_batch: int) -> Estimate:
+    return Estimate(weights=shape.weight_bytes,
+                    sampling=sampling_bytes(shape.config, shape.paradigm, batch,
+                                            shape.activation_bytes),
+                    decoding=decoding_bytes(shape.image_size, decode_batch),
+                    kept=kept_bytes(shape.config, count, shape.image_size))
+
+
+def grid_estimate(cfg, paradigm: str, batch: int) -> Estimate:
+    """A controlled-grid workload in float32: transformer only, nothing decoded or kept."""
+    return Estimate(weights=transformer_parameters(cfg) * 4,
+                    sampling=sampling_bytes(cfg, paradigm, batch, 4), decoding=0, kept=0)
+
+
+def refuse_if_too_big(estimate: Estimate, what: str, fix: str) -> None:
+    available = available_bytes()
+    if estimate.total > available:
+        raise ValueError(f"{what} needs {estimate.describe()}, more than the "
+                         f"{available / GB:.1f} GB of memory here; {fix}")
