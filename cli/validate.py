@@ -72,8 +72,6 @@ IMAGE_SIZE = Range(16, MAX_IMAGE_SIZE, integer=True, multiple_of=16)
 TRIALS = counted(MAX_TRIALS)
 STEP_BUDGET = Range(0, MAX_STEP_BUDGET_S)
 MEMORY_LIMIT_GB = Range(0, 1e6, low_open=True)
-CONFIG_IMAGE_SIZE = Range(1, MAX_IMAGE_SIZE, integer=True)  # the family checks divisibility
-CONFIG_NUMBER = Range(0, 1_000_000)  # widths, depths, heads, vocabularies, rates, epsilons
 
 
 def quantize_bits() -> OneOf:
