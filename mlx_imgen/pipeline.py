@@ -115,16 +115,18 @@ class Pipeline:
             raise ValueError(f"class id {bad[0]} is outside 0..{self.config.num_classes - 1}; "
                              "pass an ImageNet class index")
 
-    def sample(self, labels: mx.array, plan, *, seed: int = 0,
+    def sample(self, labels: mx.array, plan, *, seed: int = 0, first_index: int = 0,
                on_step: Callable[[int, int], None] | None = None,
                noise: mx.array | None = None) -> mx.array:
-        """Codes (B, N) or latents (B, H, W, C) for `labels`, reporting progress per step.
-        Diffusion starts from `noise`, or from noise of the latent shape drawn from `seed`."""
+        """Codes (B, N) or latents (B, H, W, C) for `labels`, the images `first_index`, ... of
+        the run with `seed`, reporting progress per step. Each image's random numbers come
+        from (seed, its index) alone (`paradigms.keys`). Diffusion starts from `noise`, or from
+        noise of the latent shape drawn so."""
         extra = {}
         if self.paradigm == "diffusion":
             extra = {"latent_shape": self.latent_shape, "noise": noise}
-        return paradigms.generate(self.transformer, labels, plan, seed=seed, on_step=on_step,
-                                  **extra)
+        return paradigms.generate(self.transformer, labels, plan, seed=seed,
+                                  first_index=first_index, on_step=on_step, **extra)
 
     def check_noise(self, noise: mx.array, count: int) -> None:
         expected = (count, *self.latent_shape)
@@ -161,7 +163,8 @@ class Pipeline:
                  noise: mx.array | None = None, image_size: int | None = None,
                  decode_batch_size: int | None = None, plan=None,
                  **overrides) -> list[Image.Image]:
-        """Sample and decode one image per class id. `low_memory` frees the transformer before
+        """Sample and decode one image per class id; image i draws its random numbers from
+        (seed, i) alone, so `batch_size` does not change the images. `low_memory` frees the transformer before
         decoding (the pipeline cannot sample again), decodes one image at a time and keeps
         MLX's buffer cache small. Diffusion takes explicit initial `noise` (one latent per
         class); `image_size` only confirms the model's; `decode_batch_size` sets how many
@@ -189,7 +192,7 @@ class Pipeline:
         samples = []
         for start in range(0, len(classes), batch_size):
             labels = mx.array(classes[start:start + batch_size], dtype=mx.int32)
-            batch = self.sample(labels, plan, seed=seed + start, on_step=on_step,
+            batch = self.sample(labels, plan, seed=seed, first_index=start, on_step=on_step,
                                 noise=None if noise is None else noise[start:start + batch_size])
             mx.eval(batch)
             samples.append(batch)

@@ -20,6 +20,7 @@ from mlx_imgen.convert.keymap import KeyMismatchError  # noqa: E402
 from mlx_imgen.grid import default_plan, grid_config  # noqa: E402
 from mlx_imgen.paradigms import (FlowPlan, MaskedTokenPlan, NextTokenPlan, diffusion,  # noqa: E402
                                  masked_token, next_token)
+from mlx_imgen.paradigms.keys import image_keys  # noqa: E402
 from mlx_imgen.profiling import Workload, profile_workload  # noqa: E402
 from mlx_imgen.reference import TORCH_MISSING, pick_device, require_torch  # noqa: E402
 from mlx_imgen.reference import backbone as tb  # noqa: E402
@@ -242,7 +243,7 @@ def test_sampled_masked_token_replaying_mlx_draws_gives_mlx_tokens(order, option
     plan = MaskedTokenPlan(num_tokens=cfg.num_tokens, steps=4, cfg_scale=2.5, order=order,
                            **options)
     model, torch_model = pair(cfg)
-    draws = masked_token.Draws(mx.random.key(7), plan.steps)
+    draws = masked_token.Draws(image_keys(len(LABELS), seed=7), plan.steps)
     expected = [np.array(s.tokens) for s in
                 masked_token.iterate(model, mx.array(LABELS), plan, draws=draws)]
     run = samplers.iterate(torch_model, LABELS, plan, draws=ReplayedDraws(draws))
