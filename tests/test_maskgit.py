@@ -286,7 +286,7 @@ def test_cli_generate_with_the_confidence_sampler_writes_a_grid(pipe, tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--steps", "17"], "cannot exceed the number of tokens (16)"),
+    (["--steps", "17"], "exceeds this model's 16 tokens (each step fixes at least one); use at most 16"),
     (["--sampler", "greedy"], "halton, halton-config, halton-eval, confidence"),
     (["--steps", "8", "--temperature", "0"], "must be positive"),
     (["--top-p", "0.9"], "no top-p"),
