@@ -211,6 +211,19 @@ def test_greedy_next_token_gives_mlx_tokens_in_as_many_passes(name, cfg_scale):
     assert len(np.unique(tokens)) > 2  # the comparison is not between constant sequences
 
 
+def test_sampled_next_token_replaying_mlx_draws_gives_mlx_tokens():
+    cfg = CONFIGS["llamagen"]
+    plan = NextTokenPlan(num_tokens=cfg.num_tokens, cfg_scale=2.0, temperature=1.5, top_k=12,
+                         top_p=0.95)
+    model, torch_model = pair(cfg, seed=2)
+    expected = np.array(next_token.generate(model, mx.array(LABELS), plan, seed=9,
+                                            first_index=3))
+    noise = samplers.replay_mlx_token_noise(plan, 9, len(LABELS), cfg.vocab_size, first_index=3)
+    tokens, _ = samplers.generate(torch_model, LABELS, plan, token_noise=noise)
+    np.testing.assert_array_equal(tokens.numpy(), expected)
+    assert len(np.unique(expected)) > 5  # sampled, not one repeated id
+
+
 @pytest.mark.parametrize("order", ["confidence", "halton"])
 def test_greedy_masked_token_gives_mlx_tokens_in_as_many_passes(order):
     cfg = CONFIGS["grid-masked-token"]
