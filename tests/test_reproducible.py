@@ -47,10 +47,12 @@ def test_the_batch_size_does_not_change_the_samples(pipes, family):
     plan, _ = pipe.plan(**SAMPLING[family])
     one, two, three = (sampled_in_batches(pipe, plan, b) for b in (1, 2, 3))
     if pipe.paradigm == "diffusion":
-        # a batch of another size may sum the model's matmuls in another order: the last bits
-        # of the latents may differ, never more
-        np.testing.assert_allclose(two, one, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(three, one, atol=1e-5, rtol=0)
+        # a batch of another size may sum the model's matmuls in another order (BLAS picks
+        # its kernels by shape): the last bits of the latents may differ, never more. The
+        # random model is no denoiser and its latents grow to hundreds: compare relatively.
+        scale = np.abs(one).max()
+        np.testing.assert_allclose(two, one, atol=1e-5 * scale, rtol=0)
+        np.testing.assert_allclose(three, one, atol=1e-5 * scale, rtol=0)
     else:
         np.testing.assert_array_equal(two, one)
         np.testing.assert_array_equal(three, one)
