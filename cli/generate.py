@@ -1,9 +1,9 @@
 """`mlx-imgen generate`: sample images and write PNGs with their parameters in the metadata."""
 
-import dataclasses
 import json
 import os
-import random
+import shlex
+import sys
 from pathlib import Path
 
 import typer
@@ -15,7 +15,7 @@ from mlx_imgen.imagenet import class_index
 from mlx_imgen.io import atomic_write_bytes
 
 from .errors import loading, user_errors
-from .validate import (BATCH, GUIDANCE, IMAGES, MAX_IMAGES, SEED, STEPS, TEMPERATURE, TOP_K, TOP_P,
+from .validate import (BATCH, GUIDANCE, IMAGES, INDEX, MAX_IMAGES, SEED, STEPS, TEMPERATURE, TOP_K, TOP_P,
                        check_options, group_sizes, quantize_bits)
 
 console = Console(stderr=True)
@@ -44,7 +44,7 @@ def png_bytes(image: Image.Image, parameters: dict) -> bytes:
 
     meta = PngImagePlugin.PngInfo()
     for key, value in parameters.items():
-        meta.add_text(key, str(value))
+        meta.add_text(key, value if isinstance(value, str) else json.dumps(value))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=meta)
     return buffer.getvalue()
@@ -63,7 +63,7 @@ def check_generate_options(model: str, options: dict) -> None:
         "--steps": (o["steps"], STEPS), "--cfg": (o["cfg"], GUIDANCE),
         "--temperature": (o["temperature"], TEMPERATURE), "--top-k": (o["top_k"], TOP_K),
         "--top-p": (o["top_p"], TOP_P), "--quantize": (o["quantize"], quantize_bits()),
-        "--group-size": (o["group_size"], group_sizes())})
+        "--group-size": (o["group_size"], group_sizes()), "--index": (o["index"], INDEX)})
     count = o["count"]
     if count > MAX_IMAGES:
         raise ValueError(f"--n {o['n']} for each of {len(o['classes'])} classes is {count} "
@@ -95,6 +95,17 @@ def check_generate_options(model: str, options: dict) -> None:
                       "lower --batch-size or --n, or pass --low-memory")
 
 
+def _flags(sampling: dict, dtype: str | None, quantize: int | None, group_size: int) -> list:
+    """The command-line options that give these sampling options and model settings."""
+    flags = [item for key, value in sampling.items()
+             for item in (f"--{key.replace('_', '-')}", str(value))]
+    if dtype:
+        flags += ["--dtype", dtype]
+    if quantize:
+        flags += ["--quantize", str(quantize), "--group-size", str(group_size)]
+    return flags
+
+
 def generate(
     model: str = typer.Argument(..., help="An alias or a converted pipeline folder."),
     classes: list[str] = typer.Option(None, "--class", help="ImageNet class id or name, e.g. 207 "
@@ -102,7 +113,11 @@ def generate(
     n: int = typer.Option(1, "--n", help="Images per class (or random classes if none given)."),
     batch_size: int = typer.Option(None, help="Images sampled together (default: all)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same images."),
-    steps: int = typer.Option(None, help="Sampling steps (masked-token and diffusion); for SiT's ODE solvers, solver steps: --steps 10 is upstream's --num-sampling-steps 11."),
+    index: int = typer.Option(0, help="Index of the first image in the run of --seed: "
+                              "regenerates image I of a run alone (its PNG says how)."),
+    steps: int = typer.Option(None, help="Sampling steps (masked-token and diffusion); for "
+                              "SiT's ODE solvers, solver steps: --steps 10 is upstream's "
+                              "--num-sampling-steps 11."),
     cfg: float = typer.Option(None, help="Classifier-free guidance scale."),
     temperature: float = typer.Option(None, help="Sampling temperature. Next-token divides the "
                                       "logits by it (0 = greedy); Halton-MaskGIT multiplies "
@@ -144,13 +159,14 @@ def generate(
             pipe = load(model, dtype=dtype, quantize=quantize, group_size=group_size)
         # without --class, n classes drawn from the seed among the model's own
         labels = [c for c in (classes or []) for _ in range(n)] or \
-            [random.Random(seed).randrange(pipe.config.num_classes) for _ in range(n)]
+            pipe.random_classes(n, seed=seed, first=index)
         pipe.check_classes(labels)
         overrides = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
                          steps=steps, sampler=sampler,
                          cfg_channels=int(cfg_channels) if cfg_channels and cfg_channels.isdigit()
                          else cfg_channels)
         plan, sampling = pipe.plan(**overrides)
+        given = {k: v for k, v in overrides.items() if v is not None}
         unit = "tokens" if pipe.paradigm == "next-token" else "steps"
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console,
@@ -160,18 +176,24 @@ def generate(
             def on_step(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            images = pipe.generate(labels, seed=seed, batch_size=batch_size, on_step=on_step,
-                                   low_memory=low_memory, plan=plan,
+            images = pipe.generate(labels, seed=seed, first_index=index, batch_size=batch_size,
+                                   on_step=on_step, low_memory=low_memory, plan=plan,
                                    decode_batch_size=decode_batch_size)
-        quant = pipe.index.get("quantization")
-        parameters = {"model": model, "family": pipe.index["family"], "paradigm": pipe.paradigm,
+        run = pipe.provenance(plan, sampling, seed=seed)
+        quant = run["quantization"]
+        parameters = {"model": model, **sampling, **run, "classes": labels,
                       "quantization": f"{quant['bits']}-bit" if quant else "none",
-                      "seed": seed, "classes": labels, **sampling,
-                      "plan": json.dumps(dataclasses.asdict(plan)),
-                      "software": "mlx-imgen"}
+                      "command": shlex.join(sys.argv), "software": "mlx-imgen"}
+        if quant:
+            parameters["quantization_group_size"] = quant["group_size"]
         if grid:
             images = [make_grid(images)]
         for i, (path, image) in enumerate(zip(paths, images)):
-            meta = dict(parameters, **({} if grid else {"class": labels[i]}))
+            # one image alone: its class, the run's seed and its index in the run
+            alone = ["mlx-imgen", "generate", model, "--class", str(labels[i]), "--seed",
+                     str(seed), "--index", str(index + i), *_flags(given, dtype, quantize,
+                                                                  group_size)]
+            meta = dict(parameters, **({} if grid else {
+                "class": labels[i], "index": index + i, "regenerate": shlex.join(alone)}))
             atomic_write_bytes(path, png_bytes(image, meta))
             console.print(f"wrote {path}")

@@ -48,7 +48,8 @@ def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
     for name in models:
         pipe = Pipeline.random(name, resolve_dtype(dtype)) if random_weights else \
             load(name, dtype=dtype)
-        plan, _ = pipe.plan(steps=steps)
+        # --steps spans the models profiled together; a next-token model has none to set
+        plan, _ = pipe.plan(steps=None if pipe.paradigm == "next-token" else steps)
         cfg = pipe.config
         yield Workload(name=name, model=pipe.transformer, plan=plan,
                        latent_shape=latent_shape(cfg) if cfg.input == "patches" else None,

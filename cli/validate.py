@@ -17,6 +17,7 @@ MAX_GUIDANCE = 100.0
 MAX_TEMPERATURE = 100.0
 MAX_TOP_K = 1 << 20
 MAX_STEP_BUDGET_S = 86_400.0
+MAX_INDEX = 10 ** 6           # an image's index in its run; keys cost grows with it
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ STEPS = counted(MAX_STEPS)
 IMAGES = counted(MAX_IMAGES)
 BATCH = counted(MAX_BATCH)
 SEED = Range(0, MAX_SEED, integer=True)
+INDEX = Range(0, MAX_INDEX, integer=True)
 GUIDANCE = Range(0, MAX_GUIDANCE)
 TEMPERATURE = Range(0, MAX_TEMPERATURE)
 TOP_K = Range(0, MAX_TOP_K, integer=True)

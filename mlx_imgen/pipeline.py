@@ -1,7 +1,9 @@
 """Load a converted pipeline folder (or an alias, converted on first use) and generate images."""
 
+import dataclasses
 import json
 import os
+import random
 from pathlib import Path
 from typing import Callable
 
@@ -9,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from . import families
+from . import __version__, families
 from .autoencoders import AUTOENCODERS
 from .backbone import BackboneConfig, Transformer
 from .convert.shards import load_weights
@@ -34,6 +36,48 @@ def read_json(path: Path) -> dict:
         raise ValueError(f"{path} is missing or not valid JSON ({err}); convert the model again")
 
 
+class _RecordedReads(dict):
+    """Sampling options that remember which keys a family's make_plan looked at."""
+
+    def __init__(self, values: dict):
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+def option_flag(key: str) -> str:
+    """A sampling option as the CLI spells it: top_k -> --top-k."""
+    return "--" + key.replace("_", "-")
+
+
+def random_classes(seed: int, count: int, num_classes: int, first: int = 0) -> list[int]:
+    """Classes of images `first`, ..., `first + count - 1` of a run without given classes.
+
+    One generator seeded with `seed` shuffles every class into a round of `num_classes`
+    images, then the next round: images in one round have distinct classes, and image i's
+    class depends on (seed, i) alone, as its random numbers do.
+    """
+    rng, drawn = random.Random(seed), []
+    skipped = first // num_classes * num_classes
+    for start in range(0, first + count, num_classes):
+        round_ = list(range(num_classes))
+        rng.shuffle(round_)
+        if start >= skipped:
+            drawn += round_
+    return drawn[first - skipped:first - skipped + count]
+
+
 def _load_weights(module, folder: Path, quantization: dict | None = None) -> None:
     if quantization:
         apply_structure(module, quantization)  # the saved layers are already quantized
@@ -50,10 +94,12 @@ class Pipeline:
         self.family = families.get(self.index["family"])
         t_config = read_json(self.folder / "transformer" / "config.json")
         self.config = BackboneConfig.from_dict(t_config["backbone"])
+        self.sources = {"transformer": t_config.get("source")}
         self.transformer = Transformer(self.config)
         _load_weights(self.transformer, self.folder / "transformer", t_config.get("quantization"))
         ae_config = read_json(self.folder / "autoencoder" / "config.json")
         self.autoencoder_kind = AUTOENCODERS[ae_config["kind"]]
+        self.sources["autoencoder"] = ae_config.get("source")
         self.autoencoder_config = self.autoencoder_kind.config.from_dict(ae_config["config"])
         self.autoencoder = self.autoencoder_kind.model(self.autoencoder_config)
         _load_weights(self.autoencoder, self.folder / "autoencoder")
@@ -70,6 +116,7 @@ class Pipeline:
                       "sampling": dict(card.sampling), "dtype": dtype, "quantization": None,
                       "random_weights": True}
         pipe.family = families.get(card.family)
+        pipe.sources = {"transformer": None, "autoencoder": None}
         pipe.config = pipe.family.config_for(card.size, card.image_size)
         pipe.transformer = Transformer(pipe.config)
         pipe.transformer.set_dtype(DTYPES[dtype])
@@ -106,8 +153,41 @@ class Pipeline:
         return side * self.autoencoder_config.downsample
 
     def plan(self, **overrides):
-        sampling = {**self.index["sampling"], **{k: v for k, v in overrides.items() if v is not None}}
-        return self.family.make_plan(self.config, sampling), sampling
+        """The sampling plan of the model's defaults with `overrides` (None: the default), and
+        the options it was made from. An override the family's plan never reads (a sampler
+        for a model with one, top-p for a diffusion model) is refused, not ignored."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        sampling = _RecordedReads({**self.index["sampling"], **given})
+        plan = self.family.make_plan(self.config, sampling)
+        unused = [key for key in given if key not in sampling.read]
+        if unused:
+            raise ValueError(f"{option_flag(unused[0])} does not apply to "
+                             f"{self.index['family']} ({self.paradigm}) models; leave it out")
+        return plan, dict(sampling)
+
+    def provenance(self, plan, sampling: dict, *, seed: int) -> dict:
+        """What regenerates a run's images, JSON-ready: the model's files (source and sha256),
+        dtype, quantization, the software's versions, the seed, the sampling options and the
+        plan they made. Image i of the run is regenerated alone by `generate([its class],
+        seed=seed, first_index=i, **sampling)`."""
+        quant = self.index.get("quantization")
+        return {
+            "family": self.index["family"], "paradigm": self.paradigm,
+            "alias": self.index.get("alias"),
+            "transformer_source": self.sources.get("transformer"),
+            "autoencoder_source": self.sources.get("autoencoder"),
+            "random_weights": bool(self.index.get("random_weights")),
+            "dtype": self.index.get("dtype"),
+            "quantization": {"bits": quant["bits"], "group_size": quant["group_size"],
+                             "mode": quant.get("mode", "affine")} if quant else None,
+            "converted_with": self.index.get("mlx_imgen_version"),
+            "mlx_imgen_version": __version__, "mlx_version": mx.__version__,
+            "seed": seed, "sampling": dict(sampling), "plan": dataclasses.asdict(plan),
+        }
+
+    def random_classes(self, count: int, *, seed: int, first: int = 0) -> list[int]:
+        """Classes for images `first`, ... of a run with `seed` (see `random_classes`)."""
+        return random_classes(seed, count, self.config.num_classes, first)
 
     def check_classes(self, classes: list[int]) -> None:
         bad = [c for c in classes if not 0 <= c < self.config.num_classes]
@@ -115,16 +195,18 @@ class Pipeline:
             raise ValueError(f"class id {bad[0]} is outside 0..{self.config.num_classes - 1}; "
                              "pass an ImageNet class index")
 
-    def sample(self, labels: mx.array, plan, *, seed: int = 0,
+    def sample(self, labels: mx.array, plan, *, seed: int = 0, first_index: int = 0,
                on_step: Callable[[int, int], None] | None = None,
                noise: mx.array | None = None) -> mx.array:
-        """Codes (B, N) or latents (B, H, W, C) for `labels`, reporting progress per step.
-        Diffusion starts from `noise`, or from noise of the latent shape drawn from `seed`."""
+        """Codes (B, N) or latents (B, H, W, C) for `labels`, the images `first_index`, ... of
+        the run with `seed`, reporting progress per step. Each image's random numbers come
+        from (seed, its index) alone (`paradigms.keys`). Diffusion starts from `noise`, or from
+        noise of the latent shape drawn so."""
         extra = {}
         if self.paradigm == "diffusion":
             extra = {"latent_shape": self.latent_shape, "noise": noise}
-        return paradigms.generate(self.transformer, labels, plan, seed=seed, on_step=on_step,
-                                  **extra)
+        return paradigms.generate(self.transformer, labels, plan, seed=seed,
+                                  first_index=first_index, on_step=on_step, **extra)
 
     def check_noise(self, noise: mx.array, count: int) -> None:
         expected = (count, *self.latent_shape)
@@ -156,18 +238,23 @@ class Pipeline:
         images = self.decode_samples(samples).astype(mx.float32)
         return np.array(mx.clip((images + 1) * 127.5 + 0.5, 0, 255).astype(mx.uint8))
 
-    def generate(self, classes: list[int], *, seed: int = 0, batch_size: int | None = None,
+    def generate(self, classes: list[int], *, seed: int = 0, first_index: int = 0,
+                 batch_size: int | None = None,
                  on_step: Callable[[int, int], None] | None = None, low_memory: bool = False,
                  noise: mx.array | None = None, image_size: int | None = None,
                  decode_batch_size: int | None = None, plan=None,
                  **overrides) -> list[Image.Image]:
-        """Sample and decode one image per class id. `low_memory` frees the transformer before
+        """Sample and decode one image per class id, the images `first_index`, ... of the run
+        with `seed`: image i draws its random numbers from (seed, i) alone, so `batch_size`
+        does not change the images and `first_index` regenerates one alone. `low_memory` frees the transformer before
         decoding (the pipeline cannot sample again), decodes one image at a time and keeps
         MLX's buffer cache small. Diffusion takes explicit initial `noise` (one latent per
         class); `image_size` only confirms the model's; `decode_batch_size` sets how many
         images decode together (default: the sampling batch). `plan` (from `self.plan`) replaces
         the overrides, so a caller can keep the plan it ran (dopri5 records its steps there)."""
         self.check_classes(classes)
+        if first_index < 0:
+            raise ValueError(f"the first image's index must be 0 or more, got {first_index}")
         if image_size is not None and image_size != self.image_size:
             raise ValueError(f"this model generates {self.image_size} px images, not "
                              f"{image_size} px; use the model trained at {image_size} px")
@@ -189,7 +276,8 @@ class Pipeline:
         samples = []
         for start in range(0, len(classes), batch_size):
             labels = mx.array(classes[start:start + batch_size], dtype=mx.int32)
-            batch = self.sample(labels, plan, seed=seed + start, on_step=on_step,
+            batch = self.sample(labels, plan, seed=seed, first_index=first_index + start,
+                                on_step=on_step,
                                 noise=None if noise is None else noise[start:start + batch_size])
             mx.eval(batch)
             samples.append(batch)

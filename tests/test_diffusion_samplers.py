@@ -14,6 +14,7 @@ from mlx_imgen.families import dit as dit_family
 from mlx_imgen.flops import forward_flops, plan_flops
 from mlx_imgen.nn import timestep_frequencies
 from mlx_imgen.paradigms import Dopri5Plan, FlowPlan, GaussianPlan, SDEPlan, diffusion
+from mlx_imgen.paradigms.keys import image_keys
 from upstream import dit as upstream
 
 LABELS = [1, 7]
@@ -91,8 +92,8 @@ class GaussianData:
 def test_gaussian_samplers_match_dits_loops_from_the_same_noise(sampler):
     x, z = initial_noise()
     steps, seed = 20, 11
-    _, keys = diffusion.seed_keys(seed, steps)
-    noises = [torch.tensor(to_nchw(mx.random.normal(x.shape, key=keys[i]))) for i in range(steps)]
+    noise = diffusion.Noise(image_keys(x.shape[0], seed=seed), steps)
+    noises = [torch.tensor(to_nchw(noise.step(i, x.shape))) for i in range(steps)]
     state, y = cfg_batch(z)
     schedule = upstream.SpacedDiffusion(steps)
     reference = GaussianData(torch)
@@ -142,9 +143,8 @@ def test_sit_sde_matches_euler_maruyama_given_the_same_noise(sit_pair):
     model, mlx_model = sit_pair
     x, z = initial_noise()
     steps, seed = 5, 4
-    _, keys = diffusion.seed_keys(seed, steps)
-    noises = [torch.tensor(to_nchw(mx.random.normal(x.shape, key=keys[i])))
-              for i in range(steps - 1)]
+    noise = diffusion.Noise(image_keys(x.shape[0], seed=seed), steps)
+    noises = [torch.tensor(to_nchw(noise.step(i, x.shape))) for i in range(steps - 1)]
     state, y = cfg_batch(z)
     with torch.no_grad():
         expected = upstream.sit_sde(lambda x, t: model.forward_with_cfg(x, t, y, 4.0), state,

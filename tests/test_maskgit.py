@@ -17,6 +17,7 @@ from mlx_imgen.backbone import BackboneConfig, Transformer
 from mlx_imgen.cli.app import app
 from mlx_imgen.families import maskgit
 from mlx_imgen.paradigms import masked_token
+from mlx_imgen.paradigms.keys import image_keys
 from mlx_imgen.paradigms.masked_token import Draws, halton_order, revealed_counts
 from mlx_imgen.pipeline import Pipeline, load
 from upstream import halton_maskgit as upstream
@@ -75,8 +76,8 @@ def pipe(files):
 class TorchDraws:
     """The MLX sampler's own random numbers, handed to the torch reference."""
 
-    def __init__(self, seed, steps):
-        self.draws = Draws(mx.random.key(seed), steps)
+    def __init__(self, seed, steps, batch):
+        self.draws = Draws(image_keys(batch, seed=seed), steps)
 
     def order_shifts(self, batch, n):
         return torch.from_numpy(np.array(self.draws.order_shifts(batch, n)))
@@ -193,7 +194,7 @@ SAMPLERS = {
 
 def _reference(files, case, plan, labels, seed):
     preset = maskgit.PRESETS[case["sampler"]]
-    noise = TorchDraws(seed, plan.steps)
+    noise = TorchDraws(seed, plan.steps, len(labels))
     model, y = files["model"], torch.tensor(labels)
     if case["reference"] == "halton":
         t0, t1 = preset["temperature"]
@@ -236,7 +237,7 @@ def test_halton_step_fixes_the_next_slice_of_the_order(pipe):
 def test_randomized_halton_rolls_each_samples_order(pipe):
     plan, _ = pipe.plan(sampler="halton", steps=4)
     first = next(masked_token.iterate(pipe.transformer, mx.array([2, 5, 6]), plan, seed=1))
-    shifts = np.array(Draws(mx.random.key(1), 4).order_shifts(3, N))
+    shifts = np.array(Draws(image_keys(3, seed=1), 4).order_shifts(3, N))
     expected = [np.roll(halton_order(4), k)[:first.fixed.shape[1]] for k in shifts]
     np.testing.assert_array_equal(np.array(first.fixed), np.stack(expected))
 
@@ -285,7 +286,7 @@ def test_cli_generate_with_the_confidence_sampler_writes_a_grid(pipe, tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--steps", "17"], "cannot exceed the number of tokens (16)"),
+    (["--steps", "17"], "exceeds this model's 16 tokens (each step fixes at least one); use at most 16"),
     (["--sampler", "greedy"], "halton, halton-config, halton-eval, confidence"),
     (["--steps", "8", "--temperature", "0"], "must be positive"),
     (["--top-p", "0.9"], "no top-p"),

@@ -20,6 +20,7 @@ from mlx_imgen.convert.keymap import KeyMismatchError  # noqa: E402
 from mlx_imgen.grid import default_plan, grid_config  # noqa: E402
 from mlx_imgen.paradigms import (FlowPlan, MaskedTokenPlan, NextTokenPlan, diffusion,  # noqa: E402
                                  masked_token, next_token)
+from mlx_imgen.paradigms.keys import image_keys  # noqa: E402
 from mlx_imgen.profiling import Workload, profile_workload  # noqa: E402
 from mlx_imgen.reference import TORCH_MISSING, pick_device, require_torch  # noqa: E402
 from mlx_imgen.reference import backbone as tb  # noqa: E402
@@ -210,6 +211,19 @@ def test_greedy_next_token_gives_mlx_tokens_in_as_many_passes(name, cfg_scale):
     assert len(np.unique(tokens)) > 2  # the comparison is not between constant sequences
 
 
+def test_sampled_next_token_replaying_mlx_draws_gives_mlx_tokens():
+    cfg = CONFIGS["llamagen"]
+    plan = NextTokenPlan(num_tokens=cfg.num_tokens, cfg_scale=2.0, temperature=1.5, top_k=12,
+                         top_p=0.95)
+    model, torch_model = pair(cfg, seed=2)
+    expected = np.array(next_token.generate(model, mx.array(LABELS), plan, seed=9,
+                                            first_index=3))
+    noise = samplers.replay_mlx_token_noise(plan, 9, len(LABELS), cfg.vocab_size, first_index=3)
+    tokens, _ = samplers.generate(torch_model, LABELS, plan, token_noise=noise)
+    np.testing.assert_array_equal(tokens.numpy(), expected)
+    assert len(np.unique(expected)) > 5  # sampled, not one repeated id
+
+
 @pytest.mark.parametrize("order", ["confidence", "halton"])
 def test_greedy_masked_token_gives_mlx_tokens_in_as_many_passes(order):
     cfg = CONFIGS["grid-masked-token"]
@@ -242,7 +256,7 @@ def test_sampled_masked_token_replaying_mlx_draws_gives_mlx_tokens(order, option
     plan = MaskedTokenPlan(num_tokens=cfg.num_tokens, steps=4, cfg_scale=2.5, order=order,
                            **options)
     model, torch_model = pair(cfg)
-    draws = masked_token.Draws(mx.random.key(7), plan.steps)
+    draws = masked_token.Draws(image_keys(len(LABELS), seed=7), plan.steps)
     expected = [np.array(s.tokens) for s in
                 masked_token.iterate(model, mx.array(LABELS), plan, draws=draws)]
     run = samplers.iterate(torch_model, LABELS, plan, draws=ReplayedDraws(draws))

@@ -138,7 +138,8 @@ SAMPLING = {"sampler": "halton"}
 
 def make_plan(config: BackboneConfig, sampling: dict):
     """A MaskedTokenPlan from a preset (`sampler`) and overrides `steps`, `cfg` (w),
-    `temperature` (one value for every step, or a first/last pair) and `top_k`."""
+    `temperature` (one value for every step, or a first/last pair) and `top_k`. The preset's
+    step count is lowered to the token count of a smaller grid; a given `steps` is not."""
     from mlx_imgen.paradigms import MaskedTokenPlan
 
     name = sampling.get("sampler") or "halton"
@@ -150,7 +151,13 @@ def make_plan(config: BackboneConfig, sampling: dict):
     preset = PRESETS[name]
     w = sampling.get("cfg", preset["cfg"])
     temperature = sampling.get("temperature", preset["temperature"])
-    common = dict(num_tokens=config.num_tokens, steps=sampling.get("steps", preset["steps"]),
+    steps = sampling.get("steps")
+    if steps is None:  # each step fixes at least one token
+        steps = min(preset["steps"], config.num_tokens)
+    elif steps > config.num_tokens:
+        raise ValueError(f"--steps {steps} exceeds this model's {config.num_tokens} tokens "
+                         f"(each step fixes at least one); use at most {config.num_tokens}")
+    common = dict(num_tokens=config.num_tokens, steps=steps,
                   cfg_scale=1.0 + w, temperature=temperature, temperature_mode="multiply",
                   top_k=sampling.get("top_k") or 0, schedule="arccos")
     if preset["order"] == "halton":

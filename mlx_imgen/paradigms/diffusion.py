@@ -21,6 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from .guidance import doubled, guide, with_null
+from .keys import image_keys, per_image, split_each
 
 Predict = Callable[[mx.array, float], mx.array]
 Velocity = Predict
@@ -441,10 +442,28 @@ def ddim_step(schedule: GaussianSchedule, j: int, x, out, noise, eta: float = 0.
 
 # ---------------------------------------------------------------- sampling loops
 
-def seed_keys(seed: int | None, steps: int) -> tuple[mx.array, mx.array]:
-    """The key of the initial noise, and one key for each step's noise, that a seed gives."""
-    key = mx.random.key(0 if seed is None else seed)
-    return key, mx.random.split(key, max(steps, 1))
+class Noise:
+    """Every random number of one diffusion run, each image's from its own key: `keys` (B, 2)
+    (`keys.image_keys`) each split into steps + 1, the initial noise's first, then step i's."""
+
+    def __init__(self, keys: mx.array, steps: int):
+        self._keys = split_each(keys, steps + 1)
+
+    def start(self, latent_shape: tuple) -> mx.array:
+        """Standard normal latents (B, H, W, C) to start from."""
+        return per_image(mx.random.normal, self._keys[:, 0], latent_shape)
+
+    def step(self, i: int, shape: tuple, dtype=mx.float32) -> mx.array:
+        """Step i's standard normal noise of `shape` (B, H, W, C)."""
+        if shape[0] != self._keys.shape[0]:
+            raise ValueError(f"this noise holds keys for {self._keys.shape[0]} images, not "
+                             f"{shape[0]}")
+        return per_image(mx.random.normal, self._keys[:, 1 + i], shape[1:], dtype=dtype)
+
+
+def random_steps(plan) -> int:
+    """How many steps of `plan` may draw noise (every step of the stochastic samplers)."""
+    return plan.steps if isinstance(plan, (SDEPlan, GaussianPlan)) else 0
 
 
 def _flow(model, labels, plan: FlowPlan, x):
@@ -471,7 +490,7 @@ def _dopri5(model, labels, plan: Dopri5Plan, x):
     plan.steps_taken, plan.passes_used = stats["steps"], stats["evals"]
 
 
-def _sde(model, labels, plan: SDEPlan, x, keys):
+def _sde(model, labels, plan: SDEPlan, x, noise: Noise):
     velocity = guided_velocity(model, labels, plan.cfg_scale, plan.time_scale, x.shape[-1],
                                plan.guided_channels)
 
@@ -485,7 +504,7 @@ def _sde(model, labels, plan: SDEPlan, x, keys):
     dt = times[1] - times[0] if len(times) > 1 else 0.0
     for i, t in enumerate(times[:-1]):
         b, w = drift(x, t)
-        dw = mx.random.normal(x.shape, dtype=x.dtype, key=keys[i]) * math.sqrt(dt)
+        dw = noise.step(i, x.shape, x.dtype) * math.sqrt(dt)
         x = x + b * dt + math.sqrt(2 * w) * dw
         mx.eval(x)
         yield x, (i + 1) / plan.steps
@@ -495,7 +514,7 @@ def _sde(model, labels, plan: SDEPlan, x, keys):
     yield x, 1.0
 
 
-def _gaussian(model, labels, plan: GaussianPlan, x, keys):
+def _gaussian(model, labels, plan: GaussianPlan, x, noise: Noise):
     schedule = GaussianSchedule(plan.train_steps, plan.steps)
     c = x.shape[-1]
     learned = plan.variance == "learned-range"
@@ -507,25 +526,25 @@ def _gaussian(model, labels, plan: GaussianPlan, x, keys):
         if learned and out.shape[-1] < 2 * c:
             raise ValueError(f"a learned-range variance needs {2 * c} output channels; the "
                              f"model gives {out.shape[-1]}")
-        noise = mx.random.normal(x.shape, dtype=x.dtype, key=keys[i]) \
-            if stochastic and j > 0 else None
+        step_noise = noise.step(i, x.shape, x.dtype) if stochastic and j > 0 else None
         if plan.sampler == "ddpm":
-            x = ddpm_step(schedule, j, x, out, noise, plan.variance)
+            x = ddpm_step(schedule, j, x, out, step_noise, plan.variance)
         else:
-            x = ddim_step(schedule, j, x, out, noise, plan.eta)
+            x = ddim_step(schedule, j, x, out, step_noise, plan.eta)
         mx.eval(x)
         yield x, (i + 1) / len(schedule)
 
 
 def _trajectory(model, labels: mx.array, plan, *, noise: mx.array | None = None,
-                seed: int | None = None, latent_shape: tuple[int, int, int] | None = None):
+                seed: int | None = None, key: mx.array | None = None, first_index: int = 0,
+                latent_shape: tuple[int, int, int] | None = None):
     """(latents, fraction of the way done) after each step."""
-    steps = plan.steps if isinstance(plan, (SDEPlan, GaussianPlan)) else 1
-    key, keys = seed_keys(seed, steps)
+    draws = Noise(image_keys(labels.shape[0], seed=seed, key=key, first=first_index),
+                  random_steps(plan))
     if noise is None:
         if latent_shape is None:
             raise ValueError("pass the initial noise or the latent shape to draw it in")
-        noise = mx.random.normal((labels.shape[0], *latent_shape), key=key)
+        noise = draws.start(latent_shape)
     elif noise.shape[0] != labels.shape[0]:
         raise ValueError(f"the noise holds {noise.shape[0]} latents for {labels.shape[0]} labels")
     if isinstance(plan, FlowPlan):
@@ -533,22 +552,24 @@ def _trajectory(model, labels: mx.array, plan, *, noise: mx.array | None = None,
     if isinstance(plan, Dopri5Plan):
         return _dopri5(model, labels, plan, noise)
     if isinstance(plan, SDEPlan):
-        return _sde(model, labels, plan, noise, keys)
+        return _sde(model, labels, plan, noise, draws)
     if isinstance(plan, GaussianPlan):
-        return _gaussian(model, labels, plan, noise, keys)
+        return _gaussian(model, labels, plan, noise, draws)
     raise TypeError(f"no diffusion sampler for plan {type(plan).__name__}")
 
 
 def iterate(model, labels: mx.array, plan, *, noise: mx.array | None = None,
-            seed: int | None = None, latent_shape: tuple[int, int, int] | None = None
-            ) -> Iterator[mx.array]:
+            seed: int | None = None, key: mx.array | None = None, first_index: int = 0,
+            latent_shape: tuple[int, int, int] | None = None) -> Iterator[mx.array]:
     """Yield latents (B, H, W, C) after each step, from `noise` or noise drawn from `seed`.
 
-    Stochastic samplers (DDPM, DDIM with eta > 0, the SDE) draw their step noise from `seed`
-    too, so a seed reproduces a run; see `seed_keys`.
+    The labels are images `first_index`, ... of a run. Each image's initial noise and the step
+    noise of the stochastic samplers (DDPM, DDIM with eta > 0, the SDE) come from its own key
+    (`keys.image_keys` of `seed` or `key`, or `key` (B, 2) itself; see `Noise`), so a seed
+    reproduces an image whatever batch samples it.
     """
-    for x, _ in _trajectory(model, labels, plan, noise=noise, seed=seed,
-                            latent_shape=latent_shape):
+    for x, _ in _trajectory(model, labels, plan, noise=noise, seed=seed, key=key,
+                            first_index=first_index, latent_shape=latent_shape):
         yield x
 
 

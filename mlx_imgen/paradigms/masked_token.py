@@ -14,6 +14,7 @@ import mlx.core as mx
 import numpy as np
 
 from .guidance import doubled, guide, with_null
+from .keys import image_keys, per_image, split_each
 
 ORDERS = ("confidence", "halton")
 SCHEDULES = ("cosine", "arccos", "linear", "power")
@@ -164,27 +165,41 @@ def halton_order(grid_size: int) -> np.ndarray:
 
 
 class Draws:
-    """Every random number one sampling run uses, each a pure function of one key.
+    """Every random number one sampling run uses, each image's from its own key.
 
     Sampling is Gumbel-max: the sampled id is argmax(scaled logits + token_noise), which draws
     from softmax(scaled logits). Keeping the noise explicit lets a reference implementation
     replay a run exactly; pass an object with the same methods to `iterate` to inject noise.
+    `keys` (B, 2) are the images' keys (`keys.image_keys`); each splits into 2 * steps + 1:
+    step i's token and choice noise, and the order's roll last.
     """
 
-    def __init__(self, key: mx.array, steps: int):
-        self._keys = mx.random.split(key, 2 * steps + 1)
+    def __init__(self, keys: mx.array, steps: int):
+        if keys.ndim != 2:
+            raise ValueError(f"Draws take one key per image (B, 2), not an array of shape "
+                             f"{tuple(keys.shape)}; make them with keys.image_keys")
+        self._keys = split_each(keys, 2 * steps + 1)
+
+    def _check(self, batch: int) -> None:
+        if batch != self._keys.shape[0]:
+            raise ValueError(f"these draws hold keys for {self._keys.shape[0]} images, not "
+                             f"{batch}")
 
     def order_shifts(self, batch: int, num_tokens: int) -> mx.array:
         """(B,) offsets in 0..num_tokens-1 by which each sample's order is rolled."""
-        return mx.random.randint(0, num_tokens, (batch,), key=self._keys[-1])
+        self._check(batch)
+        return per_image(lambda shape, key: mx.random.randint(0, num_tokens, shape, key=key),
+                         self._keys[:, -1], ())
 
     def token_noise(self, step: int, shape: tuple) -> mx.array:
         """Gumbel noise (B, N, V) for sampling the ids at a step."""
-        return mx.random.gumbel(shape, key=self._keys[2 * step])
+        self._check(shape[0])
+        return per_image(mx.random.gumbel, self._keys[:, 2 * step], shape[1:])
 
     def choice_noise(self, step: int, shape: tuple) -> mx.array:
         """Gumbel noise (B, N) on the confidences that choose the positions to reveal."""
-        return mx.random.gumbel(shape, key=self._keys[2 * step + 1])
+        self._check(shape[0])
+        return per_image(mx.random.gumbel, self._keys[:, 2 * step + 1], shape[1:])
 
 
 class MaskedStep(NamedTuple):
@@ -217,17 +232,21 @@ def _scaled_logits(logits: mx.array, plan: MaskedTokenPlan, i: int) -> tuple[mx.
 
 
 def iterate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None = None,
-            key: mx.array | None = None, draws=None) -> Iterator[MaskedStep]:
+            key: mx.array | None = None, first_index: int = 0,
+            draws=None) -> Iterator[MaskedStep]:
     """One MaskedStep a step. A model that scores the mask id can sample it, which leaves the
     position masked; after the last step such a position gets the last code, so that every id
-    decodes (Halton-MaskGIT clamps the same way)."""
+    decodes (Halton-MaskGIT clamps the same way).
+
+    The labels are images `first_index`, ... of a run; `Draws` of their keys
+    (`keys.image_keys` of `seed` or `key`, or `key` (B, 2) itself) give every random number,
+    so an image does not depend on the batch it is sampled in. `draws` replaces them."""
     batch, n = labels.shape[0], plan.num_tokens
     mask_id = model.mask_id
     use_cfg = plan.cfg_scale != 1.0
     cond_labels = with_null(labels, model.null_class) if use_cfg else labels
     if draws is None:
-        key = key if key is not None else mx.random.key(0 if seed is None else seed)
-        draws = Draws(key, plan.steps)
+        draws = Draws(image_keys(batch, seed=seed, key=key, first=first_index), plan.steps)
     revealed = revealed_counts(plan)
     if plan.order == "halton":
         order = mx.array(halton_order(math.isqrt(n)))
@@ -278,10 +297,13 @@ def iterate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None 
 
 
 def generate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None = None,
-             key: mx.array | None = None, on_step=None, draws=None) -> mx.array:
-    """Token ids (B, num_tokens) with every position unmasked after `plan.steps` steps."""
+             key: mx.array | None = None, first_index: int = 0, on_step=None,
+             draws=None) -> mx.array:
+    """Token ids (B, num_tokens) with every position unmasked after `plan.steps` steps;
+    randomness as in `iterate`."""
     step = None
-    for i, step in enumerate(iterate(model, labels, plan, seed=seed, key=key, draws=draws)):
+    for i, step in enumerate(iterate(model, labels, plan, seed=seed, key=key,
+                                     first_index=first_index, draws=draws)):
         if on_step:
             on_step(i + 1, plan.steps)
     return step.tokens

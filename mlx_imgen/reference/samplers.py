@@ -4,7 +4,8 @@ Each `iterate_*` returns a `Sampling`: an iterator that yields after every step,
 iterators do, and counts in `forward_passes` the model calls it ran (one call evaluates the
 conditional and the null batch together under CFG). Random draws come from a torch.Generator
 and differ from MLX's; greedy decoding, explicit initial noise and MLX's draws passed in
-(masked-token `draws`, diffusion `step_noise`, see `replay_mlx_noise`) give MLX's results. A
+(next-token `token_noise`, see `replay_mlx_token_noise`; masked-token `draws`; diffusion
+`step_noise`, see `replay_mlx_noise`) give MLX's results. A
 plan option the loops do not mirror is refused unless it is at its default.
 """
 
@@ -19,8 +20,8 @@ from mlx_imgen.paradigms import (Dopri5Plan, FlowPlan, GaussianPlan, MaskedToken
 from mlx_imgen.paradigms.diffusion import (DP_ERROR, DP_MID, DP_TIMES, DP_WEIGHTS,
                                            GaussianSchedule, _combine, _initial_step,
                                            _next_step, ddim_step, ddpm_step,
-                                           diffusion_coefficient,
-                                           flow_times, sde_times, seed_keys)
+                                           Noise, diffusion_coefficient, flow_times,
+                                           random_steps, sde_times)
 from mlx_imgen.paradigms.masked_token import halton_order, revealed_counts, tempered
 
 from . import require_torch
@@ -114,15 +115,32 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
     return logits
 
 
-def sample_token(logits, plan: NextTokenPlan, generator):
+def sample_token(logits, plan: NextTokenPlan, generator, noise=None):
+    """A token per row; with `noise` (B, V), Gumbel-max as the MLX sampler draws."""
     if plan.temperature == 0:
         return torch.argmax(logits, dim=-1)
     logits = filter_logits(logits.float() / plan.temperature, plan.top_k, plan.top_p)
+    if noise is not None:
+        return torch.argmax(logits + noise, dim=-1)
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
 
 
-def iterate_next_token(model, labels, plan: NextTokenPlan, *, seed: int | None = None) -> Sampling:
-    """Yields the sampled token ids (B, 1) after each decoding step, as next_token.iterate."""
+def replay_mlx_token_noise(plan: NextTokenPlan, seed: int | None, batch: int, vocab_size: int,
+                           first_index: int = 0):
+    """`token_noise(i)`: the Gumbel noise (B, V) that MLX's next-token sampler adds for token
+    i of images `first_index`, ... of the run with `seed`, as a torch tensor."""
+    from mlx_imgen.paradigms.keys import image_keys, split_each
+    from mlx_imgen.paradigms.next_token import token_noise as mlx_token_noise
+
+    from . import to_torch
+    keys = split_each(image_keys(batch, seed=seed, first=first_index), plan.num_tokens)
+    return lambda i: to_torch(mlx_token_noise(keys[:, i], vocab_size))
+
+
+def iterate_next_token(model, labels, plan: NextTokenPlan, *, seed: int | None = None,
+                       token_noise: Callable | None = None) -> Sampling:
+    """Yields the sampled token ids (B, 1) after each decoding step, as next_token.iterate.
+    `token_noise(i)` (see `replay_mlx_token_noise`) replaces the generator's draw of token i."""
     _check_plan(plan, NextTokenPlan, ("num_tokens", "cfg_scale", "temperature", "top_k", "top_p"))
     if plan.num_tokens < 1:
         raise ValueError("the number of tokens must be at least 1")
@@ -143,7 +161,8 @@ def iterate_next_token(model, labels, plan: NextTokenPlan, *, seed: int | None =
             with torch.inference_mode():
                 if use_cfg:
                     logits = guide(logits, plan.cfg_scale)
-                token = sample_token(logits, plan, generator)[:, None]
+                noise = None if token_noise is None else _tensor(token_noise(i), device)
+                token = sample_token(logits, plan, generator, noise)[:, None]
                 if i + 1 < plan.num_tokens:
                     logits = forward(doubled(token) if use_cfg else token, cache=cache)[:, -1]
             yield token
@@ -343,19 +362,19 @@ def _start(model, labels, cfg_scale: float, noise, seed, latent_shape, step_nois
     return _Start(cond, x, draw)
 
 
-def replay_mlx_noise(plan, seed: int | None, shape: tuple):
+def replay_mlx_noise(plan, seed: int | None, shape: tuple, first_index: int = 0):
     """The initial noise and the step noise that MLX's diffusion sampler draws for `seed` and
-    latents of `shape` (B, H, W, C) (see `diffusion.seed_keys`), as torch tensors: passed as
-    `noise=` and `step_noise=`, they make a torch run replay that MLX run's random numbers."""
-    import mlx.core as mx
+    latents of `shape` (B, H, W, C), the batch being images `first_index`, ... of the run (see
+    `diffusion.Noise`), as torch tensors: passed as `noise=` and `step_noise=`, they make a
+    torch run replay that MLX run's random numbers."""
+    from mlx_imgen.paradigms.keys import image_keys
 
     from . import to_torch
-    steps = plan.steps if isinstance(plan, (SDEPlan, GaussianPlan)) else 1
-    key, keys = seed_keys(seed, steps)
-    initial = to_torch(mx.random.normal(shape, key=key))
+    draws = Noise(image_keys(shape[0], seed=seed, first=first_index), random_steps(plan))
+    initial = to_torch(draws.start(shape[1:]))
 
     def step_noise(i: int, step_shape: tuple):
-        return to_torch(mx.random.normal(step_shape, key=keys[i]))
+        return to_torch(draws.step(i, step_shape))
 
     return initial, step_noise
 
@@ -571,7 +590,7 @@ DIFFUSION_LOOPS = {FlowPlan: iterate_flow, Dopri5Plan: iterate_dopri5, SDEPlan: 
 def iterate(model, labels, plan, *, seed: int | None = None, **kwargs) -> Sampling:
     """The torch step iterator of the paradigm that `plan` belongs to."""
     if isinstance(plan, NextTokenPlan):
-        return iterate_next_token(model, labels, plan, seed=seed)
+        return iterate_next_token(model, labels, plan, seed=seed, **kwargs)
     if isinstance(plan, MaskedTokenPlan):
         return iterate_masked_token(model, labels, plan, seed=seed, **kwargs)
     for plan_type, loop in DIFFUSION_LOOPS.items():
