@@ -114,10 +114,11 @@ def _lock_holder(fd: int) -> str:
 
 @contextlib.contextmanager
 def exclusive_target(target: str | os.PathLike, *, doing: str = "converting into",
-                     instead: str = "choose another --out"):
+                     instead: str = "choose another --out", wait: bool = False):
     """Hold the lock on `target` (a file `.NAME.lock` beside it) for the duration; refuse at
-    once, naming the holder's pid, when another process holds it. On entry, leftovers of a
-    killed writer of `target` are cleaned up. Re-entrant within a process."""
+    once, naming the holder's pid, when another process holds it, or with `wait` block until
+    it lets go. On entry, leftovers of a killed writer of `target` are cleaned up. Re-entrant
+    within a process."""
     target = Path(os.path.abspath(target))
     if target in _held:
         yield target
@@ -127,7 +128,7 @@ def exclusive_target(target: str | os.PathLike, *, doing: str = "converting into
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _lock_holder(fd)
             os.close(fd)

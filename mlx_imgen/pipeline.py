@@ -15,6 +15,7 @@ from . import __version__, families
 from .autoencoders import AUTOENCODERS
 from .backbone import BackboneConfig, Transformer
 from .convert.shards import load_weights
+from .io import exclusive_target
 from .quantize import apply_structure, quantization_record, quantize_model
 from . import paradigms
 from .registry import CARDS, get_card
@@ -310,7 +311,10 @@ def resolve(model: str, *, dtype: str | None = None, revision: str | None = None
     folder = cache_root() / f"{model}-{resolve_dtype(dtype)}"
     if not (folder / INDEX_FILE).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        convert(model, folder, dtype=dtype, revision=revision, force=folder.exists())
+        # a second process asking for the same alias waits for the first one's conversion
+        with exclusive_target(folder, wait=True):
+            if not (folder / INDEX_FILE).is_file():
+                convert(model, folder, dtype=dtype, revision=revision, force=folder.exists())
     return folder
 
 

@@ -93,6 +93,10 @@ CASES = {
     "generate dtype on a folder": (_good("--dtype", "float16"), "--dtype does not apply"),
     "generate quantize a quantized folder": (_gen("quantized", "--quantize", "4"),
                                              "--quantize does not apply"),
+    "generate sampler on llamagen": (_good("--sampler", "halton"), "--sampler does not apply"),
+    "generate cfg-channels on llamagen": (_good("--cfg-channels", "3"),
+                                          "--cfg-channels does not apply"),
+    "generate steps on llamagen": (_good("--steps", "4"), "--steps does not apply"),
     # generate: classes
     "generate unknown class name": (_good("--class", "golden retreiver"), "golden retriever"),
     "generate class out of range": (_good("--class", "10"), "outside 0..9"),

@@ -225,3 +225,33 @@ def test_a_file_in_the_way_is_refused_even_with_force(tmp_path):
     with pytest.raises(ValueError, match="is a file, not a folder; choose another --out"):
         write_pipeline(tmp_path / "out", {}, components(1.0), force=True)
     assert (tmp_path / "out").read_text() == "mine" and hidden(tmp_path) == []
+
+
+def test_a_second_process_asking_for_an_alias_waits_for_the_first_conversion(
+        tmp_path, lock_holder, monkeypatch):
+    """Two `generate ALIAS` runs at once: the second waits for the first one's conversion into
+    the shared cache and reuses it instead of failing or converting again."""
+    import threading
+
+    from mlx_imgen import pipeline
+    from mlx_imgen.convert import converter
+
+    monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    folder = tmp_path / "cache" / "llamagen-c2i-b-256-float32"
+    proc = lock_holder(folder)
+    converted = []
+    monkeypatch.setattr(converter, "convert", lambda *a, **k: converted.append(a))
+    found = []
+    waiter = threading.Thread(target=lambda: found.append(
+        pipeline.resolve("llamagen-c2i-b-256", dtype="float32")))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not found, "resolve did not wait for the lock holder"
+    # the holder finishes its conversion, then lets go
+    folder.mkdir()
+    (folder / pipeline.INDEX_FILE).write_text("{}")
+    proc.stdin.close()
+    proc.wait(timeout=30)
+    waiter.join(timeout=30)
+    assert found == [folder] and converted == []
