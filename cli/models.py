@@ -18,7 +18,8 @@ console = Console()
 def models():
     """List the known model aliases."""
     table = Table(title="mlx-imgen models")
-    for column in ("alias", "paradigm", "params", "resolution", "FID", "license", "source"):
+    table.add_column("alias", no_wrap=True)  # what the user types: never cut
+    for column in ("paradigm", "params", "resolution", "FID", "license", "source"):
         table.add_column(column)
     for card in CARDS.values():
         table.add_row(card.alias, card.paradigm, card.parameters,

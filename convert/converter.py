@@ -52,9 +52,17 @@ def parse_config_json(text: str | None) -> dict:
     return values
 
 
+def _named_autoencoder(name: str | None) -> Source | None:
+    """The hub VAE `name` stands for (sd-vae-ft-mse, ...), unless a local file or folder of
+    that name exists: a path the user can see wins over a name."""
+    if name in AUTOENCODER_SOURCES and not Path(name).exists():
+        return AUTOENCODER_SOURCES[name]
+    return None
+
+
 def _alias_autoencoder(card: ModelCard, autoencoder: str | None) -> Source | None:
     """The hub autoencoder an alias converts with (None for a local --autoencoder file)."""
-    return card.autoencoder if autoencoder is None else AUTOENCODER_SOURCES.get(autoencoder)
+    return card.autoencoder if autoencoder is None else _named_autoencoder(autoencoder)
 
 
 def _download_steps(sources: list[Source]) -> str:
@@ -69,12 +77,9 @@ def _download_steps(sources: list[Source]) -> str:
         elif source.config is None:
             single.setdefault(source.repo, []).append(source.filename)
         else:  # a diffusers component converts as a folder, laid out as in the repo
-            # a local config.json is read as it is: what the hub's leaves to defaults is added
-            added = "".join(f", and adding \"{k}\": {json.dumps(v)} to its {source.config}"
-                            for k, v in source.config_defaults.items())
             steps.append(f"{source.config} and {source.filename} from {constants.ENDPOINT}/"
                          f"{source.repo} into a folder {_local_path(source)} (keeping their "
-                         f"paths{added})")
+                         "paths)")
     steps[:0] = [f"{' and '.join(names)} from {constants.ENDPOINT}/{repo}"
                  for repo, names in single.items()]
     return ", and ".join(steps)
@@ -210,7 +215,7 @@ def _component_config(source: Source | None, weights: Path, hint: str) -> dict |
         if source.config is None:
             return None
         path = fetch(source.repo, source.config, source.revision, local_hint=hint)
-        return {**source.config_defaults, **_read_config(path)}
+        return _read_config(path)
     beside = weights.parent / "config.json"
     if weights.name in DIFFUSERS_WEIGHTS and beside.is_file():
         return _read_config(beside)
@@ -240,7 +245,7 @@ def _is_vae_folder(path: Path) -> bool:
 def _standalone_autoencoder(source: str, path: Path) -> tuple[str, Source | None, Path | None] | None:
     """(kind, hub source, local path) when `source` names an autoencoder on its own: a VAE
     alias, a diffusers VAE folder, or a tokenizer file known by name."""
-    if source in AUTOENCODER_SOURCES:
+    if _named_autoencoder(source) is not None:
         return "kl", AUTOENCODER_SOURCES[source], None
     if path.is_dir() and _is_vae_folder(path):
         return "kl", None, path
@@ -382,7 +387,7 @@ def _pipeline_autoencoder(kind: str, card: ModelCard | None, family_name: str,
     autoencoder folder passed as --autoencoder."""
     ae_source = card.autoencoder if card else DEFAULT_AUTOENCODERS[family_name]
     ae_path = None
-    if autoencoder in AUTOENCODER_SOURCES:
+    if _named_autoencoder(autoencoder) is not None:
         ae_source = AUTOENCODER_SOURCES[autoencoder]
     elif autoencoder or local_vae:
         ae_path, ae_source = Path(autoencoder) if autoencoder else local_vae, None

@@ -11,8 +11,6 @@ class Source:
     revision: str | None = None
     config: str | None = None           # a config.json in the same repo that comes along
     fallback: str | None = None         # fetched when the repo lacks `filename` (.bin for .safetensors)
-    # values the config.json leaves to its library's defaults (old diffusers configs)
-    config_defaults: dict = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -102,11 +100,10 @@ CARDS.update({card.alias: card for card in [
 
 
 # The Stable Diffusion VAE that DiT and SiT decode with. Its config.json predates diffusers'
-# scaling_factor field and relies on the library's default, which is DiT's 0.18215.
+# scaling_factor field; the KL loader applies diffusers' default, DiT's 0.18215.
 def _sd_vae(name: str) -> Source:
     return Source(f"stabilityai/{name}", "diffusion_pytorch_model.safetensors", config="config.json",
-                  fallback="diffusion_pytorch_model.bin",
-                  config_defaults={"scaling_factor": 0.18215})
+                  fallback="diffusion_pytorch_model.bin")
 
 
 # VAEs that `convert --autoencoder NAME` accepts by name

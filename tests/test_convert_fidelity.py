@@ -242,12 +242,16 @@ def test_a_vae_folder_converts_alone_and_a_kl_folder_is_refused_for_a_vq_family(
     assert result.exit_code == 2 and "decodes with a vq one" in result.output
 
 
-def test_unconfirmed_maskgit_aliases_are_marked():
+def test_unconfirmed_maskgit_aliases_are_marked(monkeypatch):
+    from mlx_imgen.cli import models as models_command
+
+    # rich reads the terminal width once, when the console is made: widen it for this table
+    monkeypatch.setattr(models_command.console, "width", 250)
     maskgit = {alias: card for alias, card in CARDS.items() if card.family == "maskgit"}
     assert maskgit["maskgit-halton-l-384"].confirmed
     assert not any(card.confirmed for alias, card in maskgit.items()
                    if alias != "maskgit-halton-l-384")
-    result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["models"])
     lines = {line.split()[1]: line for line in result.output.splitlines()
              if line.startswith("│ maskgit")}
     assert "(unconfirmed)" in lines["maskgit-halton-t-256"]

@@ -235,15 +235,9 @@ def _mismatched_embedders(files, folder):
     return folder
 
 
-def _vae_without_scale(files, folder):
-    save_vae(tiny_vae(), folder, scaling_factor=False)
-    return folder
-
-
 @pytest.mark.parametrize("case, words", [
     ("odd latent", "not a multiple of the patch size 2"),
     ("512 asked for 256", "trained at 512 px"),
-    ("vae without scale", "no scaling_factor"),
     ("embedders differ", "its own timestep and class embedder"),
 ])
 def test_bad_conversion_input_gets_one_sentence_and_leaves_nothing(files, tmp_path, case, words):
@@ -253,9 +247,6 @@ def test_bad_conversion_input_gets_one_sentence_and_leaves_nothing(files, tmp_pa
     elif case == "512 asked for 256":
         source = save_pt(tiny_dit(input_size=64), tmp_path / "DiT-512.pt")
         config = '{"image_size": 256, "heads": 4}'
-    elif case == "vae without scale":
-        source, config = files["dit.pt"], TINY_CONFIG
-        extra = ["--autoencoder", str(_vae_without_scale(files, tmp_path / "vae"))]
     else:
         source, config = _mismatched_embedders(files, tmp_path / "hf"), None
     args = ["convert", str(source), "--out", str(tmp_path / "out"), *extra]
@@ -308,3 +299,18 @@ def test_cli_guides_all_channels_and_decodes_in_small_batches_on_request(files, 
               for name in ("three", "all")}
     assert guided == {"three": 3, "all": 4}
     assert not np.array_equal(three, every)
+
+
+def test_a_local_vae_folder_named_like_a_hub_vae_is_taken_as_the_folder(files, tmp_path,
+                                                                         monkeypatch):
+    """`--autoencoder sd-vae-ft-mse` names the hub VAE unless a folder of that name is there:
+    the user's own files win, and nothing is fetched (the hub is offline here)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    save_vae(tiny_vae(seed=7), tmp_path / "sd-vae-ft-mse", legacy_names=True, scaling_factor=False)
+    result = runner.invoke(app, ["convert", str(files["dit.pt"]), "--config", TINY_CONFIG,
+                                 "--autoencoder", "sd-vae-ft-mse", "--out", "dit-local-vae"])
+    assert result.exit_code == 0, result.output
+    ae = json.loads((tmp_path / "dit-local-vae" / "autoencoder" / "config.json").read_text())
+    assert ae["source"]["repo"] is None and ae["config"]["scaling_factor"] == 0.18215

@@ -32,8 +32,7 @@ EXPECTED = {
         [f"transformer/config.json and transformer/diffusion_pytorch_model.safetensors from "
          f"{HUB}/facebook/DiT-XL-2-256 into a folder ./facebook-DiT-XL-2-256",
          f"config.json and diffusion_pytorch_model.safetensors from {HUB}/stabilityai/"
-         "sd-vae-ft-mse into a folder ./stabilityai-sd-vae-ft-mse (keeping their paths, and "
-         'adding "scaling_factor": 0.18215 to its config.json)'],
+         "sd-vae-ft-mse into a folder ./stabilityai-sd-vae-ft-mse (keeping their paths)"],
         "./facebook-DiT-XL-2-256 --family dit --autoencoder ./stabilityai-sd-vae-ft-mse"),
     "sit-xl-2-256": (
         ["SiT-XL-2-256.pt (from the link in its upstream README)",
@@ -131,13 +130,11 @@ def test_the_commands_convert_the_listed_files_offline(tmp_path):
     save_vq(tiny_vq(), work / "vq_ds16_c2i.pt")
     tiny_diffusers_dit(seed=5, sample_size=32).save_pretrained(
         work / "facebook-DiT-XL-2-256" / "transformer")
-    # the real sd-vae-ft-mse files (legacy attention names, no scaling_factor in config.json),
-    # with the scaling factor added as the message says
+    # the real sd-vae-ft-mse files (legacy attention names, no scaling_factor in config.json)
     vae = save_vae(tiny_vae(seed=6), work / "stabilityai-sd-vae-ft-mse", legacy_names=True,
                    scaling_factor=False)
     config = json.loads((vae / "config.json").read_text())
     assert "scaling_factor" not in config
-    (vae / "config.json").write_text(json.dumps({**config, "scaling_factor": 0.18215}))
     for alias in ("llamagen-c2i-l-256", "dit-xl-2-256"):
         out = tmp_path / alias
         message = one_line(run(["convert", alias, "--out", str(out)], env).stderr)

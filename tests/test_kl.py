@@ -79,12 +79,12 @@ def test_decoding_in_batches_gives_the_same_images_and_undoes_the_scale(vaes):
                                np.array(model.encode(images)[0] * 0.18215), atol=1e-6)
 
 
-def test_a_config_without_scaling_factor_is_refused(tmp_path):
+def test_a_config_without_scaling_factor_gets_diffusers_default(tmp_path):
+    # the Stable Diffusion VAEs' config.json predates the field; diffusers loads it as 0.18215
     folder = save_vae(tiny_vae(), tmp_path / "old", scaling_factor=False)
     config = json.loads((folder / "config.json").read_text())
     state = read_state_dict(folder / "diffusion_pytorch_model.safetensors")
-    with pytest.raises(ValueError, match="no scaling_factor"):
-        KIND.infer_config(state, config=config)
+    assert KIND.infer_config(state, config=config).scaling_factor == 0.18215
     assert KIND.infer_config(state, config={**config, "scaling_factor": 0.13}).scaling_factor == 0.13
 
 

@@ -237,14 +237,11 @@ BLOCK_TYPES = {"down_block_types": "DownEncoderBlock2D", "up_block_types": "UpDe
 
 def infer_kl_config(state: dict, config: dict | None = None) -> KLConfig:
     """The KLConfig of a diffusers AutoencoderKL from its config.json; shapes are checked when
-    the weights load. A config without `scaling_factor` is refused: the latent scale the
-    samplers work in would be a guess."""
+    the weights load. A config without `scaling_factor` gets diffusers' default, 0.18215, as
+    diffusers itself loads it (the Stable Diffusion VAEs' config.json predates the field)."""
     if config is None:
         raise ValueError("a KL VAE converts from a diffusers folder: its config.json must come "
                          "with the weights (pass the folder, not the weights file)")
-    if "scaling_factor" not in config:
-        raise ValueError("the VAE's config.json has no scaling_factor, so its latent scale is "
-                         "unknown; add it (0.18215 for the Stable Diffusion VAEs)")
     for key, kind in BLOCK_TYPES.items():
         if any(t != kind for t in config.get(key, [kind])):
             raise ValueError(f"the VAE's {key} are {config[key]}; only {kind} blocks (the "
@@ -266,7 +263,7 @@ def infer_kl_config(state: dict, config: dict | None = None) -> KLConfig:
         mid_attention=config.get("mid_block_add_attention", True),
         quant_conv=config.get("use_quant_conv", True),
         post_quant_conv=config.get("use_post_quant_conv", True),
-        scaling_factor=float(config["scaling_factor"]),
+        scaling_factor=float(config.get("scaling_factor", defaults.scaling_factor)),
         shift_factor=float(config.get("shift_factor") or 0.0))
 
 
