@@ -96,7 +96,7 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
         index = read_json(folder / INDEX_FILE)
         table = Table(title=str(folder), show_header=False)
         quant = index.get("quantization")
-        for key in ("alias", "family", "paradigm", "license", "dtype", "created"):
+        for key in ("alias", "family", "paradigm", "license", "dtype", "weights", "created"):
             table.add_row(key, str(index.get(key)))
         table.add_row("quantization", f"{quant['bits']}-bit, group size {quant['group_size']}, "
                       f"{len(quant['modules'])} layers" if quant else "none (float)")
@@ -112,7 +112,9 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
             source = config.get("source", {})
             table.add_row(name, f"{size:.1f} MB in {len(files)} file(s), {config.get('dtype')}, from "
                           f"{source.get('repo') or 'local file'} {source.get('file')} "
-                          f"(sha256 {str(source.get('sha256'))[:12]}…)")
+                          f"(sha256 {str(source.get('sha256'))[:12]}…)"
+                          + (f", shared store entry {config['store']['key'][:12]}… "
+                             f"({config['store']['files']})" if config.get("store") else ""))
             shape = config.get("backbone") or config.get("config")
             table.add_row(f"{name} config", json.dumps(shape))
         console.print(table)
