@@ -233,7 +233,7 @@ def test_timestep_frequencies_follow_dit_and_diffusers_conventions():
     from diffusers.models.embeddings import get_timestep_embedding
 
     t = np.array([0.0, 0.25, 17.0, 999.0], dtype=np.float32)
-    dit = upstream.TimestepEmbedder.frequencies(torch.tensor(t), 256).numpy()
+    dit = upstream.timestep_features(torch.tensor(t), 256).numpy()
     np.testing.assert_allclose(np.array(timestep_frequencies(mx.array(t), 256)), dit, atol=1e-4)
     shifted = get_timestep_embedding(torch.tensor(t), 256, flip_sin_to_cos=True,
                                      downscale_freq_shift=1).numpy()

@@ -1,274 +1,237 @@
-"""PyTorch stand-in for DiT's and SiT's models.py (facebookresearch/DiT, willisma/SiT) and for the
-samplers they use (DiT's respaced Gaussian diffusion, SiT's fixed-grid ODE and Euler-Maruyama
-SDE), written from the spec. Module names match upstream, so `state_dict()` has upstream's keys.
+"""DiT and SiT as a torch reference for the tests, written from the papers and the released .pt
+files' keys (`state_dict()` has their keys, shapes and order), with the samplers those papers
+evaluate: DiT's respaced Gaussian diffusion (ancestral and DDIM), SiT's fixed-grid ODE and its
+Euler-Maruyama SDE.
+
+The network (Peebles & Xie, "Scalable Diffusion Models with Transformers"): patches of the
+latent plus a fixed 2-D sin-cos position table; c = MLP(timestep frequencies) + class row (the
+last row is the null class); adaLN-Zero blocks, in which SiLU(c) -> Linear gives shift, scale
+and gate for the attention and for the MLP; a final adaLN (shift, scale) and a linear map back to
+patches. With learned sigma the output has twice the input channels; SiT keeps the first half.
 """
 
 import math
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+
+from .keyed import KeyedModule, affine
+
+FREQUENCY_DIMS = 256  # the timestep's sinusoidal features before the MLP
+LAYER_NORM_EPS = 1e-6
 
 
 def sincos_table(dims: int, grid: int) -> np.ndarray:
-    """(grid * grid, dims): the first half encodes the column, the second the row; sin then cos."""
+    """(grid * grid, dims) in raster order: dims/2 features of the column, then dims/2 of the
+    row, each [sin(p w_i), cos(p w_i)] with w_i = 10000 ** (-i / (dims / 4))."""
     quarter = dims // 4
-    omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
-
-    def encode(positions):
-        angles = positions.reshape(-1)[:, None] * omega[None]
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-    rows, cols = np.divmod(np.arange(grid * grid, dtype=np.float64), grid)
-    return np.concatenate([encode(cols), encode(rows)], axis=1).astype(np.float32)
+    omega = 10000.0 ** -(np.arange(quarter, dtype=np.float64) / quarter)
+    row, col = np.divmod(np.arange(grid * grid, dtype=np.float64), grid)
+    features = [f(p[:, None] * omega) for p in (col, row) for f in (np.sin, np.cos)]
+    return np.concatenate(features, axis=1).astype(np.float32)
 
 
-def modulate(x, shift, scale):
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+def timestep_features(t: torch.Tensor, dims: int = FREQUENCY_DIMS) -> torch.Tensor:
+    """[cos(t f_i), sin(t f_i)] with f_i = exp(-ln(10000) i / (dims / 2)), rounded in float32
+    in that order: at t near 1000 a different rounding of f_i moves the features by 1e-4."""
+    half = dims // 2
+    f = (torch.arange(half, dtype=torch.float32) * -math.log(10000) / half).exp()
+    phase = t.float()[:, None] * f
+    return torch.cat([phase.cos(), phase.sin()], dim=1)
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, channels: int, dims: int, patch: int):
-        super().__init__()
-        self.proj = nn.Conv2d(channels, dims, patch, stride=patch)
-
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class TimestepEmbedder(nn.Module):
-    def __init__(self, dims: int, frequency_dims: int = 256):
-        super().__init__()
-        self.frequency_dims = frequency_dims
-        self.mlp = nn.Sequential(nn.Linear(frequency_dims, dims), nn.SiLU(), nn.Linear(dims, dims))
-
-    @staticmethod
-    def frequencies(t, dims: int):
-        half = dims // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-        args = t.float()[:, None] * freqs[None]
-        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-    def forward(self, t):
-        return self.mlp(self.frequencies(t, self.frequency_dims))
+def checkpoint_shapes(patch, channels, out_channels, width, depth, num_classes, tokens):
+    shapes = {"pos_embed": (1, tokens, width),
+              "x_embedder.proj.weight": (width, channels, patch, patch),
+              "x_embedder.proj.bias": (width,),
+              "t_embedder.mlp.0.weight": (width, FREQUENCY_DIMS), "t_embedder.mlp.0.bias": (width,),
+              "t_embedder.mlp.2.weight": (width, width), "t_embedder.mlp.2.bias": (width,),
+              "y_embedder.embedding_table.weight": (num_classes + 1, width)}
+    layers = {"attn.qkv": 3 * width, "attn.proj": width, "mlp.fc1": 4 * width, "mlp.fc2": width,
+              "adaLN_modulation.1": 6 * width}
+    for i in range(depth):
+        for name, rows in layers.items():
+            cols = 4 * width if name == "mlp.fc2" else width
+            shapes[f"blocks.{i}.{name}.weight"] = (rows, cols)
+            shapes[f"blocks.{i}.{name}.bias"] = (rows,)
+    for name, rows in {"linear": patch * patch * out_channels, "adaLN_modulation.1": 2 * width}.items():
+        shapes[f"final_layer.{name}.weight"] = (rows, width)
+        shapes[f"final_layer.{name}.bias"] = (rows,)
+    return shapes
 
 
-class LabelEmbedder(nn.Module):
-    def __init__(self, num_classes: int, dims: int):
-        super().__init__()
-        self.embedding_table = nn.Embedding(num_classes + 1, dims)  # the last row is the null class
-
-    def forward(self, y):
-        return self.embedding_table(y)
+def adaptive_norm(x, shift, scale):
+    """LayerNorm without affine, then x * (1 + scale) + shift per sample."""
+    x = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
+    return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class Attention(nn.Module):
-    def __init__(self, dims: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dims, 3 * dims)
-        self.proj = nn.Linear(dims, dims)
-
-    def forward(self, x):
-        n, t, d = x.shape
-        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        weights = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
-        return self.proj((weights @ v).transpose(1, 2).reshape(n, t, d))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dims: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dims, hidden)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden, dims)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class DiTBlock(nn.Module):
-    def __init__(self, dims: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dims, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dims, heads)
-        self.norm2 = nn.LayerNorm(dims, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dims, int(dims * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dims, 6 * dims))
-
-    def forward(self, x, c):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
-        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
-
-
-class FinalLayer(nn.Module):
-    def __init__(self, dims: int, patch: int, out_channels: int):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(dims, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dims, patch * patch * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dims, 2 * dims))
-
-    def forward(self, x, c):
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
-
-
-class DiT(nn.Module):
-    """DiT (or SiT, whose forward keeps only the first half of the learned-sigma channels)."""
+class DiT(KeyedModule):
+    """DiT (or SiT with sit=True). Defaults: an 8x8 latent of 4 channels in 2x2 patches."""
 
     def __init__(self, input_size: int = 8, patch_size: int = 2, in_channels: int = 4,
                  hidden_size: int = 32, depth: int = 2, num_heads: int = 4, num_classes: int = 10,
                  learn_sigma: bool = True, sit: bool = False):
-        super().__init__()
-        self.in_channels, self.patch = in_channels, patch_size
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.learn_sigma, self.sit = learn_sigma, sit
-        self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size)
         grid = input_size // patch_size
-        table = torch.from_numpy(sincos_table(hidden_size, grid))[None]
-        self.pos_embed = nn.Parameter(table, requires_grad=False)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads) for _ in range(depth)])
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
-
-    def unpatchify(self, x):
-        n, t, _ = x.shape
-        g, p, c = int(t ** 0.5), self.patch, self.out_channels
-        x = torch.einsum("nhwpqc->nchpwq", x.reshape(n, g, g, p, p, c))
-        return x.reshape(n, c, g * p, g * p)
+        out_channels = in_channels * (2 if learn_sigma else 1)
+        super().__init__(checkpoint_shapes(patch_size, in_channels, out_channels, hidden_size, depth,
+                                           num_classes, grid * grid),
+                         frozen=frozenset({"pos_embed"}))
+        self.patch, self.heads, self.depth = patch_size, num_heads, depth
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.keep = in_channels if sit and learn_sigma else out_channels
+        with torch.no_grad():
+            self.pos_embed.copy_(torch.from_numpy(sincos_table(hidden_size, grid))[None])
 
     def forward(self, x, t, y):
-        x = self.x_embedder(x) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y)
-        for block in self.blocks:
-            x = block(x, c)
-        x = self.unpatchify(self.final_layer(x, c))
-        if self.sit and self.learn_sigma:
-            x, _ = x.chunk(2, dim=1)
-        return x
+        """x (N, C, H, W) latents, t (N,) timesteps, y (N,) labels -> (N, C_out, H, W)."""
+        w = self.weights()
+        n, _, height, width = x.shape
+        tokens = F.conv2d(x, w["x_embedder.proj.weight"], w["x_embedder.proj.bias"],
+                          stride=self.patch)
+        h = tokens.flatten(2).transpose(1, 2) + w["pos_embed"]
+        temb = affine(w, "t_embedder.mlp.2", F.silu(affine(w, "t_embedder.mlp.0", timestep_features(t))))
+        c = F.silu(temb + w["y_embedder.embedding_table.weight"][y])
+        for i in range(self.depth):
+            h = self._block(w, f"blocks.{i}.", h, c)
+        shift, scale = affine(w, "final_layer.adaLN_modulation.1", c).chunk(2, dim=1)
+        patches = affine(w, "final_layer.linear", adaptive_norm(h, shift, scale))
+        p, rows, cols = self.patch, height // self.patch, width // self.patch
+        image = patches.reshape(n, rows, cols, p, p, self.out_channels)
+        image = image.permute(0, 5, 1, 3, 2, 4).reshape(n, self.out_channels, height, width)
+        return image[:, : self.keep]
+
+    def _block(self, w, name, h, c):
+        mods = affine(w, name + "adaLN_modulation.1", c).chunk(6, dim=1)
+        attn_shift, attn_scale, attn_gate, mlp_shift, mlp_scale, mlp_gate = mods
+        u = adaptive_norm(h, attn_shift, attn_scale)
+        n, s, d = u.shape
+        q, k, v = affine(w, name + "attn.qkv", u).view(n, s, 3, self.heads, -1).unbind(2)
+        attn = (torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(d // self.heads)).softmax(-1)
+        mixed = torch.einsum("nhqk,nkhd->nqhd", attn, v).reshape(n, s, d)
+        h = h + attn_gate[:, None] * affine(w, name + "attn.proj", mixed)
+        u = adaptive_norm(h, mlp_shift, mlp_scale)
+        hidden = F.gelu(affine(w, name + "mlp.fc1", u), approximate="tanh")
+        return h + mlp_gate[:, None] * affine(w, name + "mlp.fc2", hidden)
 
     def forward_with_cfg(self, x, t, y, cfg_scale: float, guided: int = 3):
-        """The batch [x, x'] with labels [y, null]: the first half's input serves both passes."""
-        half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half]), t, y)
-        eps, rest = out[:, :guided], out[:, guided:]
-        cond, uncond = torch.split(eps, len(eps) // 2, dim=0)
-        half_eps = uncond + cfg_scale * (cond - uncond)
-        return torch.cat([torch.cat([half_eps, half_eps]), rest], dim=1)
+        """Guidance on the batch [z, z'] with labels [y, null], as the DiT and SiT samplers run
+        it: both halves are evaluated at z, and only the first `guided` channels (3, of 4 latent
+        channels, in the released samplers) are mixed, null + s (cond - null); the rest pass."""
+        z = x[: len(x) // 2]
+        out = self.forward(torch.cat([z, z]), t, y)
+        with_label, null = out[:, :guided].chunk(2)
+        mixed = null + cfg_scale * (with_label - null)
+        return torch.cat([mixed.repeat(2, 1, 1, 1), out[:, guided:]], dim=1)
 
 
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random values for every trainable weight (upstream zero-initialises adaLN and the head)."""
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values for every trained weight: the released initialisation zeroes adaLN and the
+    head, which would hide any mistake behind them. Matrices get unit-variance outputs."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            fan_in = p[0].numel() if p.ndim > 1 else 1
-            std = fan_in ** -0.5 if p.ndim > 1 else 0.1
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
+        for p in model.parameters():
+            if p.requires_grad:
+                std = p[0].numel() ** -0.5 if p.ndim > 1 else 0.1
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
     return model.eval()
 
 
 # ---------------------------------------------------------------- DiT's Gaussian diffusion
 
-def space_timesteps(num_timesteps: int, count: int) -> list[int]:
-    size, taken, cur = num_timesteps, [], 0.0
-    stride = 1 if count <= 1 else (size - 1) / (count - 1)
-    for _ in range(count):
-        taken.append(round(cur))
-        cur += stride
-    return sorted(set(taken))
+def respaced_steps(total: int, count: int) -> list[int]:
+    """`count` timesteps of the 1000-step chain, evenly spread from 0 to total - 1 and rounded."""
+    if count <= 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
 
 
 class SpacedDiffusion:
-    """The float64 tables of a respaced linear-beta diffusion (learned-range variance)."""
+    """Float64 tables of DDPM's linear-beta chain (1e-4 to 0.02 over 1000 steps) restricted to
+    `count` of its steps: the kept steps' betas are 1 - abar_t / abar_prev, so the shorter chain
+    has the same cumulative products at the kept steps. The variance is DiT's learned range."""
 
     def __init__(self, count: int, num_timesteps: int = 1000):
-        betas = np.linspace(1e-4, 0.02, num_timesteps, dtype=np.float64)
-        base = np.cumprod(1.0 - betas)
-        self.timestep_map, new_betas, last = [], [], 1.0
-        use = set(space_timesteps(num_timesteps, count))
-        for i, ab in enumerate(base):
-            if i in use:
-                new_betas.append(1 - ab / last)
-                last = ab
-                self.timestep_map.append(i)
-        b = np.array(new_betas)
-        ab = np.cumprod(1.0 - b)
-        abp = np.append(1.0, ab[:-1])
-        self.betas, self.ab, self.abp = b, ab, abp
-        self.sqrt_recip = np.sqrt(1.0 / ab)
-        self.sqrt_recipm1 = np.sqrt(1.0 / ab - 1)
-        pv = b * (1.0 - abp) / (1.0 - ab)
-        self.log_var_clipped = np.log(np.append(pv[1], pv[1:]))
-        self.coef1 = b * np.sqrt(abp) / (1.0 - ab)
-        self.coef2 = (1.0 - abp) * np.sqrt(1.0 - b) / (1.0 - ab)
+        full_abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, num_timesteps, dtype=np.float64))
+        self.timestep_map = respaced_steps(num_timesteps, count)
+        abar = full_abar[self.timestep_map]
+        abar_prev = np.concatenate([[1.0], abar[:-1]])
+        beta = 1.0 - abar / abar_prev
+        posterior_var = beta * (1.0 - abar_prev) / (1.0 - abar)
+        self.tables = {
+            "abar_prev": abar_prev,
+            "x0_from_x": np.sqrt(1.0 / abar), "x0_from_eps": np.sqrt(1.0 / abar - 1.0),
+            "mean_from_x0": beta * np.sqrt(abar_prev) / (1.0 - abar),
+            "mean_from_x": (1.0 - abar_prev) * np.sqrt(1.0 - beta) / (1.0 - abar),
+            # the first posterior variance is 0; its log is taken from the second
+            "log_var_min": np.log(np.concatenate([posterior_var[1:2], posterior_var[1:]])),
+            "log_var_max": np.log(beta)}
+        self.steps = len(self.timestep_map)
 
-    @staticmethod
-    def at(table, j, like):
-        return torch.tensor(table[j], dtype=torch.float64).float().expand_as(like)
+    def coef(self, name: str, j: int) -> torch.Tensor:
+        return torch.tensor(float(self.tables[name][j]), dtype=torch.float32)
 
-    def mean_variance(self, model_fn, x, j):
-        c = x.shape[1]
-        t = torch.full((x.shape[0],), self.timestep_map[j], dtype=torch.int64)
+    def predict(self, model_fn, x, j):
+        """The model at chain step j: (posterior mean, log variance, predicted x0)."""
+        t = torch.full((len(x),), self.timestep_map[j], dtype=torch.int64)
         out = model_fn(x, t)
-        eps, v = out[:, :c], out[:, c:]
-        min_log = self.at(self.log_var_clipped, j, x)
-        max_log = self.at(np.log(self.betas), j, x)
-        frac = (v + 1) / 2
-        log_var = frac * max_log + (1 - frac) * min_log
-        x0 = self.at(self.sqrt_recip, j, x) * x - self.at(self.sqrt_recipm1, j, x) * eps
-        mean = self.at(self.coef1, j, x) * x0 + self.at(self.coef2, j, x) * x
-        return mean, log_var, x0
+        eps, v = out[:, : x.shape[1]], out[:, x.shape[1]:]
+        x0 = self.coef("x0_from_x", j) * x - self.coef("x0_from_eps", j) * eps
+        mean = self.coef("mean_from_x0", j) * x0 + self.coef("mean_from_x", j) * x
+        lo, hi = self.coef("log_var_min", j), self.coef("log_var_max", j)
+        mix = (v + 1) / 2
+        return mean, mix * hi + (1 - mix) * lo, x0
 
     def p_sample_loop(self, model_fn, x, noises):
-        """Ancestral sampling with the given step noises (one per step, from the noisiest)."""
-        for i, j in enumerate(reversed(range(len(self.betas)))):
-            mean, log_var, _ = self.mean_variance(model_fn, x, j)
-            x = mean + torch.exp(0.5 * log_var) * noises[i] if j else mean
+        """Ancestral sampling, the i-th step (from the noisiest) adding noises[i]; the last step
+        returns the mean."""
+        for i, j in enumerate(range(self.steps - 1, -1, -1)):
+            mean, log_var, _ = self.predict(model_fn, x, j)
+            x = mean if j == 0 else mean + (0.5 * log_var).exp() * noises[i]
         return x
 
     def ddim_sample_loop(self, model_fn, x):
-        for j in reversed(range(len(self.betas))):
-            _, _, x0 = self.mean_variance(model_fn, x, j)
-            eps = (self.at(self.sqrt_recip, j, x) * x - x0) / self.at(self.sqrt_recipm1, j, x)
-            abp = self.at(self.abp, j, x)
-            x = x0 * torch.sqrt(abp) + torch.sqrt(1 - abp) * eps
+        """Deterministic DDIM (eta = 0): re-derive eps from the predicted x0, step to abar_prev."""
+        for j in range(self.steps - 1, -1, -1):
+            _, _, x0 = self.predict(model_fn, x, j)
+            eps = (self.coef("x0_from_x", j) * x - x0) / self.coef("x0_from_eps", j)
+            keep = self.coef("abar_prev", j)
+            x = keep.sqrt() * x0 + (1 - keep).sqrt() * eps
         return x
 
 
 # ---------------------------------------------------------------- SiT's samplers
+# SiT's linear interpolant runs from noise at t = 0 to data at t = 1: x_t = t x1 + (1 - t) x0,
+# and the network predicts the velocity dx_t/dt.
 
 def sit_ode(model_fn, x, num_steps: int, method: str):
-    """torchdiffeq's fixed-grid euler / heun2 on torch.linspace(0, 1, num_steps)."""
-    t = torch.linspace(0, 1, num_steps)
-    for t0, t1 in zip(t[:-1], t[1:]):
-        dt = t1 - t0
-        k1 = model_fn(x, torch.ones(x.shape[0]) * t0)
-        if method == "euler":
-            x = x + dt * k1
-        else:
-            k2 = model_fn(x + dt * k1, torch.ones(x.shape[0]) * (t0 + dt))
-            x = x + dt * (k1 + k2) / 2
+    """Fixed-grid ODE on num_steps points of [0, 1]: forward Euler, or Heun's second-order
+    method (an Euler predictor, then the average of both slopes)."""
+    grid = torch.linspace(0, 1, num_steps)
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        dt = t_next - t
+        slope = model_fn(x, t.expand(len(x)))
+        if method != "euler":
+            ahead = model_fn(x + dt * slope, (t + dt).expand(len(x)))
+            slope = (slope + ahead) / 2
+        x = x + dt * slope
     return x
 
 
 def sit_sde(model_fn, x, num_steps: int, noises, last_step_size: float = 0.04):
-    """Euler-Maruyama with the "sigma" diffusion form and the "Mean" last step."""
-    t = torch.linspace(0, 1 - last_step_size, num_steps)
-    dt = t[1] - t[0]
+    """Euler-Maruyama on num_steps points of [0, 1 - last_step_size] for
+    dx = [v + w(t) s(x, t)] dt + sqrt(2 w(t)) dW, with the diffusion w(t) = 1 - t and the score
+    s = (t v - x) / (1 - t) of the linear interpolant; then one noiseless step of
+    last_step_size. noises[i] is the i-th step's standard normal draw."""
+    grid = torch.linspace(0, 1 - last_step_size, num_steps)
+    dt = grid[1] - grid[0]
 
-    def drift(x, ti):
-        v = model_fn(x, torch.ones(x.shape[0]) * ti)
-        score = (ti * v - x) / (1 - ti)
-        return v + (1 - ti) * score, 1 - ti
+    def drift(x, t):
+        v = model_fn(x, t.expand(len(x)))
+        return v + (t * v - x), 1 - t  # w(t) * s(x, t) = t v - x
 
-    for i, ti in enumerate(t[:-1]):
-        b, w = drift(x, ti)
-        dw = noises[i] * torch.sqrt(dt)
-        x = x + b * dt + torch.sqrt(2 * w) * dw
-    b, _ = drift(x, t[-1])
-    return x + b * last_step_size
+    for i, t in enumerate(grid[:-1]):
+        mean_step, w = drift(x, t)
+        x = x + mean_step * dt + torch.sqrt(2 * w) * torch.sqrt(dt) * noises[i]
+    return x + drift(x, grid[-1])[0] * last_step_size

@@ -1,18 +1,27 @@
-"""PyTorch stand-in for Halton-MaskGIT's class-to-image transformer (Network/transformer.py) and its
-two samplers (Sampler/halton_sampler.py, Sampler/confidence_sampler.py), written from the spec.
+"""Halton-MaskGIT's class-to-image transformer and its two samplers as a torch reference for the
+tests, written from the paper ("Halton Scheduler for Masked Generative Image Transformer") and
+the released checkpoints' keys: `state_dict()` has their keys, shapes and order, the output
+head's weight tied to the token embedding included.
 
-Module names follow upstream so `state_dict()` has its keys, shapes and order, the head tied to the
-token embedding included. The samplers take their randomness from an injected `noise` object
-(order_shifts, token_noise, choice_noise) and sample by Gumbel-max, argmax(log p + g), which
-draws from the same distribution as upstream's Categorical/multinomial calls.
-"""
+The network: token embedding (row codebook_size is the mask) plus a learned position per cell,
+then register tokens after the image tokens (without positions); blocks with adaLN modulation
+of RMSNorm from the class row c (the last class row is the null class), attention with a
+parameter-free RMSNorm over all of q and over all of k, a SwiGLU MLP; a final RMSNorm with
+scale and bias, adaLN-modulated, and the tied head giving codebook_size + 1 logits per cell.
+
+The samplers take their randomness from an injected `noise` object (order_shifts, token_noise,
+choice_noise) and draw by Gumbel-max, argmax(log p + g), which samples the same distribution
+as a categorical draw."""
 
 import functools
 import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .keyed import KeyedModule, affine
+
+NORM_EPS = 1e-5
 
 
 def tiny_config() -> dict:
@@ -21,269 +30,214 @@ def tiny_config() -> dict:
                 nclass=10, register=1)
 
 
-class RMSNorm(nn.Module):
-    """Normalise in float32, cast back, then the optional scale and the optional bias."""
-
-    def __init__(self, dim: int, weight: bool = True, bias: bool = False, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim)) if weight else None
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
-
-    def forward(self, x):
-        xf = x.float()
-        out = (xf / torch.sqrt(xf.square().mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        if self.weight is not None:
-            out = out * self.weight
-        if self.bias is not None:
-            out = out + self.bias
-        return out
+def swiglu_hidden(mlp_dim: int) -> int:
+    """2/3 of the nominal MLP width, rounded up to a multiple of 256."""
+    return -(-int(2 * mlp_dim / 3) // 256) * 256
 
 
-class QKNorm(nn.Module):
-    """Parameter-free RMSNorm of the whole q and k projections, before the head split."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.query_norm = RMSNorm(dim, weight=False)
-        self.key_norm = RMSNorm(dim, weight=False)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads, self.head_dim = heads, dim // heads  # upstream floors: small has 6 x 85
-        inner = heads * self.head_dim
-        self.wq = nn.Linear(dim, inner, bias=False)
-        self.wk = nn.Linear(dim, inner, bias=False)
-        self.wv = nn.Linear(dim, inner, bias=False)
-        self.wo = nn.Linear(inner, dim, bias=False)
-        self.qk_norm = QKNorm(inner)
-
-    def forward(self, x):
-        b, t, _ = x.shape
-        v = self.wv(x)
-        q = self.qk_norm.query_norm(self.wq(x)).to(v.dtype)
-        k = self.qk_norm.key_norm(self.wk(x)).to(v.dtype)
-        q, k, v = (z.reshape(b, t, self.heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.wo(out.transpose(1, 2).reshape(b, t, -1))
+def checkpoint_shapes(input_size, hidden_dim, codebook_size, depth, heads, mlp_dim, nclass,
+                      register):
+    d, hidden = hidden_dim, swiglu_hidden(mlp_dim)
+    inner = heads * (d // heads)  # the head width floors: 6 heads over 512 are 6 x 85
+    shapes = {"cls_emb.weight": (nclass + 1, d), "tok_emb.weight": (codebook_size + 1, d),
+              "pos_emb.weight": (input_size ** 2, d)}
+    for i in range(depth):
+        layer = f"transformer.layers.{i}."
+        shapes.update({layer + "mlp.1.weight": (6 * d, d), layer + "mlp.1.bias": (6 * d,),
+                       layer + "ln1.weight": (d,),
+                       layer + "attn.wq.weight": (inner, d), layer + "attn.wk.weight": (inner, d),
+                       layer + "attn.wv.weight": (inner, d), layer + "attn.wo.weight": (d, inner),
+                       layer + "ln2.weight": (d,),
+                       layer + "ff.w1.weight": (hidden, d),   # gate
+                       layer + "ff.w2.weight": (d, hidden),   # down
+                       layer + "ff.w3.weight": (hidden, d)})  # up
+    shapes.update({"last_norm.norm_final.weight": (d,), "last_norm.norm_final.bias": (d,),
+                   "last_norm.mlp.1.weight": (2 * d, d), "last_norm.mlp.1.bias": (2 * d,),
+                   "head.weight": (codebook_size + 1, d), "head.bias": (codebook_size + 1,)})
+    if register:
+        shapes["reg_tokens.weight"] = (register, d)
+    return shapes
 
 
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, mlp_dim: int):
-        super().__init__()
-        hidden = 256 * math.ceil(int(2 * mlp_dim / 3) / 256)
-        self.w1 = nn.Linear(dim, hidden, bias=False)   # gate, through SiLU
-        self.w2 = nn.Linear(hidden, dim, bias=False)   # down
-        self.w3 = nn.Linear(dim, hidden, bias=False)   # up
-
-    def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+def rms(x, gain=None, offset=None):
+    """x / sqrt(mean(x^2) + eps), in float32 and cast back, then the optional gain and offset."""
+    x32 = x.float()
+    y = (x32 / (x32.square().mean(-1, keepdim=True) + NORM_EPS).sqrt()).to(x.dtype)
+    y = y if gain is None else y * gain
+    return y if offset is None else y + offset
 
 
-def modulate(x, shift, scale):
-    return x * (1 + scale[:, None]) + shift[:, None]
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        self.ln1 = RMSNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.ln2 = RMSNorm(dim)
-        self.ff = FeedForward(dim, mlp_dim)
-
-    def forward(self, x, c):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.mlp(c).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(self.ln1(x), shift1, scale1))
-        return x + gate2[:, None] * self.ff(modulate(self.ln2(x), shift2, scale2))
-
-
-class Encoder(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int):
-        super().__init__()
-        self.layers = nn.ModuleList(Block(dim, heads, mlp_dim) for _ in range(depth))
-
-
-class AdaNorm(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm_final = RMSNorm(dim, weight=True, bias=True)
-        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-
-    def forward(self, x, c):
-        shift, scale = self.mlp(c).chunk(2, dim=-1)
-        return modulate(self.norm_final(x), shift, scale)
-
-
-class Transformer(nn.Module):
+class Transformer(KeyedModule):
     def __init__(self, input_size=16, hidden_dim=768, codebook_size=16384, depth=12, heads=12,
                  mlp_dim=3072, nclass=1000, register=1):
-        super().__init__()
-        self.input_size, self.nclass, self.register = input_size, nclass, register
-        self.codebook_size = codebook_size
-        self.cls_emb = nn.Embedding(nclass + 1, hidden_dim)           # row nclass: the null class
-        self.tok_emb = nn.Embedding(codebook_size + 1, hidden_dim)    # row codebook_size: mask
-        self.pos_emb = nn.Embedding(input_size ** 2, hidden_dim)
-        self.transformer = Encoder(hidden_dim, depth, heads, mlp_dim)
-        self.last_norm = AdaNorm(hidden_dim)
-        self.head = nn.Linear(hidden_dim, codebook_size + 1)
-        self.head.weight = self.tok_emb.weight
-        if register:
-            self.reg_tokens = nn.Embedding(register, hidden_dim)
+        super().__init__(checkpoint_shapes(input_size, hidden_dim, codebook_size, depth, heads,
+                                           mlp_dim, nclass, register),
+                         tied={"head.weight": "tok_emb.weight"})
+        self.input_size, self.codebook_size, self.nclass = input_size, codebook_size, nclass
+        self.depth, self.heads = depth, heads
 
     @property
     def mask_value(self) -> int:
         return self.codebook_size
 
     def forward(self, x, y, drop_label):
-        """x (B, S, S) codes with the mask id where masked, y (B,) classes, drop_label (B,) bool."""
-        b, n = x.shape[0], self.input_size ** 2
-        c = self.cls_emb(torch.where(drop_label, torch.full_like(y, self.nclass), y))
-        h = self.tok_emb(x.reshape(b, n)) + self.pos_emb.weight[None]
-        if self.register:
-            # registers go after the image tokens and carry no position
-            h = torch.cat([h, self.reg_tokens.weight[None].expand(b, -1, -1)], dim=1)
-        for block in self.transformer.layers:
-            h = block(h, c)
-        return self.head(self.last_norm(h[:, :n], c))
+        """x (B, S, S) codes (the mask id where masked), y (B,) classes, drop_label (B,) bool
+        (True: the null class) -> logits (B, S*S, codebook_size + 1)."""
+        w = self.weights()
+        n = self.input_size ** 2
+        c = w["cls_emb.weight"][torch.where(drop_label, self.nclass, y)]
+        c = F.silu(c)  # every adaLN projection reads SiLU(c)
+        h = w["tok_emb.weight"][x.reshape(len(x), n)] + w["pos_emb.weight"]
+        if "reg_tokens.weight" in w:
+            h = torch.cat([h, w["reg_tokens.weight"].expand(len(x), -1, -1)], dim=1)
+        for i in range(self.depth):
+            h = self._block(w, f"transformer.layers.{i}.", h, c)
+        shift, scale = affine(w, "last_norm.mlp.1", c).chunk(2, dim=-1)
+        out = rms(h[:, :n], w["last_norm.norm_final.weight"], w["last_norm.norm_final.bias"])
+        return affine(w, "head", out * (1 + scale[:, None]) + shift[:, None])
+
+    def _block(self, w, name, h, c):
+        mods = [m[:, None] for m in affine(w, name + "mlp.1", c).chunk(6, dim=-1)]
+        attn_shift, attn_scale, attn_gate, ff_shift, ff_scale, ff_gate = mods
+        u = rms(h, w[name + "ln1.weight"]) * (1 + attn_scale) + attn_shift
+        h = h + attn_gate * self._attention(w, name + "attn.", u)
+        u = rms(h, w[name + "ln2.weight"]) * (1 + ff_scale) + ff_shift
+        ff = name + "ff."
+        return h + ff_gate * affine(w, ff + "w2", F.silu(affine(w, ff + "w1", u)) * affine(w, ff + "w3", u))
+
+    def _attention(self, w, name, u):
+        b, s, _ = u.shape
+        v = affine(w, name + "wv", u)
+        q, k = rms(affine(w, name + "wq", u)), rms(affine(w, name + "wk", u))
+        q, k, v = (z.unflatten(-1, (self.heads, -1)).transpose(1, 2) for z in (q, k, v))
+        attn = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+        return affine(w, name + "wo", (attn @ v).transpose(1, 2).reshape(b, s, -1))
 
 
 @torch.no_grad()
-def randomize_(model: nn.Module, seed: int) -> nn.Module:
-    """Random values everywhere (upstream zero-initialises adaLN, which would hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
+def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random values everywhere (the released initialisation zeroes adaLN, which would hide
+    bugs): norm gains near 1, vectors of scale 0.1, matrices with unit-variance outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    gains = ("norm_final.weight", "ln1.weight", "ln2.weight")
     for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=g)
-        if name.endswith("norm_final.weight") or name.endswith("ln1.weight") or \
-                name.endswith("ln2.weight"):
-            p.copy_(1.0 + 0.1 * noise)
-        elif p.ndim == 1:
-            p.copy_(0.1 * noise)
+        draw = torch.randn(p.shape, generator=gen)
+        if name.endswith(gains):
+            p.copy_(1.0 + 0.1 * draw)
         else:
-            p.copy_(noise * p.shape[-1] ** -0.5)
+            p.copy_(0.1 * draw if p.ndim == 1 else draw * p.shape[-1] ** -0.5)
     return model
 
 
 # ---------------------------------------------------------------- Halton order and schedules
 
 def radical_inverse(i: int, base: int) -> float:
-    """The base-b digits of i reversed behind the radix point (one rounding, in the division)."""
-    digits, scale = 0, 1
-    while i:
-        i, digit = divmod(i, base)
-        digits, scale = digits * base + digit, scale * base
-    return digits / scale
+    """i's base-b digits mirrored behind the radix point, rounded once (in the division)."""
+    mirrored, denominator = 0, 1
+    while i > 0:
+        mirrored = mirrored * base + i % base
+        denominator *= base
+        i //= base
+    return mirrored / denominator
 
 
 @functools.lru_cache(maxsize=None)
 def halton_grid_order(size: int, points: int = 10_000) -> torch.Tensor:
-    """(size**2, 2) (row, col) cells in first-visit order of the 2-D Halton points 1..points,
-    held as float32 as upstream does; base 2 gives the row, base 3 the column."""
-    xy = torch.tensor([[radical_inverse(i, 2), radical_inverse(i, 3)]
+    """(size**2, 2) (row, col) cells in the order the 2-D Halton points 1..points first land
+    in them; base 2 gives the row, base 3 the column, both held in float32 as upstream does."""
+    xy = torch.tensor([(radical_inverse(i, 2), radical_inverse(i, 3))
                        for i in range(1, points + 1)], dtype=torch.float32)
-    cells = torch.floor(xy * size).long()
-    seen, order = set(), []
-    for row, col in cells.tolist():
-        if (row, col) not in seen:
-            seen.add((row, col))
-            order.append((row, col))
-    assert len(order) == size * size, "too few Halton points to cover the grid"
-    return torch.tensor(order, dtype=torch.long)
+    first_visits = dict.fromkeys(map(tuple, (xy * size).floor().long().tolist()))
+    if len(first_visits) != size * size:
+        raise ValueError(f"{points} Halton points miss cells of a {size}x{size} grid; pass more")
+    return torch.tensor(list(first_visits), dtype=torch.long)
 
 
 def halton_revealed(steps: int, tokens: int) -> list[int]:
-    """Cumulative tokens after each Halton step, computed in float32 like upstream."""
-    out = []
-    for i in range(steps):
-        r = 1 - torch.arccos(torch.tensor((i + 1) / steps, dtype=torch.float32)) / (math.pi / 2)
-        out.append(max(i + 1, int(r * tokens)))
-    return out
+    """Tokens revealed after each Halton step: tokens * (1 - arccos(i / steps) / (pi / 2)) for
+    i = 1..steps, in float32 and truncated, at least one more per step."""
+    counts = []
+    for i in range(1, steps + 1):
+        share = 1 - torch.tensor(i / steps, dtype=torch.float32).arccos() / (math.pi / 2)
+        counts.append(max(i, int(share * tokens)))
+    return counts
 
 
 def confidence_revealed(steps: int, tokens: int) -> list[int]:
-    """Cumulative tokens after each confidence step: arccos over linspace(0, 1) in float32."""
-    u = torch.linspace(0, 1, steps)
-    counts = ((1 - torch.arccos(u) / (math.pi / 2)) * tokens).int().tolist()
-    return [max(i + 1, t) for i, t in enumerate(counts)]
+    """Tokens revealed after each confidence step: the same arccos curve over
+    linspace(0, 1, steps) (so the first step reveals one), in float32."""
+    share = 1 - torch.linspace(0, 1, steps).arccos() / (math.pi / 2)
+    return [max(i, int(count)) for i, count in enumerate((share * tokens).int().tolist(), 1)]
 
 
 # ---------------------------------------------------------------- samplers
 
-def _logits(model, code, labels, w):
-    """Guided logits (B, N, K+1): the cond half first, the null-class half second."""
-    b = code.shape[0]
+def guided_logits(model, code, labels, w):
+    """Logits (B, N, K+1) under guidance weight w: (1 + w) cond - w null; w = 0 runs once."""
+    grid = code.reshape(len(code), model.input_size, model.input_size)
     if w == 0:
-        return model(code, labels, torch.zeros(b, dtype=torch.bool))
-    drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
-    both = model(torch.cat([code, code]), torch.cat([labels, labels]), drop)
-    cond, uncond = both[:b], both[b:]
-    return (1 + w) * cond - w * uncond
+        return model(grid, labels, torch.zeros(len(code), dtype=torch.bool))
+    both = model(grid.repeat(2, 1, 1), labels.repeat(2),
+                 torch.arange(2 * len(code)) >= len(code))
+    with_label, null = both.chunk(2)
+    return (1 + w) * with_label - w * null
 
 
-def _sample(probs, noise, top_k=0):
-    """Gumbel-max draw from `probs` (B, N, V), optionally renormalised over its top k."""
+def gumbel_pick(probs, gumbel, top_k=0):
+    """argmax(log p + g) per cell; with top_k, p first renormalised over its k largest."""
     if top_k > 0:
-        kept = torch.topk(probs, top_k, dim=-1).indices
-        probs = torch.zeros_like(probs).scatter(-1, kept, probs.gather(-1, kept))
+        smallest_kept = probs.topk(top_k, dim=-1).values[..., -1:]
+        probs = torch.where(probs >= smallest_kept, probs, torch.zeros_like(probs))
         probs = probs / probs.sum(-1, keepdim=True)
-    return torch.argmax(torch.log(probs) + noise, dim=-1)
+    return (probs.log() + gumbel).argmax(-1)
 
 
 @torch.no_grad()
 def halton_sample(model, labels, noise, *, steps, w, temp_min=1.0, temp_max=1.0, temp_pow=1.0,
                   temp_warmup=0, randomize=False, top_k=0):
-    """Halton sampler (upstream main). Returns the code (B, N) after every step and the final
-    code clamped to the codebook."""
-    s, b = model.input_size, labels.shape[0]
-    n = s * s
-    base = halton_grid_order(s)
-    flat = base[:, 0] * s + base[:, 1]
+    """The Halton sampler: step i samples every cell at the softmax of logits * temperature_i
+    (temperatures linspace(temp_min, temp_max) ** temp_pow, halved over the first temp_warmup
+    steps) and fixes the next cells of the Halton order (rolled per row when randomize).
+    Returns the code (B, N) after every step and the final code clamped to the codebook."""
+    cells = halton_grid_order(model.input_size)
+    order = cells[:, 0] * model.input_size + cells[:, 1]
+    b, n = len(labels), len(order)
     if randomize:
-        shifts = noise.order_shifts(b, n)
-        orders = torch.stack([torch.roll(flat, int(k), 0) for k in shifts])
+        order = torch.stack([order.roll(int(k)) for k in noise.order_shifts(b, n)])
     else:
-        orders = flat[None].expand(b, n)
-    temps = torch.linspace(temp_min, temp_max, steps)
+        order = order.expand(b, n)
+    temperatures = torch.linspace(temp_min, temp_max, steps)
     code = torch.full((b, n), model.mask_value, dtype=torch.long)
-    history, start = [], 0
-    for i, end in enumerate(halton_revealed(steps, n)):
-        t = float(temps[i]) ** temp_pow
-        if i < temp_warmup:
-            t *= 0.5
-        logits = _logits(model, code.reshape(b, s, s), labels, w)
-        probs = torch.softmax(logits * t, dim=-1)
-        pred = _sample(probs, noise.token_noise(i, tuple(probs.shape)), top_k)
-        rows = torch.arange(b)[:, None]
-        cells = orders[:, start:end]
-        code[rows, cells] = pred[rows, cells]
+    history, done = [], 0
+    for i, total in enumerate(halton_revealed(steps, n)):
+        temperature = float(temperatures[i]) ** temp_pow * (0.5 if i < temp_warmup else 1.0)
+        probs = (guided_logits(model, code, labels, w) * temperature).softmax(-1)
+        drawn = gumbel_pick(probs, noise.token_noise(i, tuple(probs.shape)), top_k)
+        fresh = order[:, done:total]
+        code.scatter_(1, fresh, drawn.gather(1, fresh))
         history.append(code.clone())
-        start = end
+        done = total
     return history, code.clamp(0, model.codebook_size - 1)
 
 
 @torch.no_grad()
 def confidence_sample(model, labels, noise, *, steps, w, sm_temp=1.0, r_temp=4.5):
-    """MaskGIT confidence sampler ("linear" randomisation, arccos schedule). Returns the code
+    """MaskGIT's confidence sampler: guidance ramping linearly from 0 to w, then the cells to
+    hold after step i are the highest-scoring by log p(drawn code) plus choice noise fading
+    linearly from r_temp to 0, cells already holding a code always included. Every kept cell
+    takes the step's fresh draw, held codes too, as the released sampler does. Returns the code
     (B, N) after every step and the final code clamped to the codebook."""
-    s, b = model.input_size, labels.shape[0]
-    n = s * s
+    b, n = len(labels), model.input_size ** 2
     code = torch.full((b, n), model.mask_value, dtype=torch.long)
-    masked = code == model.mask_value
     history = []
-    for i, t in enumerate(confidence_revealed(steps, n)):
-        weight = w * i / (steps - 1)  # guidance ramps from none to w
-        logits = _logits(model, code.reshape(b, s, s), labels, weight)
-        probs = torch.softmax(logits * sm_temp, dim=-1)
-        pred = _sample(probs, noise.token_noise(i, tuple(probs.shape)))
-        conf = torch.log(probs.gather(-1, pred[..., None])[..., 0])
-        conf = conf + r_temp * noise.choice_noise(i, (b, n)) * (1 - i / (steps - 1))
-        conf[~masked] = math.inf
-        threshold = torch.topk(conf, t, dim=-1).values[:, -1:]
-        chosen = conf >= threshold
-        code[chosen] = pred[chosen]  # revealed tokens get the fresh sample too, as upstream
-        masked = code == model.mask_value
+    for i, total in enumerate(confidence_revealed(steps, n)):
+        progress = i / (steps - 1)
+        probs = (guided_logits(model, code, labels, w * progress) * sm_temp).softmax(-1)
+        drawn = gumbel_pick(probs, noise.token_noise(i, tuple(probs.shape)))
+        score = probs.gather(-1, drawn[..., None]).squeeze(-1).log()
+        score = score + r_temp * (1 - progress) * noise.choice_noise(i, (b, n))
+        score = score.masked_fill(code != model.mask_value, math.inf)
+        keep = score >= score.topk(total, dim=-1).values[:, -1:]
+        code = torch.where(keep, drawn, code)
         history.append(code.clone())
     return history, code.clamp(0, model.codebook_size - 1)
