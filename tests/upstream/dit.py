@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .keyed import KeyedModule, affine
+from .keyed import KeyedModule, affine, attend
 
 FREQUENCY_DIMS = 256  # the timestep's sinusoidal features before the MLP
 LAYER_NORM_EPS = 1e-6
@@ -41,24 +41,27 @@ def timestep_features(t: torch.Tensor, dims: int = FREQUENCY_DIMS) -> torch.Tens
     return torch.cat([phase.cos(), phase.sin()], dim=1)
 
 
-def checkpoint_shapes(patch, channels, out_channels, width, depth, num_classes, tokens):
-    shapes = {"pos_embed": (1, tokens, width),
-              "x_embedder.proj.weight": (width, channels, patch, patch),
-              "x_embedder.proj.bias": (width,),
-              "t_embedder.mlp.0.weight": (width, FREQUENCY_DIMS), "t_embedder.mlp.0.bias": (width,),
-              "t_embedder.mlp.2.weight": (width, width), "t_embedder.mlp.2.bias": (width,),
-              "y_embedder.embedding_table.weight": (num_classes + 1, width)}
-    layers = {"attn.qkv": 3 * width, "attn.proj": width, "mlp.fc1": 4 * width, "mlp.fc2": width,
-              "adaLN_modulation.1": 6 * width}
-    for i in range(depth):
-        for name, rows in layers.items():
-            cols = 4 * width if name == "mlp.fc2" else width
-            shapes[f"blocks.{i}.{name}.weight"] = (rows, cols)
-            shapes[f"blocks.{i}.{name}.bias"] = (rows,)
-    for name, rows in {"linear": patch * patch * out_channels, "adaLN_modulation.1": 2 * width}.items():
-        shapes[f"final_layer.{name}.weight"] = (rows, width)
-        shapes[f"final_layer.{name}.bias"] = (rows,)
+def with_biases(prefix: str, weights: dict[str, tuple[int, int]]) -> dict:
+    """Each `name: (out, in)` of a layer as its weight and bias keys under `prefix`."""
+    shapes = {}
+    for name, (rows, cols) in weights.items():
+        shapes[f"{prefix}{name}.weight"] = (rows, cols)
+        shapes[f"{prefix}{name}.bias"] = (rows,)
     return shapes
+
+
+def checkpoint_shapes(patch, channels, out_channels, width, depth, num_classes, tokens):
+    d = width
+    shapes = {"pos_embed": (1, tokens, d),
+              "x_embedder.proj.weight": (d, channels, patch, patch), "x_embedder.proj.bias": (d,),
+              **with_biases("t_embedder.", {"mlp.0": (d, FREQUENCY_DIMS), "mlp.2": (d, d)}),
+              "y_embedder.embedding_table.weight": (num_classes + 1, d)}
+    block = {"attn.qkv": (3 * d, d), "attn.proj": (d, d), "mlp.fc1": (4 * d, d),
+             "mlp.fc2": (d, 4 * d), "adaLN_modulation.1": (6 * d, d)}
+    for i in range(depth):
+        shapes.update(with_biases(f"blocks.{i}.", block))
+    head = {"linear": (patch * patch * out_channels, d), "adaLN_modulation.1": (2 * d, d)}
+    return {**shapes, **with_biases("final_layer.", head)}
 
 
 def adaptive_norm(x, shift, scale):
@@ -75,11 +78,11 @@ class DiT(KeyedModule):
                  learn_sigma: bool = True, sit: bool = False):
         grid = input_size // patch_size
         out_channels = in_channels * (2 if learn_sigma else 1)
-        super().__init__(checkpoint_shapes(patch_size, in_channels, out_channels, hidden_size, depth,
-                                           num_classes, grid * grid),
-                         frozen=frozenset({"pos_embed"}))
+        shapes = checkpoint_shapes(patch_size, in_channels, out_channels, hidden_size, depth,
+                                   num_classes, grid * grid)
+        super().__init__(shapes, frozen=frozenset({"pos_embed"}))
         self.patch, self.heads, self.depth = patch_size, num_heads, depth
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.out_channels = out_channels
         self.keep = in_channels if sit and learn_sigma else out_channels
         with torch.no_grad():
             self.pos_embed.copy_(torch.from_numpy(sincos_table(hidden_size, grid))[None])
@@ -91,8 +94,9 @@ class DiT(KeyedModule):
         tokens = F.conv2d(x, w["x_embedder.proj.weight"], w["x_embedder.proj.bias"],
                           stride=self.patch)
         h = tokens.flatten(2).transpose(1, 2) + w["pos_embed"]
-        temb = affine(w, "t_embedder.mlp.2", F.silu(affine(w, "t_embedder.mlp.0", timestep_features(t))))
-        c = F.silu(temb + w["y_embedder.embedding_table.weight"][y])
+        temb = F.silu(affine(w, "t_embedder.mlp.0", timestep_features(t)))
+        c = affine(w, "t_embedder.mlp.2", temb) + w["y_embedder.embedding_table.weight"][y]
+        c = F.silu(c)  # every adaLN projection reads SiLU(c)
         for i in range(self.depth):
             h = self._block(w, f"blocks.{i}.", h, c)
         shift, scale = affine(w, "final_layer.adaLN_modulation.1", c).chunk(2, dim=1)
@@ -106,11 +110,8 @@ class DiT(KeyedModule):
         mods = affine(w, name + "adaLN_modulation.1", c).chunk(6, dim=1)
         attn_shift, attn_scale, attn_gate, mlp_shift, mlp_scale, mlp_gate = mods
         u = adaptive_norm(h, attn_shift, attn_scale)
-        n, s, d = u.shape
-        q, k, v = affine(w, name + "attn.qkv", u).view(n, s, 3, self.heads, -1).unbind(2)
-        attn = (torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(d // self.heads)).softmax(-1)
-        mixed = torch.einsum("nhqk,nkhd->nqhd", attn, v).reshape(n, s, d)
-        h = h + attn_gate[:, None] * affine(w, name + "attn.proj", mixed)
+        q, k, v = affine(w, name + "attn.qkv", u).unflatten(-1, (3, self.heads, -1)).unbind(2)
+        h = h + attn_gate[:, None] * affine(w, name + "attn.proj", attend(q, k, v))
         u = adaptive_norm(h, mlp_shift, mlp_scale)
         hidden = F.gelu(affine(w, name + "mlp.fc1", u), approximate="tanh")
         return h + mlp_gate[:, None] * affine(w, name + "mlp.fc2", hidden)

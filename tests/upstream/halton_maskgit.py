@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .keyed import KeyedModule, affine
+from .keyed import KeyedModule, affine, attend, swiglu
 
 NORM_EPS = 1e-5
 
@@ -102,16 +102,13 @@ class Transformer(KeyedModule):
         u = rms(h, w[name + "ln1.weight"]) * (1 + attn_scale) + attn_shift
         h = h + attn_gate * self._attention(w, name + "attn.", u)
         u = rms(h, w[name + "ln2.weight"]) * (1 + ff_scale) + ff_shift
-        ff = name + "ff."
-        return h + ff_gate * affine(w, ff + "w2", F.silu(affine(w, ff + "w1", u)) * affine(w, ff + "w3", u))
+        return h + ff_gate * swiglu(w, name + "ff", u)
 
     def _attention(self, w, name, u):
-        b, s, _ = u.shape
-        v = affine(w, name + "wv", u)
+        # the q and k norms span all heads at once, before the split
         q, k = rms(affine(w, name + "wq", u)), rms(affine(w, name + "wk", u))
-        q, k, v = (z.unflatten(-1, (self.heads, -1)).transpose(1, 2) for z in (q, k, v))
-        attn = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
-        return affine(w, name + "wo", (attn @ v).transpose(1, 2).reshape(b, s, -1))
+        q, k, v = (z.unflatten(-1, (self.heads, -1)) for z in (q, k, affine(w, name + "wv", u)))
+        return affine(w, name + "wo", attend(q, k, v))
 
 
 @torch.no_grad()

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from .keyed import KeyedModule, affine
+from .keyed import KeyedModule, affine, attend, swiglu
+
+ROPE_BASE = 10000.0
+NORM_EPS = 1e-5  # every released c2i size uses these
 
 
 @dataclass
@@ -24,10 +26,7 @@ class GPTArgs:
     vocab_size: int
     num_classes: int
     block_size: int  # image tokens, a square grid
-    multiple_of: int = 256
-    ffn_dim_multiplier: Optional[float] = None
-    rope_base: float = 10000
-    norm_eps: float = 1e-5
+    multiple_of: int = 256  # the SwiGLU width rounds up to this
 
     @property
     def grid(self) -> int:
@@ -39,11 +38,8 @@ class GPTArgs:
 
     @property
     def ffn_hidden(self) -> int:
-        """Llama's SwiGLU width: 2/3 of 4 * dim, optionally scaled, rounded UP to multiple_of."""
-        width = int(8 * self.dim / 3)
-        if self.ffn_dim_multiplier is not None:
-            width = int(self.ffn_dim_multiplier * width)
-        return -(-width // self.multiple_of) * self.multiple_of
+        """Llama's SwiGLU width: 2/3 of 4 * dim, rounded UP to multiple_of."""
+        return -(-int(8 * self.dim / 3) // self.multiple_of) * self.multiple_of
 
 
 def tiny_gpt_args() -> GPTArgs:
@@ -52,20 +48,19 @@ def tiny_gpt_args() -> GPTArgs:
 
 
 def checkpoint_shapes(args: GPTArgs) -> dict[str, tuple[int, ...]]:
+    """Every key holds a `.weight` (no layer has a bias), in the released files' order."""
     d, hidden = args.dim, args.ffn_hidden
-    shapes = {"cls_embedding.embedding_table.weight": (args.num_classes + 1, d),
-              "tok_embeddings.weight": (args.vocab_size, d)}
+    layer = {"attention.wqkv": (3 * d, d),  # row blocks q, k, v
+             "attention.wo": (d, d),
+             "feed_forward.w1": (hidden, d), "feed_forward.w3": (hidden, d),  # gate, up
+             "feed_forward.w2": (d, hidden),  # down
+             "attention_norm": (d,), "ffn_norm": (d,)}
+    names = {"cls_embedding.embedding_table": (args.num_classes + 1, d),
+             "tok_embeddings": (args.vocab_size, d)}
     for i in range(args.n_layer):
-        shapes.update({f"layers.{i}.attention.wqkv.weight": (3 * d, d),  # q, k, v row blocks
-                       f"layers.{i}.attention.wo.weight": (d, d),
-                       f"layers.{i}.feed_forward.w1.weight": (hidden, d),  # gate
-                       f"layers.{i}.feed_forward.w3.weight": (hidden, d),  # up
-                       f"layers.{i}.feed_forward.w2.weight": (d, hidden),  # down
-                       f"layers.{i}.attention_norm.weight": (d,),
-                       f"layers.{i}.ffn_norm.weight": (d,)})
-    shapes["norm.weight"] = (d,)
-    shapes["output.weight"] = (args.vocab_size, d)
-    return shapes
+        names.update({f"layers.{i}.{name}": shape for name, shape in layer.items()})
+    names.update({"norm": (d,), "output": (args.vocab_size, d)})
+    return {name + ".weight": shape for name, shape in names.items()}
 
 
 def rotary_tables(args: GPTArgs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +70,9 @@ def rotary_tables(args: GPTArgs) -> tuple[torch.Tensor, torch.Tensor]:
     col * f_j, f_j = base ** (-4j / head_dim). The class position gets cos = sin = 0, which
     zeroes its query and key: LlamaGen's table starts with zero rows, not the identity."""
     quarter = args.head_dim // 4
-    freq = args.rope_base ** (-4.0 * torch.arange(quarter, dtype=torch.float64) / args.head_dim)
-    row, col = torch.div(torch.arange(args.block_size), args.grid, rounding_mode="floor"), \
-        torch.arange(args.block_size) % args.grid
+    freq = ROPE_BASE ** (-4.0 * torch.arange(quarter, dtype=torch.float64) / args.head_dim)
+    cells = torch.arange(args.block_size)
+    row, col = cells // args.grid, cells % args.grid
     angle = torch.cat([row[:, None] * freq, col[:, None] * freq], dim=1)
     class_row = torch.zeros(1, 2 * quarter)
     return torch.cat([class_row, angle.cos().float()]), torch.cat([class_row, angle.sin().float()])
@@ -90,7 +85,7 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(x.dtype)
 
 
-def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     # normalised in float32 and cast back BEFORE the gain, which matters in bfloat16
     x32 = x.float()
     return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(x.dtype) * gain
@@ -108,30 +103,23 @@ class GPT(KeyedModule):
     def forward(self, idx: Optional[torch.Tensor], cond_idx: torch.Tensor) -> torch.Tensor:
         """Teacher-forced float32 logits (B, 1 + S, vocab) for the class token cond_idx (B,)
         followed by the codes idx (B, S) (or none); position i predicts code i."""
-        w, a = self.weights(), self.args
+        w = self.weights()
         h = w["cls_embedding.embedding_table.weight"][cond_idx][:, None]
         if idx is not None:
             h = torch.cat([h, w["tok_embeddings.weight"][idx]], dim=1)
         cos, sin = (table[: h.shape[1]].to(h.device) for table in self.rotary)
-        for i in range(a.n_layer):
+        for i in range(self.args.n_layer):
             layer = f"layers.{i}."
-            h = h + self._attention(w, layer + "attention",
-                                    rms_norm(h, w[layer + "attention_norm.weight"], a.norm_eps),
-                                    cos, sin)
-            u = rms_norm(h, w[layer + "ffn_norm.weight"], a.norm_eps)
-            mlp = layer + "feed_forward."
-            h = h + affine(w, mlp + "w2", F.silu(affine(w, mlp + "w1", u)) * affine(w, mlp + "w3", u))
-        return affine(w, "output", rms_norm(h, w["norm.weight"], a.norm_eps)).float()
+            u = rms_norm(h, w[layer + "attention_norm.weight"])
+            h = h + self._attention(w, layer + "attention", u, cos, sin)
+            h = h + swiglu(w, layer + "feed_forward", rms_norm(h, w[layer + "ffn_norm.weight"]))
+        return affine(w, "output", rms_norm(h, w["norm.weight"])).float()
 
     def _attention(self, w, name, u, cos, sin):
         b, s, _ = u.shape
-        heads, hd = self.args.n_head, self.args.head_dim
-        q, k, v = affine(w, name + ".wqkv", u).view(b, s, 3, heads, hd).unbind(2)
-        q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
-        future = torch.ones(s, s, dtype=torch.bool, device=u.device).triu(1)
-        attn = scores.masked_fill(future, float("-inf")).softmax(-1)
-        return affine(w, name + ".wo", torch.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, s, -1))
+        q, k, v = affine(w, name + ".wqkv", u).view(b, s, 3, self.args.n_head, -1).unbind(2)
+        mixed = attend(rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin), v, causal=True)
+        return affine(w, name + ".wo", mixed)
 
 
 def pick_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
