@@ -141,10 +141,10 @@ def test_converted_folders_record_family_license_and_sampler(files, pipes, monke
 
 
 def test_detection_takes_dit_and_the_family_flag_takes_sit(files):
-    from mlx_imgen.convert.readers import read_state_dict
+    from mlx_imgen.weights.readers import read_state_dict
 
     assert families.detect(read_state_dict(files["dit.pt"])) == "dit"
-    assert families.get("sit").make_plan is not families.get("dit").make_plan
+    assert families.get("sit").preset_table == "sit" and families.get("dit").preset_table == "dit"
 
 
 def test_sit_file_converts_under_its_card_with_family_sit(files, tmp_path):

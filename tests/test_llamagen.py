@@ -13,7 +13,8 @@ from hubcache import add_to_hub_cache, offline_env
 from llamagen_files import TINY_CONFIG, save_gpt, save_vq, tiny_gpt, tiny_vq
 from mlx_imgen.cli.app import app
 from mlx_imgen.paradigms import NextTokenPlan, next_token
-from mlx_imgen.pipeline import Pipeline, load
+from mlx_imgen.loading import load
+from mlx_imgen.pipeline import Pipeline
 from upstream import llamagen_gpt
 
 runner = CliRunner()

@@ -16,10 +16,11 @@ from mlx.utils import tree_flatten
 from mlx_imgen.backbone import BackboneConfig, Transformer
 from mlx_imgen.cli.app import app
 from mlx_imgen.families import maskgit
-from mlx_imgen.paradigms import masked_token
+from mlx_imgen.paradigms import masked_token, presets
 from mlx_imgen.paradigms.keys import image_keys
 from mlx_imgen.paradigms.masked_token import Draws, halton_order, revealed_counts
-from mlx_imgen.pipeline import Pipeline, load
+from mlx_imgen.loading import load
+from mlx_imgen.pipeline import Pipeline
 from upstream import halton_maskgit as upstream
 
 runner = CliRunner()
@@ -162,7 +163,7 @@ def test_halton_order_matches_upstream_test_vectors():
 
 def _plan(family_sampler, num_tokens, steps):
     cfg = maskgit.backbone_config(1, 8, 2, 16, grid_size=int(num_tokens ** 0.5))
-    return maskgit.make_plan(cfg, {"sampler": family_sampler, "steps": steps})
+    return presets.make_plan("maskgit", cfg, {"sampler": family_sampler, "steps": steps})
 
 
 def test_revealed_counts_match_upstream_schedules():
@@ -193,17 +194,17 @@ SAMPLERS = {
 
 
 def _reference(files, case, plan, labels, seed):
-    preset = maskgit.PRESETS[case["sampler"]]
+    preset = presets.MASKGIT_PRESETS[case["sampler"]]
     noise = TorchDraws(seed, plan.steps, len(labels))
     model, y = files["model"], torch.tensor(labels)
     if case["reference"] == "halton":
         t0, t1 = preset["temperature"]
-        return upstream.halton_sample(model, y, noise, steps=plan.steps, w=preset["cfg"],
+        return upstream.halton_sample(model, y, noise, steps=plan.steps, w=preset["w"],
                                       temp_min=t0, temp_max=t1,
                                       temp_warmup=preset.get("warmup", 0),
                                       randomize=preset.get("randomize", False),
                                       top_k=case["kwargs"].get("top_k", 0))
-    return upstream.confidence_sample(model, y, noise, steps=plan.steps, w=preset["cfg"],
+    return upstream.confidence_sample(model, y, noise, steps=plan.steps, w=preset["w"],
                                       sm_temp=preset["temperature"][0],
                                       r_temp=preset["choice_temperature"])
 
@@ -242,19 +243,26 @@ def test_randomized_halton_rolls_each_samples_order(pipe):
     np.testing.assert_array_equal(np.array(first.fixed), np.stack(expected))
 
 
+def make_plan(config, sampling):
+    return presets.make_plan("maskgit", config, sampling)
+
+
 def test_make_plan_follows_the_preset_and_honours_overrides():
     cfg = maskgit.config_for("tiny", 256)
-    plan = maskgit.make_plan(cfg, dict(maskgit.SAMPLING))
+    plan = make_plan(cfg, maskgit.MASKGIT.sampling)
     assert (plan.order, plan.steps, plan.cfg_scale, plan.temperature, plan.randomize_order) == \
-        ("halton", 32, 3.0, (1.0, 1.2), True)  # w 2 is a mix scale of 3
-    plan = maskgit.make_plan(cfg, {"sampler": "halton-config", "steps": 8, "cfg": 0.5,
-                                   "temperature": 1.1, "top_k": 3})
+        ("halton", 32, 3.0, (1.0, 1.2), True)  # upstream's w 2 is the guidance scale s 3
+    # --cfg is s for every family: 1.5 is upstream's w 0.5
+    plan = make_plan(cfg, {"sampler": "halton-config", "steps": 8, "cfg": 1.5,
+                           "temperature": 1.1, "top_k": 3})
     assert (plan.steps, plan.cfg_scale, plan.temperature, plan.top_k) == (8, 1.5, (1.1, 1.1), 3)
     assert not plan.randomize_order and plan.temperature_mode == "multiply"
-    plan = maskgit.make_plan(cfg, {"sampler": "confidence"})
-    assert (plan.order, plan.steps, plan.cfg_ramp, plan.rewrite_revealed) == \
-        ("confidence", 12, True, True)
-    assert maskgit.make_plan(cfg, {"sampler": "halton", "cfg": 0.0}).cfg_scale == 1.0
+    plan = make_plan(cfg, {"sampler": "confidence"})
+    assert (plan.order, plan.steps, plan.cfg_ramp, plan.rewrite_revealed, plan.cfg_scale) == \
+        ("confidence", 12, True, True, 4.0)
+    assert [make_plan(cfg, {"sampler": name}).cfg_scale
+            for name in ("halton-config", "halton-eval")] == [4.0, 1.5]  # w 3 and w 0.5
+    assert make_plan(cfg, {"sampler": "halton", "cfg": 1.0}).cfg_scale == 1.0
 
 
 # --- CLI ------------------------------------------------------------------------------------
