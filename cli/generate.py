@@ -117,7 +117,9 @@ def generate(
     steps: int = typer.Option(None, help="Sampling steps (masked-token and diffusion); for "
                               "SiT's ODE solvers, solver steps: --steps 10 is upstream's "
                               "--num-sampling-steps 11."),
-    cfg: float = typer.Option(None, help="Classifier-free guidance scale."),
+    cfg: float = typer.Option(None, help="Classifier-free guidance scale s of uncond + s * "
+                              "(cond - uncond), for every model; 1 turns guidance off. "
+                              "Halton-MaskGIT's published w is s - 1."),
     temperature: float = typer.Option(None, help="Sampling temperature. Next-token divides the "
                                       "logits by it (0 = greedy); Halton-MaskGIT multiplies "
                                       "them, as upstream does."),
