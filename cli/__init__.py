@@ -4,43 +4,29 @@
 an interrupt at any moment, start-up included, prints `interrupted` and exits with 130.
 """
 
-import os
 import signal
 import sys
 
-INTERRUPTED_EXIT = 130
-
-
-def _interrupted() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message
-    try:
-        sys.stderr.write("interrupted\n")
-        sys.stderr.flush()
-    finally:
-        os._exit(INTERRUPTED_EXIT)
-
-
-def _interrupted_at_start_up(signum, frame) -> None:
-    _interrupted()
+from .interrupt import interrupted, interrupted_at_start_up
 
 
 def main() -> None:
     # Until a command runs, Ctrl-C exits at once: an import may swallow a KeyboardInterrupt
     # (a bare `except:`), and there is nothing to clean up yet. The command boundary
     # (errors.GuardedGroup) restores KeyboardInterrupt so that half-written files are removed.
-    signal.signal(signal.SIGINT, _interrupted_at_start_up)
+    signal.signal(signal.SIGINT, interrupted_at_start_up)
     try:
         from mlx_imgen import blas
 
         blas.ensure_optimized_blas()  # may re-execute this process with OpenBLAS preloaded
         from .app import app
     except KeyboardInterrupt:
-        _interrupted()
+        interrupted()
     except Exception as err:  # a broken installation: still one line, no traceback
         from .errors import caused_by_interrupt, debugging
 
         if caused_by_interrupt(err):
-            _interrupted()
+            interrupted()
         if debugging():
             raise
         sys.stderr.write(f"error: mlx-imgen could not start: {type(err).__name__}: {err} "
@@ -49,4 +35,4 @@ def main() -> None:
     try:
         app()  # GuardedGroup words every command's errors and its Ctrl-C
     except KeyboardInterrupt:  # between commands' boundaries: argument parsing, exit
-        _interrupted()
+        interrupted()

@@ -18,12 +18,3 @@ for command in (models, convert, generate, info, profile):
 def root() -> None:
     """Diffusion, masked-token and next-token image generation on MLX."""
 
-
-def main() -> None:
-    from . import main as guarded_main
-
-    guarded_main()
-
-
-if __name__ == "__main__":
-    main()

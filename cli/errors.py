@@ -21,10 +21,11 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:
     from click import exceptions as click_errors
 
+from .interrupt import INTERRUPTED_EXIT, interrupted_at_start_up
+
 # soft_wrap: one message stays one line whatever the terminal width
 stderr = Console(stderr=True, soft_wrap=True)
 USAGE_EXIT = 2
-INTERRUPTED_EXIT = 130
 DEBUG_ENV = "MLX_IMGEN_DEBUG"
 
 
@@ -150,9 +151,7 @@ class GuardedGroup(TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx):
-        from . import _interrupted_at_start_up
-
-        if signal.getsignal(signal.SIGINT) is _interrupted_at_start_up:  # the console script
+        if signal.getsignal(signal.SIGINT) is interrupted_at_start_up:  # the console script
             signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return super().invoke(ctx)

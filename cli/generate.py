@@ -52,9 +52,10 @@ def png_bytes(image: Image.Image, parameters: dict) -> bytes:
 
 def check_generate_options(model: str, options: dict) -> None:
     """Every option in range, and each one applies to the model, before anything is loaded."""
-    from mlx_imgen.convert.converter import resolve_dtype
     from mlx_imgen.memory import generation_estimate, model_shape, refuse_if_too_big
-    from mlx_imgen.pipeline import INDEX_FILE, read_json
+    from mlx_imgen.pipeline import INDEX_FILE
+    from mlx_imgen.weights.dtypes import resolve_dtype
+    from mlx_imgen.weights.jsonfile import read_json
 
     o = options
     check_options({
@@ -76,8 +77,6 @@ def check_generate_options(model: str, options: dict) -> None:
     folder = Path(model)
     if (folder / INDEX_FILE).is_file():
         index = read_json(folder / INDEX_FILE)
-        if not isinstance(index, dict):
-            raise ValueError(f"{folder / INDEX_FILE} is not a JSON object; convert the model again")
         if o["dtype"] is not None:
             raise ValueError(f"--dtype does not apply to the converted folder {folder}: its dtype "
                              f"({index.get('dtype')}) was fixed when it was converted; drop "
@@ -118,7 +117,9 @@ def generate(
     steps: int = typer.Option(None, help="Sampling steps (masked-token and diffusion); for "
                               "SiT's ODE solvers, solver steps: --steps 10 is upstream's "
                               "--num-sampling-steps 11."),
-    cfg: float = typer.Option(None, help="Classifier-free guidance scale."),
+    cfg: float = typer.Option(None, help="Classifier-free guidance scale s of uncond + s * "
+                              "(cond - uncond), for every model; 1 turns guidance off. "
+                              "Halton-MaskGIT's published w is s - 1."),
     temperature: float = typer.Option(None, help="Sampling temperature. Next-token divides the "
                                       "logits by it (0 = greedy); Halton-MaskGIT multiplies "
                                       "them, as upstream does."),
@@ -140,7 +141,7 @@ def generate(
                                      "as DiT does ('3') or all of them ('all')."),
 ):
     """Generate class-conditional images."""
-    from mlx_imgen.pipeline import load
+    from mlx_imgen.loading import load
 
     with user_errors():
         classes = [class_index(c) for c in classes or []]

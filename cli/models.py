@@ -32,7 +32,8 @@ def models():
 
 def check_convert_options(dtype: str | None, config: str | None, quantize: int | None,
                           group_size: int) -> None:
-    from mlx_imgen.convert.converter import parse_config_json, resolve_dtype
+    from mlx_imgen.convert.converter import parse_config_json
+    from mlx_imgen.weights.dtypes import resolve_dtype
 
     resolve_dtype(dtype)
     check_options({"--quantize": (quantize, quantize_bits()),
@@ -78,8 +79,9 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
          bits: str = typer.Option("8,4", help="Bit widths for --check."),
          group_size: int = typer.Option(64, help="Group size for --check.")):
     """Describe a converted pipeline folder."""
-    from mlx_imgen.convert.shards import weight_files
-    from mlx_imgen.pipeline import INDEX_FILE, read_json
+    from mlx_imgen.pipeline import INDEX_FILE
+    from mlx_imgen.weights.jsonfile import read_json
+    from mlx_imgen.weights.shards import weight_files
 
     from .errors import parse_positive_ints
 
@@ -122,7 +124,7 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
             if quant:
                 raise ValueError(f"{folder} is already quantized; run --check on the float folder "
                                  "it came from (it quantizes copies in memory)")
-            from mlx_imgen.quantize import check_quantization
+            from mlx_imgen.convert.quantize_check import check_quantization
 
             rows = check_quantization(folder, parse_positive_ints(bits, "--bits"), group_size)
             result = Table(title="quantization error against the float model")

@@ -38,8 +38,9 @@ def grid_workloads(sizes: list[str], paradigms: list[str], image_size: int,
 def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
                     steps: int | None) -> Iterator[Workload]:
     """Named models (aliases or converted folders) with their decoders, one at a time."""
-    from mlx_imgen.convert.converter import resolve_dtype
-    from mlx_imgen.pipeline import Pipeline, load
+    from mlx_imgen.weights.dtypes import resolve_dtype
+    from mlx_imgen.loading import load
+    from mlx_imgen.pipeline import Pipeline
     from mlx_imgen.registry import get_card
 
     for name in models:
@@ -74,7 +75,7 @@ def _explicit(ctx: typer.Context, name: str) -> bool:
 
 def check_profile_options(ctx: typer.Context, o: dict) -> list[int]:
     """The batch sizes, once every option is in range, applies, and every batch fits memory."""
-    from mlx_imgen.convert.converter import resolve_dtype
+    from mlx_imgen.weights.dtypes import resolve_dtype
     from mlx_imgen.memory import grid_estimate, model_shape, generation_estimate, \
         refuse_if_too_big
     from mlx_imgen.pipeline import INDEX_FILE

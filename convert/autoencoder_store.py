@@ -19,9 +19,10 @@ from pathlib import Path
 
 from mlx_imgen.autoencoders import AUTOENCODERS
 
-from .keymap import as_mlx, check_shapes, shape_of
-from .readers import read_state_dict
-from .shards import save_weights, weight_files
+from mlx_imgen.weights.jsonfile import read_json
+from mlx_imgen.weights.keymap import as_mlx, check_shapes, shape_of
+from mlx_imgen.weights.readers import read_state_dict
+from mlx_imgen.weights.shards import save_weights, weight_files
 
 FORMAT_VERSION = 1
 DTYPE = "float32"  # autoencoders stay in float32: they are small and decode to pixels
@@ -75,7 +76,7 @@ def stored(kind: str, path: Path, sha256: str, source_record: dict,
     """The store's entry for this autoencoder file, converted and added on first use."""
     folder = store_root() / store_key(sha256, config_json)
     if (folder / "config.json").is_file():
-        config = json.loads((folder / "config.json").read_text())
+        config = read_json(folder / "config.json", f"delete {folder} and convert again")
         if config.get("kind") != kind:
             raise ValueError(f"{path.name} is stored as a {config.get('kind')} autoencoder, "
                              f"not {kind}; pass the family's own tokenizer or VAE")
@@ -147,11 +148,7 @@ def is_autoencoder_folder(path: Path) -> bool:
 
 def read_folder(path: Path, kind: str) -> StoredAutoencoder:
     """A standalone autoencoder folder written by `mlx-imgen convert`, for --autoencoder."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} has no readable config.json ({err}); convert the autoencoder "
-                         "again") from None
+    config = read_json(path / "config.json", "convert the autoencoder again")
     if config.get("kind") != kind:
         raise ValueError(f"{path} holds a {config.get('kind')} autoencoder but this family "
                          f"decodes with a {kind} one; pass a {kind} autoencoder")

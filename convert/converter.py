@@ -8,34 +8,24 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from mlx_imgen import __version__, families
+from mlx_imgen import families
 from mlx_imgen.backbone import BackboneConfig, Transformer
+from mlx_imgen.pipeline import INDEX_FILE
 from mlx_imgen.quantize import (apply_structure, check_settings, quantizable_layers,
                                 quantization_record, quantize_weight)
 from mlx_imgen.registry import (AUTOENCODER_SOURCES, CARDS, DEFAULT_AUTOENCODERS, ModelCard, Source,
                                 card_for_file, get_card)
+from mlx_imgen.version import __version__
+from mlx_imgen.weights.dtypes import cast, default_dtype, resolve_dtype
+from mlx_imgen.weights.jsonfile import read_json
+from mlx_imgen.weights.keymap import KeyMismatchError, as_mlx, check_shapes, check_weights, shape_of
+from mlx_imgen.weights.readers import CHECKPOINT_SUFFIXES, read_checkpoint
+from mlx_imgen.weights.shards import load_weights
 
 from . import autoencoder_store as store
 from . import upstream_config
 from .hub import fetch, require
-from .keymap import KeyMismatchError, as_mlx, check_shapes, check_weights, shape_of
-from .readers import CHECKPOINT_SUFFIXES, read_checkpoint
-from .shards import load_weights
 from .writer import holding_lock_on, sha256_of, write_pipeline
-
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
-
-
-def default_dtype() -> str:
-    """float16 where a GPU runs the model, float32 on the CPU (which has no fast half matmul)."""
-    return "float16" if mx.default_device().type == mx.gpu else "float32"
-
-
-def resolve_dtype(dtype: str | None) -> str:
-    dtype = dtype or default_dtype()
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
-    return dtype
 
 
 def parse_config_json(text: str | None) -> dict:
@@ -116,8 +106,8 @@ def _source_record(path: Path, source: Source | None, sha256: str | None = None)
 def _check_family(family, state: dict, path: Path) -> None:
     if not family.is_checkpoint(state):
         found = ", ".join(sorted(state)[:4])
-        raise ValueError(f"{path.name} is not a {family.FAMILY} checkpoint: expected keys "
-                         f"{', '.join(family.SIGNATURE)}, found keys like {found}")
+        raise ValueError(f"{path.name} is not a {family.name} checkpoint: expected keys "
+                         f"{', '.join(family.signature)}, found keys like {found}")
 
 
 def stream_weights(backbone: BackboneConfig, sources: dict, dtype: str | None,
@@ -142,7 +132,7 @@ def stream_weights(backbone: BackboneConfig, sources: dict, dtype: str | None,
     weights = {}
     for key in list(sources):
         array = as_mlx(sources.pop(key))
-        array = array.astype(DTYPES[dtype]) if dtype else array
+        array = cast(array, dtype)
         if array.shape != expected[key]:  # a lying file: its data disagree with its header
             raise KeyMismatchError(f"The {what} does not fit the model: {key} loads as "
                                    f"{tuple(array.shape)}, not {tuple(expected[key])}")
@@ -164,8 +154,6 @@ def stream_weights(backbone: BackboneConfig, sources: dict, dtype: str | None,
 
 def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: bool) -> Path:
     """Quantize a converted float pipeline folder into a new folder."""
-    from mlx_imgen.pipeline import INDEX_FILE, read_json
-
     index = read_json(folder / INDEX_FILE)
     if index.get("quantization"):
         q = index["quantization"]
@@ -215,21 +203,11 @@ def _component_config(source: Source | None, weights: Path, hint: str) -> dict |
         if source.config is None:
             return None
         path = fetch(source.repo, source.config, source.revision, local_hint=hint)
-        return _read_config(path)
+        return read_json(path, "download it again")
     beside = weights.parent / "config.json"
     if weights.name in DIFFUSERS_WEIGHTS and beside.is_file():
-        return _read_config(beside)
+        return read_json(beside, "download it again")
     return None
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a readable JSON file ({err}); download it again") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} is not a JSON object; download it again")
-    return values
 
 
 def _is_vae_folder(path: Path) -> bool:
@@ -237,7 +215,7 @@ def _is_vae_folder(path: Path) -> bool:
     if _diffusers_component(path) is None:
         return False
     try:
-        return _read_config(path / "config.json").get("_class_name") == "AutoencoderKL"
+        return read_json(path / "config.json").get("_class_name") == "AutoencoderKL"
     except ValueError:
         return False
 
@@ -322,7 +300,7 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
                          f"(one of {', '.join(families.FAMILIES)})")
     fam = families.get(family_name)
     if weights is None:
-        checkpoint.select(None, fam.SAMPLES_FROM)
+        checkpoint.select(None, fam.samples_from)
     state = checkpoint.state
     _check_family(fam, state, transformer_path)
     asked = upstream_config.merge(
@@ -347,14 +325,14 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
 
     settings = {"dtype": dtype, "quantization": quantization, "mlx_imgen_version": __version__,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    stored_ae = _pipeline_autoencoder(fam.AUTOENCODER, card, family_name, autoencoder, local_vae,
+    stored_ae = _pipeline_autoencoder(fam.autoencoder, card, family_name, autoencoder, local_vae,
                                       settings)
     ae_config = {**stored_ae.config, **settings, "dtype": store.DTYPE, "quantization": None}
-    index = {"family": family_name, "paradigm": fam.PARADIGM,
+    index = {"family": family_name, "paradigm": fam.paradigm,
              "alias": card.alias if card and card.family == family_name else None,
-             "license": card.license if card else getattr(fam, "LICENSE", None),
+             "license": card.license if card else fam.license,
              "sampling": dict(card.sampling if card and card.family == family_name
-                              else fam.SAMPLING),
+                              else fam.sampling),
              "weights": checkpoint.weight_set, **settings}
     t_source = {**_source_record(transformer_path, transformer_source),
                 "weights": checkpoint.weight_set, "entry": checkpoint.entry}

@@ -10,6 +10,9 @@ project cannot run (grouped-query attention, a text-conditioned model) is refuse
 import math
 import re
 
+from mlx_imgen.families import dit, llamagen, maskgit
+from mlx_imgen.families.base import LATENT_STRIDE, TOKEN_STRIDE
+
 # the project's own names, per family
 PROJECT_NAMES = {
     "llamagen": ("heads", "image_size", "grid_size", "norm_eps", "rope_base"),
@@ -32,10 +35,6 @@ TRAINING_ONLY["sit"] = TRAINING_ONLY["dit"]
 
 # bounds that keep a position table of (grid_size ** 2) rows within memory
 LARGEST = {"image_size": 4096, "grid_size": 256, "latent_size": 512}
-
-# the tokenizer's and the VAE's downsampling, which turn an image size into a grid
-TOKEN_STRIDE = 16
-LATENT_STRIDE = 8
 
 
 def _refuse(message: str):
@@ -84,8 +83,6 @@ def _must(name: str, value, allowed, why: str) -> dict:
 
 
 def _llamagen(name: str, value) -> dict | None:
-    from mlx_imgen.families.llamagen import SIZES
-
     simple = {"dim": "width", "n_layer": "depth", "n_head": "heads", "vocab_size": "vocab_size",
               "codebook_size": "vocab_size", "num_classes": "num_classes"}
     if name in simple:
@@ -104,25 +101,23 @@ def _llamagen(name: str, value) -> dict | None:
         return _must(name, value, (TOKEN_STRIDE,), "the VQ tokenizer downsamples 16x")
     if name == "gpt_model":
         size = str(value).removeprefix("GPT-")
-        if size not in SIZES:
-            _refuse(f"gpt_model {value!r} is not one of GPT-{', GPT-'.join(SIZES)}")
-        depth, width, heads = SIZES[size]
+        if size not in llamagen.SIZES:
+            _refuse(f"gpt_model {value!r} is not one of GPT-{', GPT-'.join(llamagen.SIZES)}")
+        depth, width, heads = llamagen.SIZES[size]
         return {"depth": depth, "width": width, "heads": heads}
     return None
 
 
 def _maskgit(name: str, value) -> dict | None:
-    from mlx_imgen.families.maskgit import SIZES
-
     simple = {"nb_class": "num_classes", "codebook_size": "vocab_size", "register": "registers"}
     if name in simple:
         return {simple[name]: _int(name, value)}
     if name == "img_size":
         return {"image_size": _int(name, value)}
     if name == "vit_size":
-        if value not in SIZES:
-            _refuse(f"vit_size {value!r} is not one of {', '.join(SIZES)}")
-        depth, width, heads = SIZES[value]
+        if value not in maskgit.SIZES:
+            _refuse(f"vit_size {value!r} is not one of {', '.join(maskgit.SIZES)}")
+        depth, width, heads = maskgit.SIZES[value]
         return {"depth": depth, "width": width, "heads": heads}
     if name == "f_factor":
         return _must(name, value, (TOKEN_STRIDE,), "the VQ tokenizer downsamples 16x")
@@ -132,15 +127,13 @@ def _maskgit(name: str, value) -> dict | None:
 
 
 def _dit(name: str, value) -> dict | None:
-    from mlx_imgen.families.dit import SIZES
-
     if name == "num_classes":
         return {"num_classes": _int(name, value)}
     if name == "model":
         match = re.fullmatch(r"(?:DiT|SiT)-(S|B|L|XL)/(2|4|8)", str(value))
         if match is None:
             _refuse(f"model {value!r} is not an upstream model name such as DiT-XL/2 or SiT-B/4")
-        depth, width, heads = SIZES[match.group(1)]
+        depth, width, heads = dit.SIZES[match.group(1)]
         return {"depth": depth, "width": width, "heads": heads,
                 "patch_size": int(match.group(2))}
     if name == "learn_sigma":
@@ -233,15 +226,6 @@ def check(family: str, backbone, hints: dict) -> None:
             _refuse(f"the image size {image_size} px does not fit this model's "
                     f"{backbone.grid_size}x{backbone.grid_size} grid of {stride} px cells; "
                     f"pass image_size {backbone.grid_size * stride}")
-
-
-def grid_from_image_size(image_size, stride: int = TOKEN_STRIDE) -> int:
-    """The token grid of an image size, refused where the stride does not divide it."""
-    size = _int("image_size", image_size)
-    if size < stride or size % stride:
-        _refuse(f"the image size {size} px is not a multiple of the tokenizer's {stride} px "
-                f"cells; pass a multiple of {stride}, such as 256 or 384")
-    return size // stride
 
 
 def _swiglu_hidden(width: int, multiple_of: int, multiplier: float | None) -> int:

@@ -9,10 +9,8 @@ import os
 from pathlib import Path
 
 from mlx_imgen.io import atomic_folder, exclusive_target
-
-from .shards import MAX_SHARD_BYTES, save_weights
-
-INDEX_FILE = "model_index.json"
+from mlx_imgen.pipeline import INDEX_FILE
+from mlx_imgen.weights.shards import MAX_SHARD_BYTES, save_weights
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 24) -> str:

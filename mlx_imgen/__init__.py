@@ -1,10 +1,12 @@
 """mlx-imgen: diffusion, masked-token and next-token image generation on MLX."""
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(model: str, **kwargs):
     """A ready pipeline for an alias (downloaded and converted on first use) or a folder."""
-    from .pipeline import load as _load
+    from .loading import load as _load
 
     return _load(model, **kwargs)

@@ -45,17 +45,18 @@ def grid_config(paradigm: str, size: str, image_size: int = 256) -> BackboneConf
     raise ValueError(f"unknown paradigm {paradigm!r}; choose one of {', '.join(PARADIGMS)}")
 
 
-def default_plan(paradigm: str, cfg: BackboneConfig, steps: int | None = None):
-    """The sampling plan the grid is compared under; `steps` overrides the step count."""
+def default_plan(paradigm: str, config: BackboneConfig, steps: int | None = None):
+    """The sampling plan the grid is compared under (guidance scale s 4, or 3 for masked
+    tokens); `steps` overrides the step count."""
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if paradigm == "next-token":
-        return NextTokenPlan(num_tokens=cfg.num_tokens, cfg_scale=4.0, top_k=2000)
+        return NextTokenPlan(num_tokens=config.num_tokens, cfg_scale=4.0, top_k=2000)
     if paradigm == "masked-token":
-        return MaskedTokenPlan(num_tokens=cfg.num_tokens, steps=steps or 16, cfg_scale=3.0)
+        return MaskedTokenPlan(num_tokens=config.num_tokens, steps=steps or 16, cfg_scale=3.0)
     return FlowPlan(steps=steps or 50, solver="euler", cfg_scale=4.0)
 
 
-def latent_shape(cfg: BackboneConfig) -> tuple[int, int, int]:
-    side = cfg.grid_size * cfg.patch_size
-    return (side, side, cfg.in_channels)
+def latent_shape(config: BackboneConfig) -> tuple[int, int, int]:
+    side = config.grid_size * config.patch_size
+    return (side, side, config.in_channels)

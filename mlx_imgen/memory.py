@@ -22,7 +22,6 @@ The available memory is the accelerator's memory where MLX reports it, else the 
 physical memory (os.sysconf).
 """
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +108,13 @@ class ModelShape:
 def _folder_shape(folder: Path) -> ModelShape:
     from .autoencoders import AUTOENCODERS
     from .backbone import BackboneConfig
-    from .convert.shards import weight_files
+    from .weights.jsonfile import read_json
+    from .weights.shards import weight_files
 
     try:
-        index = json.loads((folder / "model_index.json").read_text())
-        t_config = json.loads((folder / "transformer" / "config.json").read_text())
-        ae_config = json.loads((folder / "autoencoder" / "config.json").read_text())
+        index = read_json(folder / "model_index.json")
+        t_config = read_json(folder / "transformer" / "config.json")
+        ae_config = read_json(folder / "autoencoder" / "config.json")
         cfg = BackboneConfig.from_dict(t_config["backbone"])
         ae = AUTOENCODERS[ae_config["kind"]].config.from_dict(ae_config["config"])
         paradigm = index["paradigm"]
@@ -146,13 +146,14 @@ def _card_shape(alias: str, dtype: str) -> ModelShape:
     family = families.get(card.family)
     cfg = family.config_for(card.size, card.image_size)
     weights = transformer_parameters(cfg) * DTYPE_BYTES[dtype] + \
-        _autoencoder_bytes(family.AUTOENCODER)
+        _autoencoder_bytes(family.autoencoder)
     return ModelShape(cfg, card.paradigm, card.image_size, weights, DTYPE_BYTES[dtype])
 
 
 def model_shape(model: str, dtype: str) -> ModelShape:
     """The shape of a converted folder, of an alias's cached conversion, or of an alias."""
-    from .pipeline import INDEX_FILE, cache_root
+    from .loading import cache_root
+    from .pipeline import INDEX_FILE
 
     path = Path(model)
     if (path / INDEX_FILE).is_file():

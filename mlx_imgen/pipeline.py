@@ -1,8 +1,7 @@
-"""Load a converted pipeline folder (or an alias, converted on first use) and generate images."""
+"""A converted pipeline folder, loaded: transformer, autoencoder and the paradigm's sampler with
+the model's sampling defaults (`mlx_imgen.load` converts an alias into such a folder first)."""
 
 import dataclasses
-import json
-import os
 import random
 from pathlib import Path
 from typing import Callable
@@ -11,34 +10,21 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from . import __version__, families
+from . import families, paradigms
 from .autoencoders import AUTOENCODERS
 from .backbone import BackboneConfig, Transformer
-from .convert.shards import load_weights
-from .io import exclusive_target
 from .quantize import apply_structure, quantization_record, quantize_model
-from . import paradigms
-from .registry import CARDS, get_card
+from .registry import get_card
+from .version import __version__
+from .weights.dtypes import DTYPES
+from .weights.jsonfile import read_json
+from .weights.shards import load_weights
 
 INDEX_FILE = "model_index.json"
 
 
-def cache_root() -> Path:
-    if os.environ.get("MLX_IMGEN_CACHE"):
-        return Path(os.environ["MLX_IMGEN_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mlx-imgen" / "models"
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is missing or not valid JSON ({err}); convert the model again")
-
-
 class _RecordedReads(dict):
-    """Sampling options that remember which keys a family's make_plan looked at."""
+    """Sampling options that remember which keys a preset table's plan builder looked at."""
 
     def __init__(self, values: dict):
         super().__init__(values)
@@ -108,8 +94,6 @@ class Pipeline:
     @classmethod
     def random(cls, alias: str, dtype: str = "float32") -> "Pipeline":
         """The alias's architecture with random weights, to profile a model without a download."""
-        from .convert.converter import DTYPES
-
         card = get_card(alias)
         pipe = cls.__new__(cls)
         pipe.folder = None
@@ -121,7 +105,7 @@ class Pipeline:
         pipe.config = pipe.family.config_for(card.size, card.image_size)
         pipe.transformer = Transformer(pipe.config)
         pipe.transformer.set_dtype(DTYPES[dtype])
-        pipe.autoencoder_kind = AUTOENCODERS[pipe.family.AUTOENCODER]
+        pipe.autoencoder_kind = AUTOENCODERS[pipe.family.autoencoder]
         pipe.autoencoder_config = pipe.autoencoder_kind.config()
         pipe.autoencoder = pipe.autoencoder_kind.model(pipe.autoencoder_config)
         mx.eval(pipe.transformer.parameters(), pipe.autoencoder.parameters())
@@ -291,38 +275,3 @@ class Pipeline:
             for start in range(0, batch.shape[0], decode_batch):
                 images += [Image.fromarray(a) for a in self.decode(batch[start:start + decode_batch])]
         return images
-
-
-def resolve(model: str, *, dtype: str | None = None, revision: str | None = None) -> Path:
-    """A pipeline folder for `model`: the folder itself, or the cached conversion of an alias."""
-    path = Path(model)
-    if (path / INDEX_FILE).is_file():
-        if "_class_name" in read_json(path / INDEX_FILE):
-            raise ValueError(f"{path} is a diffusers folder; convert it first with "
-                             f"`mlx-imgen convert {path} --out DIR`")
-        return path
-    if path.is_dir():
-        raise ValueError(f"{path} is not a converted pipeline folder (no {INDEX_FILE}); "
-                         "create one with `mlx-imgen convert`")
-    if model not in CARDS:
-        get_card(model)  # raises with suggestions
-    from .convert.converter import convert, resolve_dtype
-
-    folder = cache_root() / f"{model}-{resolve_dtype(dtype)}"
-    if not (folder / INDEX_FILE).is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        # a second process asking for the same alias waits for the first one's conversion
-        with exclusive_target(folder, wait=True):
-            if not (folder / INDEX_FILE).is_file():
-                convert(model, folder, dtype=dtype, revision=revision, force=folder.exists())
-    return folder
-
-
-def load(model: str, *, dtype: str | None = None, revision: str | None = None,
-         quantize: int | None = None, group_size: int = 64) -> Pipeline:
-    """`mlx_imgen.load("llamagen-c2i-l-384")` or `load("path/to/converted")`; `quantize`
-    quantizes the transformer in memory (8 or 4 bits, say) after loading."""
-    pipe = Pipeline(resolve(model, dtype=dtype, revision=revision))
-    if quantize:
-        pipe.quantize(quantize, group_size)
-    return pipe

@@ -81,16 +81,16 @@ def relative_error(reference: mx.array, approximate: mx.array) -> float:
 def fixed_inputs(model: nn.Module, time_scale: float = 1000.0, seed: int = 0) -> tuple:
     """A fixed batch of two inputs for the model: token ids (half masked for a masked-token
     model) or latents with timesteps, plus class labels."""
-    cfg = model.config
+    config = model.config
     key_tokens, key_mask = mx.random.split(mx.random.key(seed))
-    labels = mx.array([1, 2 % cfg.num_classes])
-    if cfg.input == "patches":
-        side = cfg.grid_size * cfg.patch_size
-        x = mx.random.normal((2, side, side, cfg.in_channels), key=key_tokens)
+    labels = mx.array([1, 2 % config.num_classes])
+    if config.input == "patches":
+        side = config.grid_size * config.patch_size
+        x = mx.random.normal((2, side, side, config.in_channels), key=key_tokens)
         return x, labels, mx.array([0.3, 0.7]) * time_scale
-    length = cfg.num_tokens - 1 if cfg.causal else cfg.num_tokens
-    tokens = mx.random.randint(0, cfg.vocab_size, (2, length), key=key_tokens)
-    if not cfg.causal:
+    length = config.num_tokens - 1 if config.causal else config.num_tokens
+    tokens = mx.random.randint(0, config.vocab_size, (2, length), key=key_tokens)
+    if not config.causal:
         tokens = mx.where(mx.random.uniform(shape=tokens.shape, key=key_mask) < 0.5,
                           model.mask_id, tokens)
     return tokens, labels
@@ -107,28 +107,3 @@ def output_error(reference: mx.array, approximate: mx.array, token_model: bool) 
     kl = mx.sum(mx.exp(log_p) * (log_p - log_q), axis=-1)
     agree = mx.mean(mx.argmax(ref, axis=-1) == mx.argmax(approx, axis=-1))
     return {"top-1 agreement": agree.item(), "mean KL": mx.mean(kl).item()}
-
-
-def check_quantization(folder, bits_list: list[int], group_size: int) -> list[dict]:
-    """Quantize copies of a float pipeline's transformer and measure their error on a fixed
-    input against the float model."""
-    from .pipeline import Pipeline
-
-    float_pipe = Pipeline(folder)
-    time_scale = 1000.0
-    if float_pipe.paradigm == "diffusion":
-        time_scale = getattr(float_pipe.plan()[0], "time_scale", time_scale)
-    inputs = fixed_inputs(float_pipe.transformer, time_scale)
-    reference = float_pipe.transformer(*inputs)
-    float_bytes = weight_bytes(float_pipe.transformer)
-    token_model = float_pipe.config.input == "tokens"
-    rows = []
-    for bits in bits_list:
-        pipe = Pipeline(folder)
-        pipe.quantize(bits, group_size)
-        out = pipe.transformer(*inputs)
-        q_bytes = weight_bytes(pipe.transformer)
-        rows.append({"bits": bits, "group size": group_size, "weights MB": q_bytes / 1e6,
-                     "share of float weights": q_bytes / float_bytes,
-                     **output_error(reference, out, token_model)})
-    return rows

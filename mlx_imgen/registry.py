@@ -3,6 +3,8 @@
 import difflib
 from dataclasses import dataclass, field
 
+from .families import DIT, LLAMAGEN, MASKGIT, SIT
+
 
 @dataclass(frozen=True)
 class Source:
@@ -41,16 +43,14 @@ LLAMAGEN_VQ = Source(LLAMAGEN_REPO, "vq_ds16_c2i.pt")
 
 
 def _llamagen(size: str, image_size: int, parameters: str, fid: float, fid_cfg: float) -> ModelCard:
-    from .families.llamagen import SAMPLING, SIZES
-
     return ModelCard(
         alias=f"llamagen-c2i-{size.lower()}-{image_size}", family="llamagen",
         paradigm="next-token", size=size, image_size=image_size, parameters=parameters,
         transformer=Source(LLAMAGEN_REPO, f"c2i_{size}_{image_size}.pt"),
         autoencoder=LLAMAGEN_VQ, license="MIT", fid=fid,
         published=f"cfg {fid_cfg}, top-k 0, 50k samples at 256 px",
-        sampling=dict(SAMPLING),
-        hints={"heads": SIZES[size][2], "image_size": image_size})
+        sampling=LLAMAGEN.sampling,
+        hints={"heads": LLAMAGEN.sizes[size][2], "image_size": image_size})
 
 
 DEFAULT_AUTOENCODERS["llamagen"] = LLAMAGEN_VQ
@@ -71,18 +71,19 @@ MASKGIT_REPO = "llvictorll/Halton-MaskGIT"
 
 def _maskgit(size: str, image_size: int, parameters: str, fid: float, fid_w: float) -> ModelCard:
     """Halton-MaskGIT on LlamaGen's VQ-16 codes. Sampling defaults to upstream's published
-    example (preset "halton": 32 steps, w 2, temperature 1.0 -> 1.2, randomised order);
-    `--sampler halton-config` is its config file (w 3, no randomisation), `halton-eval` its FID
-    script and `confidence` the MaskGIT confidence sampler."""
-    from .families.maskgit import SAMPLING, SIZES
-
+    example (preset "halton": 32 steps, guidance s 3 = upstream's w 2, temperature 1.0 -> 1.2,
+    randomised order); `--sampler halton-config` is its config file (s 4, w 3, no
+    randomisation), `halton-eval` its FID script and `confidence` the MaskGIT confidence
+    sampler. `--cfg` is s = 1 + w, as for every family."""
     return ModelCard(
         alias=f"maskgit-halton-{size[0]}-{image_size}", family="maskgit", paradigm="masked-token",
         size=size, image_size=image_size, parameters=parameters,
         transformer=Source(MASKGIT_REPO, f"ImageNet_{image_size}_{size}.pth"),
         autoencoder=LLAMAGEN_VQ, license="MIT", fid=fid,
-        published=f"Halton sampler, 32 steps, cfg w {fid_w} (upstream's README table)",
-        sampling=dict(SAMPLING), hints={"heads": SIZES[size][2], "image_size": image_size},
+        published=f"Halton sampler, 32 steps, cfg {1 + fid_w:g} (upstream's w {fid_w}, README "
+                  "table)",
+        sampling=MASKGIT.sampling,
+        hints={"heads": MASKGIT.sizes[size][2], "image_size": image_size},
         # upstream's README documents only ImageNet_384_large.pth on the hub
         confirmed=(size, image_size) == ("large", 384))
 
@@ -114,29 +115,25 @@ DEFAULT_AUTOENCODERS["dit"] = DEFAULT_AUTOENCODERS["sit"] = SD_VAE
 
 
 def _dit(image_size: int, fid: float) -> ModelCard:
-    from .families.dit import LICENSE, SAMPLING
-
     folder = "transformer/diffusion_pytorch_model"
     return ModelCard(
         alias=f"dit-xl-2-{image_size}", family="dit", paradigm="diffusion", size="XL/2",
         image_size=image_size, parameters="675M",
         transformer=Source(f"facebook/DiT-XL-2-{image_size}", f"{folder}.safetensors",
                            config="transformer/config.json", fallback=f"{folder}.bin"),
-        autoencoder=SD_VAE, license=LICENSE, fid=fid,
+        autoencoder=SD_VAE, license=DIT.license, fid=fid,
         published="250 DDPM steps, cfg 1.5, sd-vae-ft-ema, 50k samples",
-        sampling=dict(SAMPLING), hints={"image_size": image_size},
+        sampling=DIT.sampling, hints={"image_size": image_size},
         local_files=(f"DiT-XL-2-{image_size}x{image_size}.pt",))
 
 
 def _sit() -> ModelCard:
-    from .families.dit import SIT
-
     # published only as a .pt behind a link in the SiT README, with no hub repo
     return ModelCard(
         alias="sit-xl-2-256", family="sit", paradigm="diffusion", size="XL/2", image_size=256,
         parameters="675M", transformer=Source(None, "SiT-XL-2-256.pt"), autoencoder=SD_VAE,
-        license=SIT.LICENSE, fid=2.06, published="SDE (Euler-Maruyama), 250 steps, cfg 1.5",
-        sampling=dict(SIT.SAMPLING), hints={"image_size": 256},
+        license=SIT.license, fid=2.06, published="SDE (Euler-Maruyama), 250 steps, cfg 1.5",
+        sampling=SIT.sampling, hints={"image_size": 256},
         local_files=("SiT-XL-2-256x256.pt",))
 
 

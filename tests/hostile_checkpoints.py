@@ -158,7 +158,7 @@ CODE_GLOBALS = [
     ("_pickle", "loads"), ("shutil", "rmtree"), ("runpy", "_run_code"), ("sys", "exit"),
     ("collections", "defaultdict"), ("torch._utils", "_rebuild_tensor"),
     ("torch.storage", "_load_from_bytes"), ("torch.nn", "Module"), ("webbrowser", "open"),
-    ("mlx_imgen.convert.torch_pickle", "_load"), ("mlx.core", "load"),
+    ("mlx_imgen.weights.torch_pickle", "_load"), ("mlx.core", "load"),
 ]
 
 

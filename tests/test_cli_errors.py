@@ -191,12 +191,12 @@ def test_generation_estimate_grows_with_the_batch(folders):
 
 
 def test_unexpected_exception_is_one_line_naming_the_command(folders, tmp_path, monkeypatch):
-    import mlx_imgen.pipeline
+    import mlx_imgen.loading
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(mlx_imgen.pipeline, "load", broken)
+    monkeypatch.setattr(mlx_imgen.loading, "load", broken)
     result = runner.invoke(app, _good()(folders, tmp_path))
     assert_refused(result, "mlx-imgen generate failed with ZeroDivisionError: division by zero")
     monkeypatch.setenv("MLX_IMGEN_DEBUG", "1")

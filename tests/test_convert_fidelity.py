@@ -17,8 +17,8 @@ from dit_files import save_vae, tiny_dit, tiny_vae
 from llamagen_files import TINY_CONFIG, save_gpt, save_vq, tiny_gpt, tiny_vq
 from mlx_imgen.cli.app import app
 from mlx_imgen.convert import autoencoder_store, converter
-from mlx_imgen.convert.keymap import KeyMismatchError
-from mlx_imgen.convert.torch_pickle import LazyTensor
+from mlx_imgen.weights.keymap import KeyMismatchError
+from mlx_imgen.weights.torch_pickle import LazyTensor
 from mlx_imgen.pipeline import Pipeline
 from mlx_imgen.registry import CARDS
 

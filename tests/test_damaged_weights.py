@@ -6,7 +6,7 @@ import json
 import mlx.core as mx
 import pytest
 
-from mlx_imgen.convert.shards import INDEX_FILE, WEIGHTS_FILE, load_weights, save_weights
+from mlx_imgen.weights.shards import INDEX_FILE, WEIGHTS_FILE, load_weights, save_weights
 
 
 def sharded(folder):

@@ -13,7 +13,7 @@ from mlx_imgen.backbone import Transformer
 from mlx_imgen.families import dit as dit_family
 from mlx_imgen.flops import forward_flops, plan_flops
 from mlx_imgen.nn import timestep_frequencies
-from mlx_imgen.paradigms import Dopri5Plan, FlowPlan, GaussianPlan, SDEPlan, diffusion
+from mlx_imgen.paradigms import Dopri5Plan, FlowPlan, GaussianPlan, SDEPlan, diffusion, presets
 from mlx_imgen.paradigms.keys import image_keys
 from upstream import dit as upstream
 
@@ -21,7 +21,7 @@ LABELS = [1, 7]
 HINTS = {"heads": 4, "image_size": 64}
 
 
-def convert(model, family=dit_family) -> Transformer:
+def convert(model, family=dit_family.DIT) -> Transformer:
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     mlx_model = Transformer(family.infer_config(state, HINTS))
     mlx_model.load_weights(list(family.weights_from_upstream(state).items()), strict=True)
@@ -119,7 +119,7 @@ def test_ddim_with_a_converted_dit_matches_dits_loop(dit_pair):
     with torch.no_grad():
         expected = schedule.ddim_sample_loop(
             lambda x, t: model.forward_with_cfg(x, t, y, 4.0), state)[: len(LABELS)].numpy()
-    plan = dit_family.make_plan(mlx_model.config, {"sampler": "ddim", "steps": 10, "cfg": 4.0})
+    plan = presets.make_plan("dit", mlx_model.config, {"sampler": "ddim", "steps": 10, "cfg": 4.0})
     out = diffusion.generate(mlx_model, mx.array(LABELS), plan, noise=mx.array(x))
     np.testing.assert_allclose(to_nchw(out), expected, atol=1e-5 * np.abs(expected).max())
 
@@ -133,7 +133,7 @@ def test_sit_ode_matches_the_fixed_grid_reference_solver(sit_pair, solver):
     with torch.no_grad():
         expected = upstream.sit_ode(lambda x, t: model.forward_with_cfg(x, t, y, 4.0), state,
                                     steps + 1, solver)[: len(LABELS)].numpy()
-    plan = dit_family.make_sit_plan(mlx_model.config,
+    plan = presets.make_plan("sit", mlx_model.config,
                                     {"sampler": solver, "steps": steps, "cfg": 4.0})
     out = diffusion.generate(mlx_model, mx.array(LABELS), plan, noise=mx.array(x))
     np.testing.assert_allclose(to_nchw(out), expected, atol=1e-4, rtol=0)
@@ -149,7 +149,7 @@ def test_sit_sde_matches_euler_maruyama_given_the_same_noise(sit_pair):
     with torch.no_grad():
         expected = upstream.sit_sde(lambda x, t: model.forward_with_cfg(x, t, y, 4.0), state,
                                     steps, [torch.cat([n, n]) for n in noises])
-    plan = dit_family.make_sit_plan(mlx_model.config, {"sampler": "sde", "steps": steps, "cfg": 4.0})
+    plan = presets.make_plan("sit", mlx_model.config, {"sampler": "sde", "steps": steps, "cfg": 4.0})
     out = diffusion.generate(mlx_model, mx.array(LABELS), plan, noise=mx.array(x), seed=seed)
     np.testing.assert_allclose(to_nchw(out), expected[: len(LABELS)].numpy(), atol=1e-4, rtol=0)
 
@@ -176,7 +176,7 @@ def test_guiding_all_channels_differs_from_upstreams_first_three(dit_pair):
     np.testing.assert_allclose(np.array(three[..., 3:]), np.array(cond[..., 3:]), atol=1e-5)
     np.testing.assert_allclose(np.array(every[..., 4:]), np.array(cond[..., 4:]), atol=1e-5)
     assert not np.allclose(np.array(three[..., 3]), np.array(every[..., 3]))
-    plan = dit_family.make_plan(mlx_model.config, {"cfg": 4.0, "cfg_channels": "all"})
+    plan = presets.make_plan("dit", mlx_model.config, {"cfg": 4.0, "cfg_channels": "all"})
     assert plan.guided_channels == 4
 
 
@@ -204,7 +204,7 @@ def test_dopri5_takes_more_steps_for_tighter_tolerances():
 
 def test_dopri5_plan_records_the_passes_it_used_for_flops(sit_pair):
     _, mlx_model = sit_pair
-    plan = dit_family.make_sit_plan(mlx_model.config, {"sampler": "dopri5", "cfg": 4.0})
+    plan = presets.make_plan("sit", mlx_model.config, {"sampler": "dopri5", "cfg": 4.0})
     assert isinstance(plan, Dopri5Plan) and plan.forward_passes() == 0
     done = []
     out = diffusion.generate(mlx_model, mx.array(LABELS), plan, seed=0, latent_shape=(8, 8, 4),

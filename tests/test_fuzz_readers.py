@@ -14,8 +14,8 @@ FUZZER = r"""
 import json, random, sys, time
 from pathlib import Path
 import mlx.core as mx
-from mlx_imgen.convert.readers import read_state_dict
-from mlx_imgen.convert.torch_pickle import CheckpointError, LazyTensor
+from mlx_imgen.weights.readers import read_state_dict
+from mlx_imgen.weights.torch_pickle import CheckpointError, LazyTensor
 
 def mutate(data, rng):
     data = bytearray(data)

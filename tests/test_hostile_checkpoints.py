@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from hostile_checkpoints import GOOD, FLOATS, corpus, pkl, tensor, glob, state, write_zip
-from mlx_imgen.convert import torch_pickle
-from mlx_imgen.convert.readers import read_state_dict
+from mlx_imgen.weights import torch_pickle
+from mlx_imgen.weights.readers import read_state_dict
 
 # Run in a child with an address-space cap, so a bomb fails the test instead of the machine,
 # and a crash (segfault) names the case it died on instead of killing pytest.
 RUNNER = r"""
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
-from mlx_imgen.convert.readers import read_state_dict
-from mlx_imgen.convert.torch_pickle import CheckpointError
+from mlx_imgen.weights.readers import read_state_dict
+from mlx_imgen.weights.torch_pickle import CheckpointError
 for name, path in json.loads(sys.argv[1]).items():
     print(json.dumps({"case": name, "started": True}), flush=True)
     start = time.perf_counter()

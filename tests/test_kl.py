@@ -11,7 +11,7 @@ import torch
 from dit_files import save_vae, tiny_vae
 from mlx_imgen.autoencoders import AUTOENCODERS
 from mlx_imgen.autoencoders.kl import AutoencoderKL, KLConfig, decode_flops
-from mlx_imgen.convert.readers import read_state_dict
+from mlx_imgen.weights.readers import read_state_dict
 
 KIND = AUTOENCODERS["kl"]
 

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from hubcache import add_to_hub_cache, offline_env
+from hubcache import offline_env
 from llamagen_files import TINY_CONFIG, save_gpt, save_vq, tiny_gpt, tiny_vq
 from mlx_imgen.cli.app import app
 from mlx_imgen.paradigms import NextTokenPlan, next_token
-from mlx_imgen.pipeline import Pipeline, load
+from mlx_imgen.loading import load
 from upstream import llamagen_gpt
 
 runner = CliRunner()
@@ -45,20 +45,6 @@ def pipe(files):
 def teacher_forced(gpt, tokens, labels):
     with torch.no_grad():
         return gpt(torch.tensor(tokens[:, :-1]), torch.tensor(labels)).numpy()
-
-
-@pytest.mark.parametrize("fmt", ["ddp", "fsdp"])
-def test_converted_logits_match_reference_forward(files, fmt, tmp_path):
-    result = convert_cli(files, files[fmt], tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    model = Pipeline(tmp_path / "out").transformer
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 32, (3, 16))
-    labels = np.array([1, 7, 10])  # 10 is the null class
-    expected = teacher_forced(files["gpt"], tokens, labels)
-    out = np.array(model(mx.array(tokens[:, :-1]), mx.array(labels)))
-    assert out.shape == expected.shape == (3, 16, 32)
-    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
 
 
 def test_greedy_generation_with_cfg_matches_reference_tokens(files, pipe):
@@ -112,23 +98,6 @@ def test_cli_generate_writes_pngs_with_parameters(pipe, tmp_path):
     assert Image.open(grid).size == (24, 8)
 
 
-def test_hub_alias_downloads_converts_and_generates(files, tmp_path):
-    # the alias's hub files are the tiny checkpoints, laid out as a local hub cache
-    hf_home, cache = tmp_path / "hf", tmp_path / "models"
-    add_to_hub_cache(hf_home, "FoundationVision/LlamaGen",
-                     {"c2i_L_256.pt": files["ddp"], "vq_ds16_c2i.pt": files["vq"]})
-    env = offline_env(hf_home, cache)
-    cmd = [sys.executable, "-m", "mlx_imgen.cli", "generate", "llamagen-c2i-l-256", "--class", "3",
-           "--n", "2", "--output", str(tmp_path / "img.png")]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    # 16x16 tokens (256 px at upstream's stride), decoded by the tiny 2x VQ
-    assert [Image.open(tmp_path / f"img-{i}.png").size for i in range(2)] == [(32, 32)] * 2
-    assert (cache / "llamagen-c2i-l-256-float32" / "model_index.json").is_file()
-    again = subprocess.run(cmd + ["--force"], env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "converting" not in again.stderr
-
-
 def test_unreachable_hub_says_how_to_pass_a_local_file(tmp_path):
     env = offline_env(tmp_path / "empty-hf", tmp_path / "models")
     result = subprocess.run([sys.executable, "-m", "mlx_imgen.cli", "convert", "llamagen-c2i-b-256",
@@ -160,15 +129,14 @@ def _bad(files, tmp_path):
         "missing": (["convert", str(tmp_path / "nope.pt"), "--family", "llamagen"], "does not exist"),
         "truncated": (["convert", str(truncated), "--family", "llamagen"], "truncated"),
         "not a checkpoint": (["convert", str(text), "--family", "llamagen"], "not a PyTorch checkpoint"),
-        "other family": (["convert", str(files["vq"]), "--family", "llamagen"],
-                         "expected keys tok_embeddings.weight"),
         "unknown alias": (["convert", "llamagen-c2i-q-256"], "did you mean"),
         "exists": (["convert", str(files["ddp"]), "--family", "llamagen"], "--force"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "truncated", "not a checkpoint", "other family",
-                                  "unknown alias", "exists"])
+# another family's file: tests/test_families.py
+@pytest.mark.parametrize("case", ["missing", "truncated", "not a checkpoint", "unknown alias",
+                                  "exists"])
 def test_bad_conversion_input_gets_one_sentence_and_leaves_nothing(files, tmp_path, case):
     args, words = _bad(files, tmp_path)[case]
     out = tmp_path / ("exists" if case == "exists" else "out")

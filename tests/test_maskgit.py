@@ -1,6 +1,4 @@
 import hashlib
-import subprocess
-import sys
 
 import mlx.core as mx
 import numpy as np
@@ -10,16 +8,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import build, tiny_config
-from hubcache import add_to_hub_cache, offline_env
 from llamagen_files import save_gpt, save_vq, tiny_gpt, tiny_vq
 from mlx.utils import tree_flatten
 from mlx_imgen.backbone import BackboneConfig, Transformer
 from mlx_imgen.cli.app import app
 from mlx_imgen.families import maskgit
-from mlx_imgen.paradigms import masked_token
+from mlx_imgen.paradigms import masked_token, presets
 from mlx_imgen.paradigms.keys import image_keys
 from mlx_imgen.paradigms.masked_token import Draws, halton_order, revealed_counts
-from mlx_imgen.pipeline import Pipeline, load
+from mlx_imgen.loading import load
 from upstream import halton_maskgit as upstream
 
 runner = CliRunner()
@@ -91,25 +88,6 @@ class TorchDraws:
 
 # --- the model ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", ["plain", "wrapped"])
-def test_converted_logits_match_reference_forward_on_a_partly_masked_grid(files, fmt, tmp_path):
-    result = convert_cli(files, files[fmt], tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    model = Pipeline(tmp_path / "out").transformer
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, K, (3, N))
-    codes[rng.random((3, N)) < 0.5] = K
-    labels = np.array([1, 7, 4])
-    drop = np.array([False, False, True])  # the third row is the null class
-    with torch.no_grad():
-        expected = files["model"](torch.tensor(codes).reshape(3, 4, 4), torch.tensor(labels),
-                                  torch.tensor(drop)).numpy()
-    # upstream appends the register after the image tokens, the backbone puts it first
-    out = np.array(model(mx.array(codes), mx.array(np.where(drop, 10, labels))))
-    assert out.shape == expected.shape == (3, N, K + 1)
-    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
-
-
 def test_inferred_config_keeps_upstreams_attention_width_register_and_mask_output(pipe):
     cfg = pipe.config
     assert (cfg.width, cfg.heads, cfg.dims_per_head, cfg.registers) == (64, 6, 10, 1)
@@ -162,7 +140,7 @@ def test_halton_order_matches_upstream_test_vectors():
 
 def _plan(family_sampler, num_tokens, steps):
     cfg = maskgit.backbone_config(1, 8, 2, 16, grid_size=int(num_tokens ** 0.5))
-    return maskgit.make_plan(cfg, {"sampler": family_sampler, "steps": steps})
+    return presets.make_plan("maskgit", cfg, {"sampler": family_sampler, "steps": steps})
 
 
 def test_revealed_counts_match_upstream_schedules():
@@ -193,17 +171,17 @@ SAMPLERS = {
 
 
 def _reference(files, case, plan, labels, seed):
-    preset = maskgit.PRESETS[case["sampler"]]
+    preset = presets.MASKGIT_PRESETS[case["sampler"]]
     noise = TorchDraws(seed, plan.steps, len(labels))
     model, y = files["model"], torch.tensor(labels)
     if case["reference"] == "halton":
         t0, t1 = preset["temperature"]
-        return upstream.halton_sample(model, y, noise, steps=plan.steps, w=preset["cfg"],
+        return upstream.halton_sample(model, y, noise, steps=plan.steps, w=preset["w"],
                                       temp_min=t0, temp_max=t1,
                                       temp_warmup=preset.get("warmup", 0),
                                       randomize=preset.get("randomize", False),
                                       top_k=case["kwargs"].get("top_k", 0))
-    return upstream.confidence_sample(model, y, noise, steps=plan.steps, w=preset["cfg"],
+    return upstream.confidence_sample(model, y, noise, steps=plan.steps, w=preset["w"],
                                       sm_temp=preset["temperature"][0],
                                       r_temp=preset["choice_temperature"])
 
@@ -242,39 +220,29 @@ def test_randomized_halton_rolls_each_samples_order(pipe):
     np.testing.assert_array_equal(np.array(first.fixed), np.stack(expected))
 
 
+def make_plan(config, sampling):
+    return presets.make_plan("maskgit", config, sampling)
+
+
 def test_make_plan_follows_the_preset_and_honours_overrides():
     cfg = maskgit.config_for("tiny", 256)
-    plan = maskgit.make_plan(cfg, dict(maskgit.SAMPLING))
+    plan = make_plan(cfg, maskgit.MASKGIT.sampling)
     assert (plan.order, plan.steps, plan.cfg_scale, plan.temperature, plan.randomize_order) == \
-        ("halton", 32, 3.0, (1.0, 1.2), True)  # w 2 is a mix scale of 3
-    plan = maskgit.make_plan(cfg, {"sampler": "halton-config", "steps": 8, "cfg": 0.5,
-                                   "temperature": 1.1, "top_k": 3})
+        ("halton", 32, 3.0, (1.0, 1.2), True)  # upstream's w 2 is the guidance scale s 3
+    # --cfg is s for every family: 1.5 is upstream's w 0.5
+    plan = make_plan(cfg, {"sampler": "halton-config", "steps": 8, "cfg": 1.5,
+                           "temperature": 1.1, "top_k": 3})
     assert (plan.steps, plan.cfg_scale, plan.temperature, plan.top_k) == (8, 1.5, (1.1, 1.1), 3)
     assert not plan.randomize_order and plan.temperature_mode == "multiply"
-    plan = maskgit.make_plan(cfg, {"sampler": "confidence"})
-    assert (plan.order, plan.steps, plan.cfg_ramp, plan.rewrite_revealed) == \
-        ("confidence", 12, True, True)
-    assert maskgit.make_plan(cfg, {"sampler": "halton", "cfg": 0.0}).cfg_scale == 1.0
+    plan = make_plan(cfg, {"sampler": "confidence"})
+    assert (plan.order, plan.steps, plan.cfg_ramp, plan.rewrite_revealed, plan.cfg_scale) == \
+        ("confidence", 12, True, True, 4.0)
+    assert [make_plan(cfg, {"sampler": name}).cfg_scale
+            for name in ("halton-config", "halton-eval")] == [4.0, 1.5]  # w 3 and w 0.5
+    assert make_plan(cfg, {"sampler": "halton", "cfg": 1.0}).cfg_scale == 1.0
 
 
 # --- CLI ------------------------------------------------------------------------------------
-
-def test_hub_alias_downloads_converts_and_generates(files, tmp_path):
-    hf_home, cache = tmp_path / "hf", tmp_path / "models"
-    add_to_hub_cache(hf_home, "llvictorll/Halton-MaskGIT",
-                     {"ImageNet_256_tiny.pth": files["plain"]})
-    add_to_hub_cache(hf_home, "FoundationVision/LlamaGen", {"vq_ds16_c2i.pt": files["vq"]})
-    cmd = [sys.executable, "-m", "mlx_imgen.cli", "generate", "maskgit-halton-t-256",
-           "--class", "3", "--n", "2", "--steps", "5", "--output", str(tmp_path / "img.png")]
-    result = subprocess.run(cmd, env=offline_env(hf_home, cache), capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    # the tiny checkpoint's 4x4 tokens, decoded by the tiny 2x VQ
-    images = [Image.open(tmp_path / f"img-{i}.png") for i in range(2)]
-    assert [im.size for im in images] == [(8, 8)] * 2
-    assert images[0].text["paradigm"] == "masked-token" and images[0].text["steps"] == "5"
-    assert (cache / "maskgit-halton-t-256-float32" / "model_index.json").is_file()
-
 
 def test_cli_generate_with_the_confidence_sampler_writes_a_grid(pipe, tmp_path):
     out = tmp_path / "grid.png"
@@ -297,10 +265,3 @@ def test_bad_sampling_options_are_refused_before_any_image(pipe, tmp_path, args,
     assert result.exit_code == 2, result.output
     assert words in " ".join(result.output.split()) and "Traceback" not in result.output
     assert not (tmp_path / "x.png").exists()
-
-
-def test_llamagen_checkpoint_given_as_maskgit_is_refused_naming_expected_keys(files, tmp_path):
-    result = convert_cli(files, files["llamagen"], tmp_path / "out")
-    assert result.exit_code == 2, result.output
-    assert "expected keys tok_emb.weight" in " ".join(result.output.split())
-    assert not (tmp_path / "out").exists()

@@ -9,10 +9,11 @@ from typer.testing import CliRunner
 
 from llamagen_files import TINY_CONFIG, save_gpt, save_vq, tiny_gpt, tiny_vq
 from mlx_imgen.cli.app import app
-from mlx_imgen.convert.shards import INDEX_FILE, load_weights, save_weights
+from mlx_imgen.weights.shards import INDEX_FILE, load_weights, save_weights
 from mlx_imgen.pipeline import Pipeline
 from mlx_imgen.convert.converter import convert
-from mlx_imgen.quantize import check_quantization, fixed_inputs, weight_bytes
+from mlx_imgen.convert.quantize_check import check_quantization
+from mlx_imgen.quantize import fixed_inputs, weight_bytes
 from upstream import llamagen_gpt
 
 runner = CliRunner()
@@ -95,7 +96,7 @@ def test_quantized_conversion_never_holds_the_float_and_quantized_models_at_once
 
 def test_float_conversion_writes_the_eager_weights_cast_to_the_dtype(tmp_path):
     from mlx_imgen import families
-    from mlx_imgen.convert.readers import read_state_dict
+    from mlx_imgen.weights.readers import read_state_dict
 
     gpt, vq = save_gpt(tiny_gpt(), tmp_path / "gpt.pt"), save_vq(tiny_vq(), tmp_path / "vq.pt")
     convert(str(gpt), tmp_path / "f16", family="llamagen", config=TINY_CONFIG,

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from conftest import build, randomize_autoencoder, tiny_config  # noqa: E402
 from mlx_imgen.autoencoders.vq import VQConfig, VQModel  # noqa: E402
 from mlx_imgen.backbone import BackboneConfig  # noqa: E402
-from mlx_imgen.convert.keymap import KeyMismatchError  # noqa: E402
+from mlx_imgen.weights.keymap import KeyMismatchError  # noqa: E402
 from mlx_imgen.grid import default_plan, grid_config  # noqa: E402
 from mlx_imgen.paradigms import (FlowPlan, MaskedTokenPlan, NextTokenPlan, diffusion,  # noqa: E402
                                  masked_token, next_token)

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import build, randomize_autoencoder  # noqa: E402
 from mlx_imgen.autoencoders.kl import AutoencoderKL, KLConfig, decode_flops  # noqa: E402
-from mlx_imgen.convert.keymap import KeyMismatchError  # noqa: E402
+from mlx_imgen.weights.keymap import KeyMismatchError  # noqa: E402
 from mlx_imgen.families import dit as dit_family  # noqa: E402
 from mlx_imgen.paradigms import Dopri5Plan, GaussianPlan, SDEPlan, diffusion  # noqa: E402
 from mlx_imgen.profiling import Workload, profile_workload  # noqa: E402

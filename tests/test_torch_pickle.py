@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlx_imgen.convert import torch_pickle
+from mlx_imgen.weights import torch_pickle
 
 CheckpointError = torch_pickle.CheckpointError
 UnsafeCheckpointError = torch_pickle.UnsafeCheckpointError

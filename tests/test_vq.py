@@ -5,8 +5,8 @@ import mlx.core as mx
 
 from mlx_imgen.autoencoders.vq import (VQConfig, VQModel, decode_flops, encode_flops,
                                        vq_weights_from_upstream)
-from mlx_imgen.convert.keymap import KeyMismatchError, check_weights, load_checked
-from mlx_imgen.convert.torch_pickle import flatten_state_dict, load_pt
+from mlx_imgen.weights.keymap import KeyMismatchError, check_weights, load_checked
+from mlx_imgen.weights.torch_pickle import flatten_state_dict, load_pt
 from upstream import llamagen_vq as ref
 from upstream.llamagen_vq import tiny_vq_config
 

@@ -233,7 +233,7 @@ def test_a_second_process_asking_for_an_alias_waits_for_the_first_conversion(
     the shared cache and reuses it instead of failing or converting again."""
     import threading
 
-    from mlx_imgen import pipeline
+    from mlx_imgen import loading
     from mlx_imgen.convert import converter
 
     monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
@@ -244,13 +244,13 @@ def test_a_second_process_asking_for_an_alias_waits_for_the_first_conversion(
     monkeypatch.setattr(converter, "convert", lambda *a, **k: converted.append(a))
     found = []
     waiter = threading.Thread(target=lambda: found.append(
-        pipeline.resolve("llamagen-c2i-b-256", dtype="float32")))
+        loading.resolve("llamagen-c2i-b-256", dtype="float32")))
     waiter.start()
     waiter.join(timeout=1.0)
     assert waiter.is_alive() and not found, "resolve did not wait for the lock holder"
     # the holder finishes its conversion, then lets go
     folder.mkdir()
-    (folder / pipeline.INDEX_FILE).write_text("{}")
+    (folder / loading.INDEX_FILE).write_text("{}")
     proc.stdin.close()
     proc.wait(timeout=30)
     waiter.join(timeout=30)

@@ -35,20 +35,20 @@ def write_tiny_pipeline(out: Path, family: str, seed: int = 0) -> Path:
     fam = families.get(family)
     backbone = BACKBONES[family]()
     transformer = build(backbone, seed)
-    kind = AUTOENCODERS[fam.AUTOENCODER]
-    ae_config = AUTOENCODER_CONFIGS[fam.AUTOENCODER]
+    kind = AUTOENCODERS[fam.autoencoder]
+    ae_config = AUTOENCODER_CONFIGS[fam.autoencoder]
     autoencoder = randomize_autoencoder(kind.model(ae_config), seed)
     settings = {"dtype": "float32", "quantization": None, "mlx_imgen_version": __version__}
     source = {"repo": "example/tiny", "file": f"{family}.pt", "revision": None,
               "sha256": f"{seed:064x}"}
-    ae_source = {"repo": "example/tiny", "file": f"{fam.AUTOENCODER}.pt", "revision": None,
+    ae_source = {"repo": "example/tiny", "file": f"{fam.autoencoder}.pt", "revision": None,
                  "sha256": f"{seed + 1:064x}"}
-    index = {"family": family, "paradigm": fam.PARADIGM, "alias": None, "license": "MIT",
-             "sampling": dict(fam.SAMPLING), **settings}
+    index = {"family": family, "paradigm": fam.paradigm, "alias": None, "license": "MIT",
+             "sampling": fam.sampling, **settings}
     components = {
         "transformer": ({"family": family, "backbone": backbone.to_dict(), "source": source,
                          **settings}, dict(tree_flatten(transformer.parameters()))),
-        "autoencoder": ({"kind": fam.AUTOENCODER, "config": ae_config.to_dict(),
+        "autoencoder": ({"kind": fam.autoencoder, "config": ae_config.to_dict(),
                          "source": ae_source, **settings},
                         dict(tree_flatten(autoencoder.parameters()))),
     }

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_imgen.convert.keymap import Rule, conv_weight, map_keys
+from mlx_imgen.weights.keymap import Rule, conv_weight, map_keys
 
 from .layers import Downsample, Upsample
 

@@ -1,17 +1,18 @@
-"""Families: one per public checkpoint lineage, each a backbone configuration plus a key map."""
+"""Families: one declared `Family` per public checkpoint lineage (a backbone configuration, key
+maps and the name of its sampling preset table)."""
 
-from . import llamagen
-from . import maskgit
-from . import dit
+from .base import Family, Layout
+from .dit import DIT, SIT
+from .llamagen import LLAMAGEN
+from .maskgit import MASKGIT
 
-FAMILIES = {llamagen.FAMILY: llamagen}
-FAMILIES[maskgit.FAMILY] = maskgit
 # DiT and SiT checkpoints have the same keys: detection picks DiT, --family sit picks SiT
-FAMILIES[dit.FAMILY] = dit
-FAMILIES[dit.SIT.FAMILY] = dit.SIT
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMAGEN, MASKGIT, DIT, SIT)}
+
+__all__ = ["FAMILIES", "Family", "Layout", "detect", "get"]
 
 
-def get(name: str):
+def get(name: str) -> Family:
     if name not in FAMILIES:
         raise ValueError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
     return FAMILIES[name]
@@ -19,7 +20,4 @@ def get(name: str):
 
 def detect(state: dict) -> str | None:
     """The family whose signature keys the checkpoint holds, if any."""
-    for name, family in FAMILIES.items():
-        if family.is_checkpoint(state):
-            return name
-    return None
+    return next((name for name, family in FAMILIES.items() if family.is_checkpoint(state)), None)

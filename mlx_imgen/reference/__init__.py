@@ -62,7 +62,7 @@ def load_mlx_weights(torch_model, mlx_model, *, ignore: tuple[str, ...] = ()) ->
     """
     from mlx.utils import tree_flatten
 
-    from mlx_imgen.convert.keymap import KeyMismatchError
+    from mlx_imgen.weights.keymap import KeyMismatchError
     torch = require_torch()
     source = dict(tree_flatten(mlx_model.parameters()))
     target = {k: v for k, v in torch_model.state_dict().items() if k not in ignore}

@@ -6,6 +6,8 @@ from pathlib import Path
 import mlx.core as mx
 from safetensors import safe_open
 
+from .jsonfile import read_json
+
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 5 * 1024 ** 3
@@ -53,11 +55,7 @@ def load_weights(folder: Path) -> dict[str, mx.array]:
 def _shard_names(folder: Path) -> list[str]:
     """Shard file names from the index, which must name plain files inside the folder."""
     index_path = folder / INDEX_FILE
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        index = None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    weight_map = read_json(index_path).get("weight_map")
     names = set(weight_map.values()) if isinstance(weight_map, dict) and weight_map else set()
     if not names or not all(isinstance(n, str) and n == Path(n).name and n.endswith(
             ".safetensors") for n in names):
