@@ -7,6 +7,7 @@ float tensor at a time; each also knows its target shape without loading anythin
 file is refused from its shapes alone.
 """
 
+import math
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -38,9 +39,17 @@ def _conv_weight_shape(shape: tuple) -> tuple:
     return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else shape
 
 
+def pointwise_conv_as_linear(w: mx.array) -> mx.array:
+    """A 1x1 conv weight, in either layout, as the Linear weight (O, I) it is over channels."""
+    return w.reshape(w.shape[0], -1)
+
+
 # the shape each transform gives, so that target shapes are known before any tensor is read;
 # a transform missing here is a bug the key-and-shape pass reports at once
-SHAPE_RULES: dict[Callable, Callable[[tuple], tuple]] = {conv_weight: _conv_weight_shape}
+SHAPE_RULES: dict[Callable, Callable[[tuple], tuple]] = {
+    conv_weight: _conv_weight_shape,
+    pointwise_conv_as_linear: lambda shape: (shape[0], math.prod(shape[1:])),
+}
 
 
 class Deferred:
