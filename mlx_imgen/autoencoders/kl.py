@@ -11,8 +11,9 @@ import mlx.nn as nn
 from mlx_imgen.configs import DictConfig
 from mlx_imgen.convert.keymap import Rule, conv_weight, map_keys
 
-from .layers import (Downsample, ResnetBlock, SpatialSelfAttention, UpstreamAttentionNames, Upsample,
-                     attention_flops, attention_rules, conv_flops, group_norm, resnet_flops)
+from .layers import (Downsample, ResnetBlock, SpatialSelfAttention, UpstreamAttentionNames,
+                     Upsample, attention_flops, attention_rules, conv_flops, group_norm,
+                     resnet_flops)
 
 _SHORTCUT = "conv_shortcut"  # diffusers' name for the residual's 1x1 conv
 # diffusers' attention-block names -> ours (nn's Attention under `attention`)

@@ -12,8 +12,9 @@ import mlx.nn as nn
 from mlx_imgen.configs import DictConfig
 from mlx_imgen.convert.keymap import Rule, conv_weight, map_keys, pointwise_conv_as_linear
 
-from .layers import (Downsample, ResnetBlock, SpatialSelfAttention, UpstreamAttentionNames, Upsample,
-                     attention_flops, attention_rules, conv_flops, group_norm, resnet_flops)
+from .layers import (Downsample, ResnetBlock, SpatialSelfAttention, UpstreamAttentionNames,
+                     Upsample, attention_flops, attention_rules, conv_flops, group_norm,
+                     resnet_flops)
 
 _SHORTCUT = "nin_shortcut"  # upstream's name for the residual's 1x1 conv
 # upstream's attention blocks hold 1x1 convs q, k, v, proj_out: ours are nn's Attention's Linears
@@ -50,7 +51,8 @@ class ConvBlock(nn.Module):
     def __init__(self, cfg: VQConfig, cin: int, cout: int, depth: int, attention: bool,
                  resample: str | None):
         super().__init__()
-        self.res = [ResnetBlock(cfg, cin if i == 0 else cout, cout, _SHORTCUT) for i in range(depth)]
+        self.res = [ResnetBlock(cfg, cin if i == 0 else cout, cout, _SHORTCUT)
+                    for i in range(depth)]
         self.attn = [SpatialSelfAttention(cfg, cout) for _ in range(depth)] if attention else []
         self.resample = resample  # "downsample", "upsample" or None: upstream's attribute name
         if resample == "downsample":
@@ -217,7 +219,8 @@ def decode_flops(config: VQConfig, h: int, w: int) -> float:
     cin = widths[0]
     for j, cout in enumerate(widths):
         for _ in range(config.num_res_blocks + 1):
-            total += resnet_flops(h, w, cin, cout) + (attention_flops(h, w, cout) if j == 0 else 0.0)
+            total += resnet_flops(h, w, cin, cout) + (
+                attention_flops(h, w, cout) if j == 0 else 0.0)
             cin = cout
         if j != len(widths) - 1:
             h, w = 2 * h, 2 * w
