@@ -1,17 +1,18 @@
 """The one Transformer stack. Every family and every paradigm is a `BackboneConfig` of it."""
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .configs import DictConfig
 from .nn import (Attention, KVCache, LearnedPositions, PatchEmbed, TimestepEmbedder, make_mlp,
                  make_norm, rope_2d_table, sincos_2d)
 
 
 @dataclass
-class BackboneConfig:
+class BackboneConfig(DictConfig):
     depth: int
     width: int
     heads: int
@@ -92,14 +93,6 @@ class BackboneConfig:
         if self.input == "tokens":
             return self.vocab_size + int(self.predict_mask)
         return self.patch_size ** 2 * (self.out_channels or self.in_channels)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "BackboneConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def modulate(x: mx.array, shift: mx.array, scale: mx.array) -> mx.array:

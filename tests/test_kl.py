@@ -120,3 +120,16 @@ def test_decode_flops_equal_a_walk_over_the_decoder():
             total += conv(block.upsamplers[0].conv, side)
     total += conv(d.conv_out, side)
     assert decode_flops(cfg, 4, 4) == pytest.approx(total, rel=1e-12)
+
+
+def test_a_folder_converted_with_diffusers_attention_names_still_loads(vaes):
+    # before the attention block became nn's Attention, the converter kept diffusers' names
+    reference, model = vaes
+    old = {k: mx.array(v.permute(0, 2, 3, 1).numpy() if v.ndim == 4 else v.numpy())
+           for k, v in reference.state_dict().items()}
+    assert "decoder.mid_block.attentions.0.group_norm.weight" in old
+    loaded = AutoencoderKL(model.config)
+    loaded.load_weights(list(old.items()), strict=True)
+    z = mx.random.normal((1, 8, 8, 4), key=mx.random.key(5))
+    np.testing.assert_array_equal(np.array(loaded.decode(z)), np.array(model.decode(z)))
+    assert set(model.upstream_layout()) == set(old)

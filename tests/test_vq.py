@@ -5,6 +5,7 @@ import mlx.core as mx
 
 from mlx_imgen.autoencoders.vq import (VQConfig, VQModel, decode_flops, encode_flops,
                                        vq_weights_from_upstream)
+from mlx_imgen.nn import Attention
 from mlx_imgen.weights.keymap import KeyMismatchError, check_weights, load_checked
 from mlx_imgen.weights.torch_pickle import flatten_state_dict, load_pt
 from upstream import llamagen_vq as ref
@@ -79,7 +80,7 @@ def test_checkpoint_missing_a_key_is_rejected_naming_it(tmp_path):
     state = randomised_reference().state_dict()
     del state["decoder.mid.1.q.bias"]
     path = save_checkpoint(tmp_path / "missing.pt", state)
-    with pytest.raises(KeyMismatchError, match=r"missing.*decoder\.mid\.1\.q\.bias"):
+    with pytest.raises(KeyMismatchError, match=r"missing.*decoder\.mid\.1\.attention\.q\.bias"):
         load_mlx(path)
 
 
@@ -153,3 +154,30 @@ def test_config_round_trips_through_dict():
     assert cfg.downsample == 2 and VQConfig().downsample == 16
     with pytest.raises(ValueError, match="bogus"):
         VQConfig.from_dict({"bogus": 1})
+
+
+def old_converted_folder_weights(state: dict) -> dict:
+    """What the converter wrote before the attention blocks became nn's Attention: upstream's
+    names, convs (the attention's 1x1 ones included) in MLX's layout."""
+    return {k: mx.array(v.permute(0, 2, 3, 1).numpy() if v.ndim == 4 else v.numpy())
+            for k, v in state.items() if k != "quantize.codebook_used"}
+
+
+def test_a_folder_converted_with_upstream_attention_names_still_loads(pair):
+    torch_model, model = pair
+    old = old_converted_folder_weights(torch_model.state_dict())
+    assert old["decoder.mid.1.proj_out.weight"].ndim == 4
+    loaded = VQModel(model.config)
+    loaded.load_weights(list(old.items()), strict=True)
+    codes = mx.array(np.random.default_rng(4).integers(0, 64, (1, 4, 4)), dtype=mx.int32)
+    np.testing.assert_array_equal(np.array(loaded.decode_codes(codes)),
+                                  np.array(model.decode_codes(codes)))
+
+
+def test_attention_blocks_are_the_shared_attention_and_give_back_upstream_names(pair):
+    torch_model, model = pair
+    assert isinstance(model.decoder.mid[1].attention, Attention)
+    upstream = model.upstream_layout()
+    old = old_converted_folder_weights(torch_model.state_dict())
+    assert set(upstream) == set(old)
+    assert all(upstream[k].shape == old[k].shape for k in old)

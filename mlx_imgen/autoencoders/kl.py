@@ -1,20 +1,32 @@
 """The Stable Diffusion KL-f8 VAE (diffusers `AutoencoderKL`): images in [-1, 1] <-> continuous
-latents, NHWC. Module names mirror diffusers', so the key map is the identity up to the legacy
-attention names and the conv layout.
+latents, NHWC. Module names mirror diffusers', so the key map is the identity up to the conv
+layout and the attention block, which is nn's Attention (see ATTENTION_NAMES).
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_imgen.configs import DictConfig
 from mlx_imgen.weights.keymap import Rule, conv_weight, map_keys
 
-from .layers import Downsample, Upsample
+from .layers import (Downsample, ResnetBlock, SpatialSelfAttention, UpstreamAttentionNames,
+                     Upsample, attention_flops, attention_rules, conv_flops, group_norm,
+                     resnet_flops)
+
+_SHORTCUT = "conv_shortcut"  # diffusers' name for the residual's 1x1 conv
+# diffusers' attention-block names -> ours (nn's Attention under `attention`)
+ATTENTION_NAMES = {"group_norm": "norm", "to_q": "attention.q", "to_k": "attention.k",
+                   "to_v": "attention.v", "to_out.0": "attention.out"}
+# old diffusers checkpoints (the sd-vae-ft-* files among them) name the projections
+# query/key/value/proj_attn; diffusers renames them on load, and so does this map
+LEGACY_ATTENTION_NAMES = {"query": "attention.q", "key": "attention.k", "value": "attention.v",
+                          "proj_attn": "attention.out"}
 
 
 @dataclass
-class KLConfig:
+class KLConfig(DictConfig):
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
     layers_per_block: int = 2
     latent_channels: int = 4
@@ -33,63 +45,11 @@ class KLConfig:
     def downsample(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "block_out_channels": list(self.block_out_channels)}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "KLConfig":
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown KLConfig fields: {', '.join(sorted(unknown))}")
-        values = dict(values)
-        if "block_out_channels" in values:
-            values["block_out_channels"] = tuple(values["block_out_channels"])
-        return cls(**values)
-
-
-def _group_norm(cfg: KLConfig, channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps, pytorch_compatible=True)
-
-
-class ResnetBlock2D(nn.Module):
-    def __init__(self, cfg: KLConfig, cin: int, cout: int):
-        super().__init__()
-        self.norm1 = _group_norm(cfg, cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2 = _group_norm(cfg, cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        if cin != cout:
-            self.conv_shortcut = nn.Conv2d(cin, cout, 1)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
-        h = self.conv2(nn.silu(self.norm2(h)))
-        return (self.conv_shortcut(x) if "conv_shortcut" in self else x) + h
-
-
-class Attention(nn.Module):
-    """Single-head self-attention over all pixels with a residual (the mid block's)."""
-
-    def __init__(self, cfg: KLConfig, channels: int):
-        super().__init__()
-        self.group_norm = _group_norm(cfg, channels)
-        self.to_q = nn.Linear(channels, channels)
-        self.to_k = nn.Linear(channels, channels)
-        self.to_v = nn.Linear(channels, channels)
-        self.to_out = [nn.Linear(channels, channels)]
-
-    def __call__(self, x: mx.array) -> mx.array:
-        b, h, w, c = x.shape
-        y = self.group_norm(x).reshape(b, 1, h * w, c)
-        q, k, v = self.to_q(y), self.to_k(y), self.to_v(y)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=c ** -0.5)
-        return x + self.to_out[0](out).reshape(b, h, w, c)
-
 
 class DownEncoderBlock2D(nn.Module):
     def __init__(self, cfg: KLConfig, cin: int, cout: int, downsample: bool):
         super().__init__()
-        self.resnets = [ResnetBlock2D(cfg, cin if i == 0 else cout, cout)
+        self.resnets = [ResnetBlock(cfg, cin if i == 0 else cout, cout, _SHORTCUT)
                         for i in range(cfg.layers_per_block)]
         if downsample:
             self.downsamplers = [Downsample(cout)]
@@ -104,7 +64,7 @@ class UpDecoderBlock2D(nn.Module):
     def __init__(self, cfg: KLConfig, cin: int, cout: int, upsample: bool):
         super().__init__()
         # the decoder has one residual block more per level than the encoder
-        self.resnets = [ResnetBlock2D(cfg, cin if i == 0 else cout, cout)
+        self.resnets = [ResnetBlock(cfg, cin if i == 0 else cout, cout, _SHORTCUT)
                         for i in range(cfg.layers_per_block + 1)]
         if upsample:
             self.upsamplers = [Upsample(cout)]
@@ -118,8 +78,8 @@ class UpDecoderBlock2D(nn.Module):
 class UNetMidBlock2D(nn.Module):
     def __init__(self, cfg: KLConfig, channels: int):
         super().__init__()
-        self.resnets = [ResnetBlock2D(cfg, channels, channels) for _ in range(2)]
-        self.attentions = [Attention(cfg, channels)] if cfg.mid_attention else []
+        self.resnets = [ResnetBlock(cfg, channels, channels, _SHORTCUT) for _ in range(2)]
+        self.attentions = [SpatialSelfAttention(cfg, channels)] if cfg.mid_attention else []
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.resnets[0](x)
@@ -137,7 +97,7 @@ class Encoder(nn.Module):
                                                downsample=i < len(widths) - 1)
                             for i in range(len(widths))]
         self.mid_block = UNetMidBlock2D(cfg, widths[-1])
-        self.conv_norm_out = _group_norm(cfg, widths[-1])
+        self.conv_norm_out = group_norm(cfg, widths[-1])
         # mean and log-variance
         self.conv_out = nn.Conv2d(widths[-1], 2 * cfg.latent_channels, 3, padding=1)
 
@@ -158,7 +118,7 @@ class Decoder(nn.Module):
         self.up_blocks = [UpDecoderBlock2D(cfg, widths[max(i - 1, 0)], widths[i],
                                            upsample=i < len(widths) - 1)
                           for i in range(len(widths))]
-        self.conv_norm_out = _group_norm(cfg, widths[-1])
+        self.conv_norm_out = group_norm(cfg, widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
 
     def __call__(self, z: mx.array) -> mx.array:
@@ -168,7 +128,9 @@ class Decoder(nn.Module):
         return self.conv_out(nn.silu(self.conv_norm_out(x)))
 
 
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(UpstreamAttentionNames, nn.Module):
+    ATTENTION_NAMES = ATTENTION_NAMES
+
     def __init__(self, config: KLConfig):
         super().__init__()
         self.config = config
@@ -219,15 +181,9 @@ class AutoencoderKL(nn.Module):
 
 _CONVS = (r"(?:conv_in|conv_out|conv1|conv2|conv_shortcut|downsamplers\.0\.conv|"
           r"upsamplers\.0\.conv|quant_conv|post_quant_conv)")
-# old diffusers checkpoints (the sd-vae-ft-* files among them) name the attention projections
-# query/key/value/proj_attn; diffusers renames them on load, and so does this map
-_ATTENTION = r"((?:en|de)coder\.mid_block\.attentions\.0)\."
 KL_KEY_RULES: list[Rule] = [
+    *attention_rules({**ATTENTION_NAMES, **LEGACY_ATTENTION_NAMES}),
     Rule(rf"((?:.+\.)?{_CONVS}\.weight)", r"\1", conv_weight),
-    Rule(_ATTENTION + r"query\.(weight|bias)", r"\1.to_q.\2"),
-    Rule(_ATTENTION + r"key\.(weight|bias)", r"\1.to_k.\2"),
-    Rule(_ATTENTION + r"value\.(weight|bias)", r"\1.to_v.\2"),
-    Rule(_ATTENTION + r"proj_attn\.(weight|bias)", r"\1.to_out.0.\2"),
     Rule(r"((?:en|de)coder\..+\.(?:weight|bias))", r"\1"),
     Rule(r"((?:post_)?quant_conv\.bias)", r"\1"),
 ]
@@ -273,33 +229,23 @@ def kl_weights_from_upstream(state: dict, lazy: bool = False) -> dict[str, mx.ar
 
 # ---------------------------------------------------------------- FLOPs (2 x MACs)
 
-def _conv(h: int, w: int, cin: int, cout: int, k: int = 1) -> float:
-    return 2.0 * h * w * cin * cout * k * k
-
-
-def _resnet(h: int, w: int, cin: int, cout: int) -> float:
-    shortcut = _conv(h, w, cin, cout) if cin != cout else 0.0
-    return _conv(h, w, cin, cout, 3) + _conv(h, w, cout, cout, 3) + shortcut
-
-
 def _mid(cfg: KLConfig, h: int, w: int, c: int) -> float:
-    n = h * w
-    attention = 4 * _conv(h, w, c, c) + 2 * (2.0 * n * n * c) if cfg.mid_attention else 0.0
-    return 2 * _resnet(h, w, c, c) + attention
+    attention = attention_flops(h, w, c) if cfg.mid_attention else 0.0
+    return 2 * resnet_flops(h, w, c, c) + attention
 
 
 def decode_flops(config: KLConfig, h: int, w: int) -> float:
     """One image's decode from an h x w latent: convolutions and attention matmuls."""
     widths = tuple(reversed(config.block_out_channels))
     c = config.latent_channels
-    total = _conv(h, w, c, c) if config.post_quant_conv else 0.0
-    total += _conv(h, w, c, widths[0], 3) + _mid(config, h, w, widths[0])
+    total = conv_flops(h, w, c, c) if config.post_quant_conv else 0.0
+    total += conv_flops(h, w, c, widths[0], 3) + _mid(config, h, w, widths[0])
     cin = widths[0]
     for i, cout in enumerate(widths):
         for _ in range(config.layers_per_block + 1):
-            total += _resnet(h, w, cin, cout)
+            total += resnet_flops(h, w, cin, cout)
             cin = cout
         if i < len(widths) - 1:
             h, w = 2 * h, 2 * w
-            total += _conv(h, w, cout, cout, 3)
-    return total + _conv(h, w, cin, config.out_channels, 3)
+            total += conv_flops(h, w, cout, cout, 3)
+    return total + conv_flops(h, w, cin, config.out_channels, 3)

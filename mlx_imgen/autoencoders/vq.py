@@ -1,20 +1,29 @@
 """LlamaGen's VQ image tokenizer (VQ-16, VQ-8): images in [-1, 1], NHWC, to code grids and back.
 
-Module names mirror upstream `tokenizer/tokenizer_image/vq_model.py`, so the key map is the identity.
+Module names mirror upstream `tokenizer/tokenizer_image/vq_model.py`, so the key map is the identity
+but for the attention blocks, which are nn's Attention (see ATTENTION_NAMES).
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_imgen.weights.keymap import Rule, conv_weight, map_keys
+from mlx_imgen.configs import DictConfig
+from mlx_imgen.weights.keymap import Rule, conv_weight, map_keys, pointwise_conv_as_linear
 
-from .layers import Downsample, Upsample
+from .layers import (Downsample, ResnetBlock, SpatialSelfAttention, UpstreamAttentionNames,
+                     Upsample, attention_flops, attention_rules, conv_flops, group_norm,
+                     resnet_flops)
+
+_SHORTCUT = "nin_shortcut"  # upstream's name for the residual's 1x1 conv
+# upstream's attention blocks hold 1x1 convs q, k, v, proj_out: ours are nn's Attention's Linears
+ATTENTION_NAMES = {"q": "attention.q", "k": "attention.k", "v": "attention.v",
+                   "proj_out": "attention.out"}
 
 
 @dataclass
-class VQConfig:
+class VQConfig(DictConfig):
     codebook_size: int = 16384
     codebook_embed_dim: int = 8
     ch: int = 128
@@ -30,60 +39,10 @@ class VQConfig:
     def downsample(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "ch_mult": list(self.ch_mult)}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "VQConfig":
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown VQConfig fields: {', '.join(sorted(unknown))}")
-        values = dict(values)
-        if "ch_mult" in values:
-            values["ch_mult"] = tuple(values["ch_mult"])
-        return cls(**values)
-
-
-def _group_norm(cfg: VQConfig, channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps, pytorch_compatible=True)
-
 
 def _l2_normalize(x: mx.array) -> mx.array:
     # F.normalize's floor on the norm, so a zero vector stays zero instead of NaN
     return x / mx.maximum(mx.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, cfg: VQConfig, cin: int, cout: int):
-        super().__init__()
-        self.norm1 = _group_norm(cfg, cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2 = _group_norm(cfg, cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.project = cin != cout
-        if self.project:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
-        h = self.conv2(nn.silu(self.norm2(h)))
-        return (self.nin_shortcut(x) if self.project else x) + h
-
-
-class AttnBlock(nn.Module):
-    """Single-head self-attention over all pixels, with 1x1-conv projections."""
-
-    def __init__(self, cfg: VQConfig, channels: int):
-        super().__init__()
-        self.norm = _group_norm(cfg, channels)
-        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(channels, channels, 1) for _ in range(4))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        b, h, w, c = x.shape
-        y = self.norm(x)
-        q, k, v = (proj(y).reshape(b, 1, h * w, c) for proj in (self.q, self.k, self.v))
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=c ** -0.5)
-        return x + self.proj_out(out.reshape(b, h, w, c))
 
 
 class ConvBlock(nn.Module):
@@ -92,8 +51,9 @@ class ConvBlock(nn.Module):
     def __init__(self, cfg: VQConfig, cin: int, cout: int, depth: int, attention: bool,
                  resample: str | None):
         super().__init__()
-        self.res = [ResnetBlock(cfg, cin if i == 0 else cout, cout) for i in range(depth)]
-        self.attn = [AttnBlock(cfg, cout) for _ in range(depth)] if attention else []
+        self.res = [ResnetBlock(cfg, cin if i == 0 else cout, cout, _SHORTCUT)
+                    for i in range(depth)]
+        self.attn = [SpatialSelfAttention(cfg, cout) for _ in range(depth)] if attention else []
         self.resample = resample  # "downsample", "upsample" or None: upstream's attribute name
         if resample == "downsample":
             self.downsample = Downsample(cout)
@@ -109,8 +69,8 @@ class ConvBlock(nn.Module):
 
 
 def _mid(cfg: VQConfig, channels: int) -> list[nn.Module]:
-    return [ResnetBlock(cfg, channels, channels), AttnBlock(cfg, channels),
-            ResnetBlock(cfg, channels, channels)]
+    return [ResnetBlock(cfg, channels, channels, _SHORTCUT), SpatialSelfAttention(cfg, channels),
+            ResnetBlock(cfg, channels, channels, _SHORTCUT)]
 
 
 class Encoder(nn.Module):
@@ -124,7 +84,7 @@ class Encoder(nn.Module):
                       attention=i == last, resample=None if i == last else "downsample")
             for i in range(len(widths))]
         self.mid = _mid(cfg, widths[-1])
-        self.norm_out = _group_norm(cfg, widths[-1])
+        self.norm_out = group_norm(cfg, widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], cfg.z_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -146,7 +106,7 @@ class Decoder(nn.Module):
             ConvBlock(cfg, widths[max(j - 1, 0)], widths[j], cfg.num_res_blocks + 1,
                       attention=j == 0, resample=None if j == last else "upsample")
             for j in range(len(widths))]
-        self.norm_out = _group_norm(cfg, widths[-1])
+        self.norm_out = group_norm(cfg, widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
 
     def __call__(self, z: mx.array) -> mx.array:
@@ -178,7 +138,10 @@ class VectorQuantizer(nn.Module):
         return mx.argmin(dist, axis=-1).astype(mx.int32).reshape(z.shape[:-1])
 
 
-class VQModel(nn.Module):
+class VQModel(UpstreamAttentionNames, nn.Module):
+    ATTENTION_NAMES = ATTENTION_NAMES
+    POINTWISE_CONVS = True
+
     def __init__(self, config: VQConfig):
         super().__init__()
         self.config = config
@@ -206,8 +169,9 @@ class VQModel(nn.Module):
 
 # ---------------------------------------------------------------- upstream checkpoint keys
 
-_CONVS = r"(?:conv_in|conv_out|conv1|conv2|nin_shortcut|q|k|v|proj_out|downsample\.conv|upsample\.conv)"
+_CONVS = r"(?:conv_in|conv_out|conv1|conv2|nin_shortcut|downsample\.conv|upsample\.conv)"
 VQ_KEY_RULES: list[Rule] = [
+    *attention_rules(ATTENTION_NAMES, pointwise_conv_as_linear),
     Rule(rf"((?:en|de)coder\.(?:.+\.)?{_CONVS}\.weight)", r"\1", conv_weight),
     Rule(r"((?:post_)?quant_conv\.weight)", r"\1", conv_weight),
     Rule(r"((?:en|de)coder\..+\.(?:weight|bias))", r"\1"),  # norms and conv biases
@@ -243,54 +207,41 @@ def vq_weights_from_upstream(state: dict, lazy: bool = False) -> dict[str, mx.ar
 
 # ---------------------------------------------------------------- FLOPs (2 x MACs)
 
-def _conv(h: int, w: int, cin: int, cout: int, k: int = 1) -> float:
-    return 2.0 * h * w * cin * cout * k * k
-
-
-def _resnet(h: int, w: int, cin: int, cout: int) -> float:
-    shortcut = _conv(h, w, cin, cout) if cin != cout else 0.0
-    return _conv(h, w, cin, cout, 3) + _conv(h, w, cout, cout, 3) + shortcut
-
-
-def _attention(h: int, w: int, c: int) -> float:
-    n = h * w
-    return 4 * _conv(h, w, c, c) + 2 * (2.0 * n * n * c)  # q, k, v, proj_out; QK^T and AV
-
-
 def _mid_flops(h: int, w: int, c: int) -> float:
-    return 2 * _resnet(h, w, c, c) + _attention(h, w, c)
+    return 2 * resnet_flops(h, w, c, c) + attention_flops(h, w, c)
 
 
 def decode_flops(config: VQConfig, h: int, w: int) -> float:
     """One image's decode from an h x w code grid: convolutions and attention matmuls."""
     widths = [config.ch * m for m in reversed(config.ch_mult)]
-    total = _conv(h, w, config.codebook_embed_dim, config.z_channels)
-    total += _conv(h, w, config.z_channels, widths[0], 3) + _mid_flops(h, w, widths[0])
+    total = conv_flops(h, w, config.codebook_embed_dim, config.z_channels)
+    total += conv_flops(h, w, config.z_channels, widths[0], 3) + _mid_flops(h, w, widths[0])
     cin = widths[0]
     for j, cout in enumerate(widths):
         for _ in range(config.num_res_blocks + 1):
-            total += _resnet(h, w, cin, cout) + (_attention(h, w, cout) if j == 0 else 0.0)
+            total += resnet_flops(h, w, cin, cout) + (
+                attention_flops(h, w, cout) if j == 0 else 0.0)
             cin = cout
         if j != len(widths) - 1:
             h, w = 2 * h, 2 * w
-            total += _conv(h, w, cout, cout, 3)
-    return total + _conv(h, w, cin, config.out_channels, 3)
+            total += conv_flops(h, w, cout, cout, 3)
+    return total + conv_flops(h, w, cin, config.out_channels, 3)
 
 
 def encode_flops(config: VQConfig, h: int, w: int) -> float:
     """One image's encode to an h x w code grid, including the nearest-code distance matmul."""
     widths = [config.ch * m for m in config.ch_mult]
     ih, iw = h * config.downsample, w * config.downsample
-    total = _conv(ih, iw, config.in_channels, config.ch, 3)
+    total = conv_flops(ih, iw, config.in_channels, config.ch, 3)
     cin = config.ch
     for i, cout in enumerate(widths):
         for _ in range(config.num_res_blocks):
-            total += _resnet(ih, iw, cin, cout) + (
-                _attention(ih, iw, cout) if i == len(widths) - 1 else 0.0)
+            total += resnet_flops(ih, iw, cin, cout) + (
+                attention_flops(ih, iw, cout) if i == len(widths) - 1 else 0.0)
             cin = cout
         if i != len(widths) - 1:
             ih, iw = ih // 2, iw // 2
-            total += _conv(ih, iw, cout, cout, 3)
-    total += _mid_flops(ih, iw, cin) + _conv(ih, iw, cin, config.z_channels, 3)
-    total += _conv(ih, iw, config.z_channels, config.codebook_embed_dim)
+            total += conv_flops(ih, iw, cout, cout, 3)
+    total += _mid_flops(ih, iw, cin) + conv_flops(ih, iw, cin, config.z_channels, 3)
+    total += conv_flops(ih, iw, config.z_channels, config.codebook_embed_dim)
     return total + 2.0 * ih * iw * config.codebook_size * config.codebook_embed_dim

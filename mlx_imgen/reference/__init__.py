@@ -64,7 +64,9 @@ def load_mlx_weights(torch_model, mlx_model, *, ignore: tuple[str, ...] = ()) ->
 
     from mlx_imgen.weights.keymap import KeyMismatchError
     torch = require_torch()
-    source = dict(tree_flatten(mlx_model.parameters()))
+    # the autoencoders give their weights under upstream's names, which the mirrors keep
+    source = mlx_model.upstream_layout() if hasattr(mlx_model, "upstream_layout") else \
+        dict(tree_flatten(mlx_model.parameters()))
     target = {k: v for k, v in torch_model.state_dict().items() if k not in ignore}
     weights = {}
     for name, value in source.items():

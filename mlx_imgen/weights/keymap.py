@@ -7,6 +7,7 @@ float tensor at a time; each also knows its target shape without loading anythin
 file is refused from its shapes alone.
 """
 
+import math
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -67,6 +68,11 @@ def _conv_weight_shape(shape: tuple) -> tuple:
     return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else shape
 
 
+def pointwise_conv_as_linear(w: mx.array) -> mx.array:
+    """A 1x1 conv weight, in either layout, as the Linear weight (O, I) it is over channels."""
+    return w.reshape(w.shape[0], -1)
+
+
 def concatenate_rows(arrays: list) -> mx.array:
     """Several tensors stacked along dim 0 (q, k and v into one qkv)."""
     return mx.concatenate(arrays)
@@ -81,8 +87,11 @@ def _concatenated_shape(shapes: list[tuple]) -> tuple:
 # the shape each transform gives (from the list of source shapes for a multi-source rule), so
 # target shapes are known before any tensor is read; a transform missing here is a bug the
 # key-and-shape pass reports at once
-SHAPE_RULES: dict[Callable, Callable] = {conv_weight: _conv_weight_shape,
-                                         concatenate_rows: _concatenated_shape}
+SHAPE_RULES: dict[Callable, Callable] = {
+    conv_weight: _conv_weight_shape,
+    pointwise_conv_as_linear: lambda shape: (shape[0], math.prod(shape[1:])),
+    concatenate_rows: _concatenated_shape,
+}
 
 # wrappers that training code puts around a model: DDP's and torch.compile's
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
