@@ -13,21 +13,23 @@ from typing import Iterator, NamedTuple
 import mlx.core as mx
 import numpy as np
 
-from .guidance import doubled, guide, with_null
+from .arrays import MLX
+from .guidance import doubled, guide, ramped, with_null
 from .keys import image_keys, per_image, split_each
 
-ORDERS = ("confidence", "halton")
+ORDERS = ("confidence", "halton")  # the keys of ORDER_STRATEGIES
 SCHEDULES = ("cosine", "arccos", "linear", "power")
 PROGRESS = ("after", "linspace")
 TEMPERATURE_MODES = ("divide", "multiply")
+PARADIGM = "masked-token"
 
 
 @dataclass
 class MaskedTokenPlan:
     num_tokens: int
     steps: int = 16
-    cfg_scale: float = 3.0             # uncond + s * (cond - uncond); 1 turns guidance off
-    cfg_ramp: bool = False             # guidance grows linearly from none (progress 0) to s
+    cfg_scale: float = 3.0             # s in uncond + s * (cond - uncond) (guidance.py); 1: off
+    cfg_ramp: bool = False             # the term s - 1 grows linearly from 0 (progress 0) to s - 1
     temperature: tuple[float, float] = (1.0, 1.0)  # first and last step (or one value)
     temperature_mode: str = "divide"   # logits / T (0 is greedy) or logits * T (inf is greedy)
     temperature_warmup: int = 0        # this many first steps use half the temperature value
@@ -207,16 +209,15 @@ class MaskedStep(NamedTuple):
     fixed: mx.array       # (B, k) positions the schedule assigns to this step
 
 
-def _top_k(logits: mx.array, k: int) -> mx.array:
+def _top_k(logits, k: int, xp=MLX):
     if not 0 < k < logits.shape[-1]:
         return logits
-    kth = mx.min(mx.topk(logits, k, axis=-1), axis=-1, keepdims=True)
-    return mx.where(logits < kth, -mx.inf, logits)
+    kth = xp.min(xp.topk(logits, k, axis=-1), axis=-1, keepdims=True)
+    return xp.where(logits < kth, -xp.inf, logits)
 
 
 def tempered(logits, plan: MaskedTokenPlan, i: int):
-    """Logits after step i's temperature, and whether the step samples greedily. Plain
-    arithmetic, so the PyTorch reference shares it."""
+    """Logits after step i's temperature, and whether the step samples greedily."""
     t = plan.step_temperature(i)
     if plan.temperature_mode == "divide":
         greedy = t == 0
@@ -225,10 +226,86 @@ def tempered(logits, plan: MaskedTokenPlan, i: int):
     return (logits if greedy else logits * t), greedy
 
 
-def _scaled_logits(logits: mx.array, plan: MaskedTokenPlan, i: int) -> tuple[mx.array, bool]:
-    """Logits after temperature and top-k, and whether this step samples greedily."""
-    scaled, greedy = tempered(logits, plan, i)
-    return _top_k(scaled, plan.top_k), greedy
+# ---------------------------------------------------------------- orders
+# An order decides which positions step i writes: `select` returns the (B, N) positions to
+# write (the revealed ones too where the plan rewrites them) and the (B, k) positions this
+# step assigns, those of ranks before..after-1.
+
+class ConfidenceOrder:
+    """MaskGIT's: the most confident of the step's samples, Gumbel noise on the
+    log-confidences annealed to 0 over the steps."""
+
+    def __init__(self, plan: MaskedTokenPlan, draws, batch: int, xp=MLX):
+        self.plan, self.draws, self.xp = plan, draws, xp
+
+    def select(self, i: int, before: int, after: int, scaled, sampled, masked):
+        xp, plan = self.xp, self.plan
+        log_probs = scaled - xp.logsumexp(scaled, axis=-1, keepdims=True)
+        confidence = xp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
+        noise_scale = plan.choice_temperature * (1.0 - plan.step_progress(i))
+        if noise_scale > 0:
+            confidence = confidence + noise_scale * self.draws.choice_noise(i, confidence.shape)
+        # revealed positions rank first, so the top `after` hold them and the newly chosen
+        confidence = xp.where(masked, confidence, xp.inf)
+        ranked = xp.argsort(-confidence, axis=-1)
+        threshold = xp.take_along_axis(confidence, ranked[:, after - 1:after], axis=-1)
+        return confidence >= threshold, ranked[:, before:after]
+
+
+class HaltonOrder:
+    """Halton-MaskGIT's: a fixed low-discrepancy order over the grid, each image's rolled by a
+    random offset where the plan says so."""
+
+    def __init__(self, plan: MaskedTokenPlan, draws, batch: int, xp=MLX):
+        n = plan.num_tokens
+        order = xp.asarray(halton_order(math.isqrt(n)))
+        shifts = (draws.order_shifts(batch, n) if plan.randomize_order
+                  else xp.zeros((batch,), dtype=xp.ids))
+        # rolling the order by k moves each position's rank k places later
+        self.rank = (xp.argsort(order, axis=-1)[None] + shifts[:, None]) % n
+        self.ranked = xp.take(order, (xp.arange(n)[None] - shifts[:, None]) % n)
+        self.rewrite = plan.rewrite_revealed
+
+    def select(self, i: int, before: int, after: int, scaled, sampled, masked):
+        # this step's slice of the order, or with rewriting every position up to its end
+        first = 0 if self.rewrite else before
+        return (self.rank >= first) & (self.rank < after), self.ranked[:, before:after]
+
+
+ORDER_STRATEGIES = {"confidence": ConfidenceOrder, "halton": HaltonOrder}
+
+
+def unmask(model, labels, plan: MaskedTokenPlan, draws, xp=MLX) -> Iterator[MaskedStep]:
+    """The sampling loop in the namespace `xp`: one MaskedStep a step (see `iterate`)."""
+    batch, n = labels.shape[0], plan.num_tokens
+    mask_id = model.mask_id
+    use_cfg = plan.cfg_scale != 1.0
+    cond_labels = with_null(labels, model.null_class, xp) if use_cfg else labels
+    order = ORDER_STRATEGIES[plan.order](plan, draws, batch, xp)
+    tokens = xp.full((batch, n), mask_id, dtype=xp.ids)
+    before = 0
+    for i, after in enumerate(revealed_counts(plan)):
+        logits = model(doubled(tokens, xp) if use_cfg else tokens, cond_labels)
+        if use_cfg:
+            scale = ramped(plan.cfg_scale, plan.step_progress(i)) if plan.cfg_ramp \
+                else plan.cfg_scale
+            logits = guide(logits, scale, xp)
+        scaled, greedy = tempered(xp.astype(logits, xp.float32), plan, i)
+        scaled = _top_k(scaled, plan.top_k, xp)
+        if greedy:
+            sampled = xp.argmax(scaled, axis=-1)
+        else:
+            sampled = xp.argmax(scaled + draws.token_noise(i, scaled.shape), axis=-1)
+        sampled = xp.astype(sampled, xp.ids)
+        masked = tokens == mask_id
+        selected, fixed = order.select(i, before, after, scaled, sampled, masked)
+        write = selected if plan.rewrite_revealed else selected & masked
+        tokens = xp.where(write, sampled, tokens)
+        if i == plan.steps - 1:
+            tokens = xp.where(tokens == mask_id, mask_id - 1, tokens)
+        before = after
+        xp.eval(tokens, fixed)
+        yield MaskedStep(tokens, fixed)
 
 
 def iterate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None = None,
@@ -241,59 +318,10 @@ def iterate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None 
     The labels are images `first_index`, ... of a run; `Draws` of their keys
     (`keys.image_keys` of `seed` or `key`, or `key` (B, 2) itself) give every random number,
     so an image does not depend on the batch it is sampled in. `draws` replaces them."""
-    batch, n = labels.shape[0], plan.num_tokens
-    mask_id = model.mask_id
-    use_cfg = plan.cfg_scale != 1.0
-    cond_labels = with_null(labels, model.null_class) if use_cfg else labels
     if draws is None:
-        draws = Draws(image_keys(batch, seed=seed, key=key, first=first_index), plan.steps)
-    revealed = revealed_counts(plan)
-    if plan.order == "halton":
-        order = mx.array(halton_order(math.isqrt(n)))
-        shifts = (draws.order_shifts(batch, n) if plan.randomize_order
-                  else mx.zeros((batch,), dtype=mx.int32))
-        # rolling the order by k moves each position's rank k places later
-        rank = (mx.argsort(order)[None] + shifts[:, None]) % n
-        ranked = mx.take(order, (mx.arange(n)[None] - shifts[:, None]) % n)
-    tokens = mx.full((batch, n), mask_id, dtype=mx.int32)
-    before = 0
-    for i, after in enumerate(revealed):
-        logits = model(doubled(tokens) if use_cfg else tokens, cond_labels)
-        if use_cfg:
-            scale = plan.cfg_scale
-            if plan.cfg_ramp:
-                scale = 1.0 + (scale - 1.0) * plan.step_progress(i)
-            logits = guide(logits, scale)
-        scaled, greedy = _scaled_logits(logits.astype(mx.float32), plan, i)
-        if greedy:
-            sampled = mx.argmax(scaled, axis=-1)
-        else:
-            sampled = mx.argmax(scaled + draws.token_noise(i, scaled.shape), axis=-1)
-        sampled = sampled.astype(mx.int32)
-        masked = tokens == mask_id
-        if plan.order == "halton":
-            # this step's slice of the order, or with rewriting every position up to its end
-            first = 0 if plan.rewrite_revealed else before
-            selected = (rank >= first) & (rank < after)
-        else:
-            log_probs = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
-            confidence = mx.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
-            noise_scale = plan.choice_temperature * (1.0 - plan.step_progress(i))
-            if noise_scale > 0:
-                confidence = confidence + noise_scale * draws.choice_noise(i, confidence.shape)
-            # revealed positions rank first, so the top `after` hold them and the newly chosen
-            confidence = mx.where(masked, confidence, mx.inf)
-            ranked = mx.argsort(-confidence, axis=-1)
-            threshold = mx.take_along_axis(confidence, ranked[:, after - 1:after], axis=-1)
-            selected = confidence >= threshold
-        write = selected if plan.rewrite_revealed else selected & masked
-        tokens = mx.where(write, sampled, tokens)
-        if i == plan.steps - 1:
-            tokens = mx.where(tokens == mask_id, mask_id - 1, tokens)
-        fixed = ranked[:, before:after]
-        before = after
-        mx.eval(tokens, fixed)
-        yield MaskedStep(tokens, fixed)
+        draws = Draws(image_keys(labels.shape[0], seed=seed, key=key, first=first_index),
+                      plan.steps)
+    return unmask(model, labels, plan, draws)
 
 
 def generate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None = None,

@@ -5,6 +5,7 @@ from typing import Iterator
 
 import mlx.core as mx
 
+from .arrays import MLX
 from .guidance import doubled, guide, with_null
 from .keys import image_keys, per_image, split_each
 
@@ -26,20 +27,22 @@ class NextTokenPlan:
         return self.num_tokens
 
 
-def filter_logits(logits: mx.array, top_k: int = 0, top_p: float = 1.0) -> mx.array:
+PARADIGM = "next-token"
+
+
+def filter_logits(logits, top_k: int = 0, top_p: float = 1.0, xp=MLX):
     """Keep the top-k logits, then the smallest set whose probability reaches top_p."""
-    neg_inf = mx.array(-float("inf"), dtype=logits.dtype)
     if 0 < top_k < logits.shape[-1]:
-        kth = mx.sort(logits, axis=-1)[..., -top_k][..., None]
-        logits = mx.where(logits < kth, neg_inf, logits)
+        kth = xp.sort(logits, axis=-1)[..., -top_k][..., None]
+        logits = xp.where(logits < kth, -xp.inf, logits)
     if top_p < 1.0:
-        order = mx.argsort(-logits, axis=-1)
-        sorted_logits = mx.take_along_axis(logits, order, axis=-1)
-        probs = mx.softmax(sorted_logits.astype(mx.float32), axis=-1)
+        order = xp.argsort(-logits, axis=-1)
+        sorted_logits = xp.take_along_axis(logits, order, axis=-1)
+        probs = xp.softmax(xp.astype(sorted_logits, xp.float32), axis=-1)
         # drop a token once the mass before it exceeds top_p (the first always stays)
-        drop_sorted = (mx.cumsum(probs, axis=-1) - probs) > top_p
-        drop = mx.put_along_axis(mx.zeros_like(drop_sorted), order, drop_sorted, axis=-1)
-        logits = mx.where(drop, neg_inf, logits)
+        drop_sorted = (xp.cumsum(probs, axis=-1) - probs) > top_p
+        drop = xp.put_along_axis(xp.zeros_like(drop_sorted), order, drop_sorted, axis=-1)
+        logits = xp.where(drop, -xp.inf, logits)
     return logits
 
 
@@ -48,13 +51,48 @@ def token_noise(keys: mx.array, vocab_size: int) -> mx.array:
     return per_image(mx.random.gumbel, keys, (vocab_size,))
 
 
-def sample_token(logits: mx.array, plan: NextTokenPlan, keys: mx.array) -> mx.array:
+class TokenDraws:
+    """The Gumbel noise of every token of a run, image i's from its own key (B, 2) split into
+    one key a token; a torch run passes an object with the same method."""
+
+    def __init__(self, keys: mx.array, num_tokens: int):
+        self._keys = split_each(keys, num_tokens)
+
+    def token_noise(self, i: int, shape: tuple) -> mx.array:
+        return token_noise(self._keys[:, i], shape[-1])
+
+
+def sample_token(logits, plan: NextTokenPlan, draws, i: int, xp=MLX):
     """Gumbel-max: argmax(filtered logits / T + Gumbel noise) draws from softmax(logits / T)
-    among the kept ids; `keys` (B, 2) give each image's noise."""
+    among the kept ids; `draws.token_noise(i, shape)` gives token i's noise."""
     if plan.temperature == 0:
-        return mx.argmax(logits, axis=-1)
-    logits = filter_logits(logits.astype(mx.float32) / plan.temperature, plan.top_k, plan.top_p)
-    return mx.argmax(logits + token_noise(keys, logits.shape[-1]), axis=-1)
+        return xp.argmax(logits, axis=-1)
+    logits = filter_logits(xp.astype(logits, xp.float32) / plan.temperature, plan.top_k,
+                           plan.top_p, xp)
+    return xp.argmax(logits + draws.token_noise(i, logits.shape), axis=-1)
+
+
+def decode(model, labels, plan: NextTokenPlan, draws, xp=MLX) -> Iterator:
+    """The decoding loop in the namespace `xp`: yields the sampled ids (B, 1) of each token."""
+    if plan.num_tokens < 1:
+        raise ValueError("the number of tokens must be at least 1")
+    use_cfg = plan.cfg_scale != 1.0
+    cond_labels = with_null(labels, model.null_class, xp) if use_cfg else labels
+    cfg = model.config
+    context = cfg.prefix_tokens + cfg.registers + plan.num_tokens
+    cache = model.make_cache(cond_labels.shape[0], context)
+    empty = xp.zeros((cond_labels.shape[0], 0), dtype=xp.ids)
+    logits = model(empty, cond_labels, cache=cache)[:, -1]
+    for i in range(plan.num_tokens):
+        if use_cfg:
+            logits = guide(logits, plan.cfg_scale, xp)
+        token = xp.astype(sample_token(logits, plan, draws, i, xp), xp.ids)[:, None]
+        if i + 1 < plan.num_tokens:
+            logits = model(doubled(token, xp) if use_cfg else token, cache=cache)[:, -1]
+            xp.async_eval(logits, token)
+        else:
+            xp.eval(token)
+        yield token
 
 
 def iterate(model, labels: mx.array, plan: NextTokenPlan, *, seed: int | None = None,
@@ -65,28 +103,8 @@ def iterate(model, labels: mx.array, plan: NextTokenPlan, *, seed: int | None = 
     j-th of `num_tokens` keys split from its key (`keys.image_keys` of `seed` or `key`, or
     `key` (B, 2) itself), so an image's tokens do not depend on the batch it is sampled in.
     """
-    if plan.num_tokens < 1:
-        raise ValueError("the number of tokens must be at least 1")
-    use_cfg = plan.cfg_scale != 1.0
-    cond_labels = with_null(labels, model.null_class) if use_cfg else labels
-    keys = split_each(image_keys(labels.shape[0], seed=seed, key=key, first=first_index),
-                      plan.num_tokens)
-    cfg = model.config
-    context = cfg.prefix_tokens + cfg.registers + plan.num_tokens
-    cache = model.make_cache(cond_labels.shape[0], context)
-    empty = mx.zeros((cond_labels.shape[0], 0), dtype=mx.int32)
-    logits = model(empty, cond_labels, cache=cache)[:, -1]
-    for i in range(plan.num_tokens):
-        if use_cfg:
-            logits = guide(logits, plan.cfg_scale)
-        token = sample_token(logits, plan, keys[:, i]).astype(mx.int32)[:, None]
-        if i + 1 < plan.num_tokens:
-            step_input = doubled(token) if use_cfg else token
-            logits = model(step_input, cache=cache)[:, -1]
-            mx.async_eval(logits, token)
-        else:
-            mx.eval(token)
-        yield token
+    keys = image_keys(labels.shape[0], seed=seed, key=key, first=first_index)
+    return decode(model, labels, plan, TokenDraws(keys, max(plan.num_tokens, 1)))
 
 
 def generate(model, labels: mx.array, plan: NextTokenPlan, *, seed: int | None = None,
