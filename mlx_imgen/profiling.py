@@ -161,28 +161,54 @@ def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
         if not isinstance(err, (OutOfMemory, MemoryError)) and not _is_allocation_failure(err):
             raise
         mx.clear_cache()
-        return {**_identity(work, batch_size), "status": "out_of_memory", "error": str(err),
+        return {**record_identity(work, batch_size), "status": "out_of_memory", "error": str(err),
                 "peak_memory_gb": mx.get_peak_memory() / 1e9}
     finally:
         if previous_limit is not None:
             mx.set_memory_limit(previous_limit)
 
 
-def _identity(work: Workload, batch_size: int) -> dict:
-    plan = work.plan
+def record_identity(work: Workload, batch_size: int, *, plan=None, decode: bool | None = None) -> dict:
+    """The record's fields that do not depend on timing; `plan` stands in for the workload's
+    (a torch run's own adaptive counts), `decode` says whether the decode stage is timed."""
+    plan = plan or work.plan
     flops = plan_flops(work.model.config, plan)
+    decoding = work.decode is not None if decode is None else decode
+    decode_flops = work.decode_flops_per_image if decoding else 0.0
     return {
         "model": work.name, "paradigm": work.paradigm, "size": work.size,
         "parameters": parameter_count(work.model), "dtype": model_dtype(work.model),
         "batch_size": batch_size, "steps": plan.steps,
         "forward_passes_per_image": plan.forward_passes() * (2 if plan.cfg_scale != 1.0 else 1),
         "cfg_scale": plan.cfg_scale,
-        "gflops_per_image": (flops.total + work.decode_flops_per_image) / 1e9,
+        "gflops_per_image": (flops.total + decode_flops) / 1e9,
         "gflops_breakdown": {"transformer_linear": flops.linear / 1e9,
                              "transformer_attention": flops.attention / 1e9,
-                             "decode": work.decode_flops_per_image / 1e9},
+                             "decode": decode_flops / 1e9},
         **work.extra,
     }
+
+
+def timed_runs(run_once: Callable[[int], dict], total_steps: int, trials: int,
+               step_budget_s: float | None, adaptive: bool,
+               after_warmup: Callable[[], None] = lambda: None) -> tuple[list[dict], int]:
+    """A warm-up run (allocations, kernel set-up; not reported), then `trials` runs of
+    `run_once(max_steps)`, each returning conditioning_s, step_times and decode_s; with the
+    plan's step count, or fewer that fit in `step_budget_s` (found by the first trial, reused
+    by the others). An adaptive solver learns its step count only by finishing, so it warms up
+    with a full run and is never cut short; its loop yields accepted steps only. Returns the
+    runs and the number of steps a full loop takes. MLX and the torch reference share it."""
+    warm = run_once(1 << 30 if adaptive else 1)
+    if adaptive:
+        step_budget_s, total_steps = None, len(warm["step_times"])
+    after_warmup()
+    if step_budget_s is None:
+        first = run_once(total_steps)
+    else:
+        per_step = max(run_once(1)["step_times"][0], 1e-6)
+        first = run_once(max(1, min(total_steps, int(step_budget_s / per_step))))
+    measured = len(first["step_times"])
+    return [first] + [run_once(measured) for _ in range(trials - 1)], total_steps
 
 
 def _measure(work: Workload, batch_size: int, trials: int, step_budget_s: float | None,
@@ -190,25 +216,17 @@ def _measure(work: Workload, batch_size: int, trials: int, step_budget_s: float 
     plan = work.plan
     labels = mx.arange(batch_size, dtype=mx.int32) % work.model.config.num_classes
     mx.reset_peak_memory()
-    adaptive = hasattr(plan, "passes_used")
-    # warm-up (allocations, kernel set-up; not reported). An adaptive solver learns its step
-    # count only by finishing, so it warms up with a full run and is never extrapolated.
-    warm = _run_once(work, labels, 1 << 30 if adaptive else 1, seed)
-    total_steps = plan.steps
-    if adaptive:
-        # the loop yields accepted steps only; plan.steps also counts rejected ones
-        step_budget_s, total_steps = None, len(warm["step_times"])
-    _check_memory(memory_limit)
-    mx.reset_peak_memory()
-    first = _run_once(work, labels, total_steps, seed) if step_budget_s is None else None
-    if first is None:
-        # the first trial finds how many steps fit in the budget; the others reuse that count
-        first = _budgeted_run(work, labels, total_steps, step_budget_s, seed)
-    measured = len(first["step_times"])
-    runs = [first] + [_run_once(work, labels, measured, seed) for _ in range(trials - 1)]
+
+    def after_warmup():
+        _check_memory(memory_limit)
+        mx.reset_peak_memory()
+
+    runs, total_steps = timed_runs(lambda steps: _run_once(work, labels, steps, seed),
+                                   plan.steps, trials, step_budget_s,
+                                   hasattr(plan, "passes_used"), after_warmup)
     _check_memory(memory_limit)
     peak = mx.get_peak_memory()
-    record = _identity(work, batch_size)
+    record = record_identity(work, batch_size)
     timing = summarize_runs(runs, total_steps, batch_size, record["gflops_per_image"],
                             num_tokens=plan.num_tokens if work.paradigm == "next-token" else None,
                             has_decode=work.decode is not None)
@@ -237,14 +255,6 @@ def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_p
             "decode": statistics.median(r["decode_s"] for r in runs) if has_decode else None,
         },
     }
-
-
-def _budgeted_run(work: Workload, labels, total_steps: int, budget_s: float, seed: int) -> dict:
-    """A trial whose loop stops after the first step that takes it past `budget_s`."""
-    probe = _run_once(work, labels, 1, seed)
-    per_step = max(probe["step_times"][0], 1e-6)
-    steps = max(1, min(total_steps, int(budget_s / per_step)))
-    return _run_once(work, labels, steps, seed)
 
 
 def device_peak(env: dict) -> dict | None:

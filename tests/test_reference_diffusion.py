@@ -210,7 +210,7 @@ def test_kl_decode_and_encode_of_the_torch_mirror_match_mlx(options):
 
 
 def test_kl_load_from_mlx_rejects_another_layout_naming_the_keys():
-    other = tkl.AutoencoderKL(KLConfig(**{**TINY_KL, "layers_per_block": 2}))
+    other = tkl.build(KLConfig(**{**TINY_KL, "layers_per_block": 2}))
     with pytest.raises(KeyMismatchError, match=r"missing.*decoder\.up_blocks\.0\.resnets\.2"):
         tkl.load_from_mlx(other, random_mlx_kl())
 

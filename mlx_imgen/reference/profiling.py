@@ -13,10 +13,8 @@ import platform
 import time
 from typing import Callable
 
-from mlx_imgen.flops import plan_flops
 from mlx_imgen.paradigms import Dopri5Plan, GaussianPlan, SDEPlan
-from mlx_imgen.profiling import (Workload, _cpu_name, model_dtype, parameter_count,
-                                 summarize_runs)
+from mlx_imgen.profiling import Workload, _cpu_name, record_identity, summarize_runs, timed_runs
 
 from . import pick_device, require_torch
 from .backbone import from_mlx
@@ -162,29 +160,12 @@ def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
-        return {**_identity(work, batch_size, decode), "status": "out_of_memory",
+        return {**record_identity(work, batch_size, decode=decode is not None),
+                "status": "out_of_memory",
                 "error": str(err).split("\n")[0], "peak_memory_gb": peak,
                 **_peak_note(peak), **device_info(device)}
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def _identity(work: Workload, batch_size: int, decode, plan=None) -> dict:
-    plan = plan or work.plan
-    flops = plan_flops(work.model.config, plan)
-    decode_flops = work.decode_flops_per_image if decode is not None else 0.0
-    return {
-        "model": work.name, "paradigm": work.paradigm, "size": work.size,
-        "parameters": parameter_count(work.model), "dtype": model_dtype(work.model),
-        "batch_size": batch_size, "steps": plan.steps,
-        "forward_passes_per_image": plan.forward_passes() * (2 if plan.cfg_scale != 1.0 else 1),
-        "cfg_scale": plan.cfg_scale,
-        "gflops_per_image": (flops.total + decode_flops) / 1e9,
-        "gflops_breakdown": {"transformer_linear": flops.linear / 1e9,
-                             "transformer_attention": flops.attention / 1e9,
-                             "decode": decode_flops / 1e9},
-        **work.extra,
-    }
 
 
 def _peak_note(peak) -> dict:
@@ -195,32 +176,21 @@ def _measure(model, work: Workload, batch_size: int, trials: int, step_budget_s,
              device: str, decode) -> dict:
     plan = work.plan
     labels = torch.arange(batch_size, device=device) % model.config.num_classes
-    # an adaptive solver learns its step count only by finishing: it warms up with a full run
-    # and is never cut short
     adaptive = isinstance(plan, Dopri5Plan)
-    total_steps = 1 << 30 if adaptive else plan.steps
-    _run_once(model, work, labels, total_steps if adaptive else 1, seed, device, decode)  # warm-up
-    if adaptive:
-        step_budget_s = None
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    if step_budget_s is None:
-        first = _run_once(model, work, labels, total_steps, seed, device, decode)
-    else:
-        probe = _run_once(model, work, labels, 1, seed, device, decode)
-        per_step = max(probe["step_times"][0], 1e-6)
-        steps = max(1, min(total_steps, int(step_budget_s / per_step)))
-        first = _run_once(model, work, labels, steps, seed, device, decode)
-    measured = len(first["step_times"])
-    if adaptive:  # the counts of this run, not of the MLX run the plan recorded; each yield
-        # is an accepted step, so the loop time is measured in full
+
+    def reset_peak():
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    runs, total_steps = timed_runs(
+        lambda steps: _run_once(model, work, labels, steps, seed, device, decode), plan.steps,
+        trials, step_budget_s, adaptive, reset_peak)
+    first = runs[0]
+    if adaptive:  # the counts of this run, not of the MLX run the plan recorded
         plan = dataclasses.replace(plan, steps_taken=first["steps_taken"],
                                    passes_used=first["forward_passes"])
-        total_steps = measured
-    runs = [first] + [_run_once(model, work, labels, measured, seed, device, decode)
-                      for _ in range(trials - 1)]
     peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
-    record = _identity(work, batch_size, decode, plan)
+    record = record_identity(work, batch_size, plan=plan, decode=decode is not None)
     timing = summarize_runs(runs, total_steps, batch_size, record["gflops_per_image"],
                             num_tokens=plan.num_tokens if work.paradigm == "next-token" else None,
                             has_decode=decode is not None)
