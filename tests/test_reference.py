@@ -218,8 +218,8 @@ def test_sampled_next_token_replaying_mlx_draws_gives_mlx_tokens():
     model, torch_model = pair(cfg, seed=2)
     expected = np.array(next_token.generate(model, mx.array(LABELS), plan, seed=9,
                                             first_index=3))
-    noise = samplers.replay_mlx_token_noise(plan, 9, len(LABELS), cfg.vocab_size, first_index=3)
-    tokens, _ = samplers.generate(torch_model, LABELS, plan, token_noise=noise)
+    draws = samplers.replay_mlx_draws(plan, 9, len(LABELS), first_index=3)
+    tokens, _ = samplers.generate(torch_model, LABELS, plan, draws=draws)
     np.testing.assert_array_equal(tokens.numpy(), expected)
     assert len(np.unique(expected)) > 5  # sampled, not one repeated id
 
@@ -330,8 +330,8 @@ def test_vq_decode_of_torch_loaded_from_mlx_matches_mlx():
 
 
 def test_vq_load_from_mlx_rejects_another_layout():
-    wrong = tvq.VQModel(**{**tiny_vq_config(), "num_res_blocks": 2})
-    with pytest.raises(KeyMismatchError, match=r"missing.*decoder\.conv_blocks\.0\.res\.2"):
+    wrong = tvq.CodeDecoder(VQConfig.from_dict({**tiny_vq_config(), "num_res_blocks": 2}))
+    with pytest.raises(KeyMismatchError, match=r"missing.*decoder\.up_blocks\.0\.resnets\.2"):
         tvq.load_from_mlx(wrong, random_mlx_vq())
 
 

@@ -1,6 +1,6 @@
-"""Optional PyTorch mirror of the backbone, every paradigm's sampling loop and the VQ and KL
-autoencoders: parity tests and the CUDA/MPS/CPU reference path of `mlx-imgen profile --reference
-torch`.
+"""The optional PyTorch reference: a torch mirror of the backbone, the paradigms' own sampling
+loops run on torch tensors, and diffusers' decoders for the VQ and KL autoencoders; parity tests
+and the CUDA/MPS/CPU reference path of `mlx-imgen profile --reference torch`.
 
 Importing this package does not import torch; its submodules do, through `require_torch`.
 """
@@ -53,26 +53,31 @@ def to_torch(array, dtype=None):
     return tensor
 
 
-def load_mlx_weights(torch_model, mlx_model, *, ignore: tuple[str, ...] = ()) -> None:
-    """Copy every MLX parameter into the torch module of the same name, strictly.
+def load_mlx_weights(torch_model, mlx_model, *, rename=None, keep=None) -> None:
+    """Copy every MLX parameter (those `keep(name)` accepts) into the torch parameter named
+    `rename(name)` (default: the same name), strictly.
 
-    Conv weights go from MLX's OHWI to torch's OIHW. The names, and the shapes after that
-    transpose, must match one to one (torch state-dict entries named in `ignore` excepted);
-    otherwise KeyMismatchError lists the missing, unexpected and mis-shaped names.
+    Conv weights go from MLX's OHWI to torch's OIHW, and a 1x1 conv into a linear. The names,
+    and the shapes after that, must match one to one; otherwise KeyMismatchError lists the
+    missing, unexpected and mis-shaped names.
     """
     from mlx.utils import tree_flatten
 
     from mlx_imgen.weights.keymap import KeyMismatchError
     torch = require_torch()
-    # the autoencoders give their weights under upstream's names, which the mirrors keep
+    # the autoencoders give their weights under upstream's names, which the torch models keep
     source = mlx_model.upstream_layout() if hasattr(mlx_model, "upstream_layout") else \
         dict(tree_flatten(mlx_model.parameters()))
-    target = {k: v for k, v in torch_model.state_dict().items() if k not in ignore}
+    target = torch_model.state_dict()
     weights = {}
     for name, value in source.items():
-        tensor = to_torch(value)
+        if keep is not None and not keep(name):
+            continue
+        name, tensor = rename(name) if rename else name, to_torch(value)
         if tensor.ndim == 4:  # conv: (O, kH, kW, I) -> (O, I, kH, kW)
             tensor = tensor.permute(0, 3, 1, 2)
+            if name in target and target[name].ndim == 2:
+                tensor = tensor.reshape(target[name].shape)
         weights[name] = tensor
     missing = sorted(set(target) - set(weights))
     unexpected = sorted(set(weights) - set(target))

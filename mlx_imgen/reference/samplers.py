@@ -5,8 +5,8 @@ torch.inference_mode, so every plan option means the same in both frameworks. `i
 a `Sampling`: an iterator that yields after every step, as the MLX iterators do, and counts in
 `forward_passes` the model calls it ran (one call evaluates the conditional and the null batch
 together under CFG). Random draws come from a seeded torch.Generator and differ from MLX's;
-MLX's draws passed in (next-token `token_noise`, see `replay_mlx_token_noise`; masked-token
-`draws`; diffusion `noise` and `step_noise`, see `replay_mlx_noise`) give MLX's results.
+MLX's draws passed in (`draws` of a token run, see `replay_mlx_draws`; a diffusion run's
+`noise` and `step_noise`, see `replay_mlx_noise`) give MLX's results.
 """
 
 import copy
@@ -127,31 +127,15 @@ def _labels(labels, device):
 
 # ---------------------------------------------------------------- one run per paradigm
 
-def _next_token(model, labels, plan, *, seed=None, token_noise: Callable | None = None):
-    """`token_noise(i)` (see `replay_mlx_token_noise`) replaces the generator's noise of
-    token i."""
-    device = _device(model)
-    draws = GeneratorDraws(device, seed)
-    if token_noise is not None:
-        draws = OnDevice(_TokenNoise(token_noise), device)
-    return Sampling(model, plan, lambda m, p: next_token.decode(
-        m, _labels(labels, device), p, draws, TorchArrays(device)))
-
-
-class _TokenNoise:
-    def __init__(self, noise: Callable):
-        self.noise = noise
-
-    def token_noise(self, i: int, shape):
-        return self.noise(i)
-
-
-def _masked_token(model, labels, plan, *, seed=None, draws=None):
-    """`draws` (methods order_shifts, token_noise, choice_noise) replaces the generator's."""
-    device = _device(model)
-    draws = GeneratorDraws(device, seed) if draws is None else OnDevice(draws, device)
-    return Sampling(model, plan, lambda m, p: masked_token.unmask(
-        m, _labels(labels, device), p, draws, TorchArrays(device)))
+def _token_run(loop):
+    """A next- or masked-token run of `loop`; `draws` (e.g. MLX's TokenDraws or Draws, see
+    `replay_mlx_draws`) replaces the generator's random numbers."""
+    def run(model, labels, plan, *, seed=None, draws=None):
+        device = _device(model)
+        draws = GeneratorDraws(device, seed) if draws is None else OnDevice(draws, device)
+        return Sampling(model, plan, lambda m, p: loop(m, _labels(labels, device), p, draws,
+                                                       TorchArrays(device)))
+    return run
 
 
 def _diffusion(model, labels, plan, *, seed=None, noise=None, latent_shape=None,
@@ -179,7 +163,8 @@ def _diffusion(model, labels, plan, *, seed=None, noise=None, latent_shape=None,
     return Sampling(model, plan, loop)
 
 
-RUNS = {"next-token": _next_token, "masked-token": _masked_token, "diffusion": _diffusion}
+RUNS = {"next-token": _token_run(next_token.decode), "masked-token": _token_run(masked_token.unmask),
+        "diffusion": _diffusion}
 FINAL = {"next-token": lambda steps: torch.cat(steps, dim=1),
          "masked-token": lambda steps: steps[-1].tokens, "diffusion": lambda steps: steps[-1]}
 
@@ -197,15 +182,15 @@ def generate(model, labels, plan, *, seed: int | None = None, **kwargs):
 
 # ---------------------------------------------------------------- MLX's draws, replayed
 
-def replay_mlx_token_noise(plan, seed: int | None, batch: int, vocab_size: int,
-                           first_index: int = 0):
-    """`token_noise(i)`: the Gumbel noise (B, V) that MLX's next-token sampler adds for token
-    i of images `first_index`, ... of the run with `seed`, as a torch tensor."""
+def replay_mlx_draws(plan, seed: int | None, batch: int, first_index: int = 0):
+    """The draws of MLX's next- or masked-token run with `seed` for images `first_index`, ...:
+    passed as `draws=`, they make a torch run replay that MLX run's random numbers."""
     from mlx_imgen.paradigms.keys import image_keys
 
-    draws = next_token.TokenDraws(image_keys(batch, seed=seed, first=first_index),
-                                  plan.num_tokens)
-    return lambda i: to_torch(draws.token_noise(i, (batch, vocab_size)))
+    keys = image_keys(batch, seed=seed, first=first_index)
+    if paradigm_of(plan) == "next-token":
+        return next_token.TokenDraws(keys, plan.num_tokens)
+    return masked_token.Draws(keys, plan.steps)
 
 
 def replay_mlx_noise(plan, seed: int | None, shape: tuple, first_index: int = 0):
