@@ -299,6 +299,15 @@ def test_sampled_torch_runs_are_seeded_and_count_the_plans_passes(plan):
         assert a.shape == (2, 16) and int(a.max()) < CONFIGS[name].vocab_size
 
 
+def test_the_torch_namespace_implements_every_operation_the_loops_call():
+    from mlx_imgen.paradigms.arrays import MLX, OPERATIONS
+    from mlx_imgen.reference.arrays import TorchArrays
+
+    torch_arrays = TorchArrays("cpu")
+    assert [name for name in OPERATIONS if not callable(getattr(torch_arrays, name, None))] == []
+    assert [name for name in OPERATIONS if not callable(getattr(MLX, name, None))] == []
+
+
 def test_top_k_and_top_p_filtering_keep_the_mlx_tokens():
     logits = torch.log(torch.tensor([[0.05, 0.4, 0.1, 0.3, 0.15]]))
     assert torch.isfinite(samplers.filter_logits(logits, top_k=2)).tolist() == [

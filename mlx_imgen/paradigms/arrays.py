@@ -12,13 +12,14 @@ import mlx.core as mx
 OPERATIONS = (
     "concatenate", "split", "full", "zeros", "zeros_like", "arange", "asarray", "astype",
     "argmax", "argsort", "sort", "topk", "min", "take", "take_along_axis", "put_along_axis",
-    "where", "softmax", "logsumexp", "cumsum", "abs", "maximum", "sqrt", "mean", "square",
+    "where", "softmax", "log_softmax", "cumsum", "abs", "maximum", "sqrt", "mean", "square",
     "eval", "async_eval",
 )
 
 
 class MLXArrays:
-    """mlx.core as a loop namespace: `ids` is the token id dtype, `astype` a function."""
+    """mlx.core as a loop namespace: `ids` is the token id dtype; `astype` and `log_softmax`,
+    which mlx.core spells otherwise, are functions here."""
 
     ids = mx.int32
     float32 = mx.float32
@@ -33,6 +34,10 @@ class MLXArrays:
     @staticmethod
     def astype(x: mx.array, dtype) -> mx.array:
         return x.astype(dtype)
+
+    @staticmethod
+    def log_softmax(x: mx.array, axis: int = -1) -> mx.array:
+        return x - mx.logsumexp(x, axis=axis, keepdims=True)
 
 
 MLX = MLXArrays()

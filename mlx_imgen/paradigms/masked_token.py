@@ -1,8 +1,8 @@
 """Masked-token (MaskGIT) sampling: start fully masked, fix a scheduled number of tokens a step.
 
-Two orders decide which positions a step reveals: "confidence" (MaskGIT: the most confident
-samples, with annealed Gumbel noise) and "halton" (a fixed low-discrepancy order over the grid,
-Halton-MaskGIT). The defaults are the controlled grid's; the other options express the published
+Two orders decide which positions a step reveals, each a strategy in ORDER_STRATEGIES:
+"confidence" (MaskGIT: the most confident samples, with annealed Gumbel noise) and "halton" (a
+fixed low-discrepancy order over the grid, Halton-MaskGIT). The defaults are the controlled grid's; the other options express the published
 samplers' exact conventions without the sampler knowing which model it drives.
 """
 
@@ -240,7 +240,7 @@ class ConfidenceOrder:
 
     def select(self, i: int, before: int, after: int, scaled, sampled, masked):
         xp, plan = self.xp, self.plan
-        log_probs = scaled - xp.logsumexp(scaled, axis=-1, keepdims=True)
+        log_probs = xp.log_softmax(scaled, axis=-1)
         confidence = xp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
         noise_scale = plan.choice_temperature * (1.0 - plan.step_progress(i))
         if noise_scale > 0:

@@ -64,8 +64,8 @@ class TorchArrays:
     def softmax(self, x, axis=-1):
         return torch.softmax(x, dim=axis)
 
-    def logsumexp(self, x, axis, keepdims=False):
-        return torch.logsumexp(x, dim=axis, keepdim=keepdims)
+    def log_softmax(self, x, axis=-1):
+        return torch.log_softmax(x, dim=axis)
 
     def cumsum(self, x, axis):
         return torch.cumsum(x, dim=axis)
