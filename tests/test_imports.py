@@ -120,7 +120,7 @@ def test_the_parser_sees_lazy_and_relative_imports():
     assert "mlx_imgen.loading" in GRAPH["mlx_imgen"]  # lazy, inside load()
     assert "mlx_imgen.cli.app" in GRAPH["mlx_imgen.cli"]  # lazy and relative
     assert "mlx_imgen.weights.keymap" in GRAPH["mlx_imgen.families.dit"]
-    assert "mlx_imgen.paradigms.guidance" in GRAPH["mlx_imgen.paradigms.diffusion"]
+    assert "mlx_imgen.paradigms.guidance" in GRAPH["mlx_imgen.paradigms.diffusion.common"]
     assert _node("mlx_imgen.pipeline") == "mlx_imgen.pipeline"
     assert _node("mlx_imgen.convert.converter") == "mlx_imgen.convert"
     assert _node("mlx_imgen.weights") == "mlx_imgen.weights"
