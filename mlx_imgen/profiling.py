@@ -201,7 +201,8 @@ def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
             mx.set_memory_limit(previous_limit)
 
 
-def record_identity(work: Workload, batch_size: int, *, plan=None, decode: bool | None = None) -> dict:
+def record_identity(work: Workload, batch_size: int, *, plan=None,
+                    decode: bool | None = None) -> dict:
     """The record's fields that do not depend on timing; `plan` stands in for the workload's
     (a torch run's own adaptive counts), `decode` says whether the decode stage is timed."""
     plan = plan or work.plan

@@ -21,21 +21,6 @@ from .samplers import iterate, replay_mlx_noise
 torch = require_torch()
 
 
-def device_info(device: str) -> dict:
-    """Framework, device, torch version and threads, for the reference record. `ld_preload`
-    matters on CPU: a BLAS preloaded for MLX also serves some of torch's matmuls, and its
-    thread pool competes with torch's."""
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    elif device == "mps":
-        name = f"Apple GPU (MPS), {platform.machine()}"
-    else:
-        name = _cpu_name()
-    return {"framework": "torch", "device": device, "device_name": name,
-            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "ld_preload": os.environ.get("LD_PRELOAD") or None}
-
-
 class TorchFramework(Framework):
     """The torch mirror `model` of `work` on `device`, with a torch `decode` (or None)."""
     oom_types = (torch.cuda.OutOfMemoryError, MemoryError)
@@ -92,7 +77,18 @@ class TorchFramework(Framework):
             torch.cuda.empty_cache()
 
     def info(self) -> dict:
-        return device_info(self.device)
+        """Framework, device, torch version and threads, for the reference record. `ld_preload`
+        matters on CPU: a BLAS preloaded for MLX also serves some of torch's matmuls, and its
+        thread pool competes with torch's."""
+        if self.device == "cuda":
+            name = torch.cuda.get_device_name()
+        elif self.device == "mps":
+            name = f"Apple GPU (MPS), {platform.machine()}"
+        else:
+            name = _cpu_name()
+        return {"framework": "torch", "device": self.device, "device_name": name,
+                "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+                "ld_preload": os.environ.get("LD_PRELOAD") or None}
 
 
 def torch_decoder(autoencoder, kind: str | None = None, device: str | None = None,
