@@ -29,48 +29,63 @@ class Flops:
     __rmul__ = __mul__
 
 
-def forward_flops(cfg: BackboneConfig, length: int | None = None, context: int | None = None,
+def forward_flops(config: BackboneConfig, length: int | None = None, context: int | None = None,
                   text_length: int = 0) -> Flops:
     """One sample's forward pass over `length` new positions attending to `context` positions.
 
     Defaults: a full pass (prefix, registers and every image token) attending to itself.
     """
-    q = cfg.seq_len if length is None else length
+    q = config.seq_len if length is None else length
     kv = q if context is None else context
-    w, inner = cfg.width, cfg.heads * cfg.dims_per_head
-    extra = cfg.prefix_tokens + cfg.registers
+    w, inner = config.width, config.heads * config.dims_per_head
+    extra = config.prefix_tokens + config.registers
     # image tokens in this pass: a full pass holds them all, a decode step holds only new ones
     image_q = max(q - extra, 0) if context is None or context == q else q
-    mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
-    per_token = 2 * (w * 3 * inner + inner * w + mlp_matrices * w * cfg.hidden)
+    mlp_matrices = 3 if config.mlp == "swiglu" else 2
+    per_token = 2 * (w * 3 * inner + inner * w + mlp_matrices * w * config.hidden)
     attention = 2 * 2 * q * kv * inner
     linear = per_token * q
-    if cfg.context_dim and text_length:
-        linear += 2 * (2 * q * w * inner + 2 * text_length * cfg.context_dim * inner)
+    if config.context_dim and text_length:
+        linear += 2 * (2 * q * w * inner + 2 * text_length * config.context_dim * inner)
         attention += 2 * 2 * q * text_length * inner
-    linear *= cfg.depth
-    attention *= cfg.depth
-    if cfg.conditioning == "adaln":
-        linear += cfg.depth * 2 * w * 6 * w + 2 * w * 2 * w
-    if cfg.timestep:
+    linear *= config.depth
+    attention *= config.depth
+    if config.conditioning == "adaln":
+        linear += config.depth * 2 * w * 6 * w + 2 * w * 2 * w
+    if config.timestep:
         linear += 2 * (256 * w + w * w)
-    if cfg.input == "patches":
-        linear += 2 * image_q * cfg.patch_size ** 2 * cfg.in_channels * w
-    head_rows = q if cfg.causal else image_q
-    linear += 2 * head_rows * w * cfg.output_dims
+    if config.input == "patches":
+        linear += 2 * image_q * config.patch_size ** 2 * config.in_channels * w
+    head_rows = q if config.causal else image_q
+    linear += 2 * head_rows * w * config.output_dims
     return Flops(float(linear), float(attention))
 
 
-def plan_flops(cfg: BackboneConfig, plan) -> Flops:
+def _token_by_token(config: BackboneConfig, plan: NextTokenPlan) -> Flops:
+    """A prefill over the prefix, then one pass per sampled token but the last, each
+    attending to the cache so far."""
+    prefix = config.prefix_tokens
+    total = forward_flops(config, prefix, prefix)
+    for i in range(1, plan.num_tokens):
+        total = total + forward_flops(config, 1, prefix + i)
+    return total
+
+
+def _full_passes(config: BackboneConfig, plan) -> Flops:
+    """Full passes over every position; an adaptive diffusion plan (dopri5) counts the passes
+    its last run used."""
+    return forward_flops(config) * plan.forward_passes()
+
+
+# how each plan type spends its transformer passes, as paradigms.SAMPLERS dispatches its loops
+PLAN_FLOPS = {NextTokenPlan: _token_by_token, MaskedTokenPlan: _full_passes,
+              **{plan: _full_passes for plan in diffusion.PLANS}}
+
+
+def plan_flops(config: BackboneConfig, plan) -> Flops:
     """FLOPs of the transformer passes that sample one image, CFG included."""
     guidance = 2 if plan.cfg_scale != 1.0 else 1
-    if isinstance(plan, NextTokenPlan):
-        prefix = cfg.prefix_tokens
-        total = forward_flops(cfg, prefix, prefix)
-        for i in range(1, plan.num_tokens):
-            total = total + forward_flops(cfg, 1, prefix + i)
-        return total * guidance
-    # an adaptive diffusion plan (dopri5) counts the passes its last run used
-    if isinstance(plan, (MaskedTokenPlan, *diffusion.PLANS)):
-        return forward_flops(cfg) * (plan.forward_passes() * guidance)
+    for kind in type(plan).__mro__:
+        if kind in PLAN_FLOPS:
+            return PLAN_FLOPS[kind](config, plan) * guidance
     raise TypeError(f"no FLOPs rule for plan {type(plan).__name__}")

@@ -5,13 +5,14 @@ are median, min and max over the trials. A sampling loop cut short by the step b
 per step and extrapolated to the full plan, and the record says so.
 """
 
+import dataclasses
 import datetime
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -100,46 +101,86 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _run_once(work: Workload, labels: mx.array, max_steps: int, seed: int) -> dict:
-    """One timed generation; the loop stops after `max_steps` steps."""
-    t0 = time.perf_counter()
-    conditioning = work.model.class_embed(labels)
-    mx.eval(conditioning)
-    t1 = time.perf_counter()
-    step_times, last, start = [], None, t1
-    kwargs = {"latent_shape": work.latent_shape} if work.latent_shape else {}
-    for i, last in enumerate(iterate(work.model, labels, work.plan, seed=seed, **kwargs)):
-        now = time.perf_counter()
-        step_times.append(now - start)
-        start = now
-        if i + 1 >= max_steps:
-            break
-    decode_s = 0.0
-    if work.decode is not None:
-        # decoding costs the same whatever the codes are, so a loop cut short by the step
-        # budget still times the decode of a full-size batch
-        samples = last if work.latent_shape else \
-            mx.zeros((labels.shape[0], work.model.config.num_tokens), dtype=mx.int32)
-        t2 = time.perf_counter()
-        mx.eval(work.decode(samples))
-        decode_s = time.perf_counter() - t2
-    return {"conditioning_s": t1 - t0, "step_times": step_times, "decode_s": decode_s}
-
-
 class OutOfMemory(RuntimeError):
     """A run needed more memory than the device (or the configured limit) allows."""
 
 
-def _is_allocation_failure(err: Exception) -> bool:
-    text = str(err).lower()
-    return any(w in text for w in ("out of memory", "allocate", "memory limit", "malloc"))
+class Framework:
+    """What `measure` needs of the framework that runs a workload: MLX's is `MLXFramework`
+    below, torch's `mlx_imgen.reference.profiling.TorchFramework`. The measurement flow (warm-up,
+    trials, step budget, out-of-memory records, summary) is `measure`'s, the same for both."""
+    oom_types: tuple = (MemoryError,)   # errors that always mean out of memory
+    oom_words: tuple = ("out of memory",)  # a RuntimeError saying one of these means it too
+    peak_memory_note: str | None = None   # why `peak_gb` may be None
+    decodes = False                        # whether `decode` times a decode stage
+
+    def out_of_memory(self, err: Exception) -> bool:
+        text = str(err).lower()
+        return isinstance(err, self.oom_types) or any(w in text for w in self.oom_words)
+
+    def check_memory(self) -> None:
+        """Raise OutOfMemory where the framework does not enforce a limit itself."""
+
+    def info(self) -> dict:
+        """Record fields that name the framework and device (none for MLX: the report's
+        environment names them)."""
+        return {}
 
 
-def _check_memory(limit: int | None) -> None:
-    # The CPU backend does not enforce mx.set_memory_limit, so the harness checks the peak itself.
-    if limit is not None and mx.get_peak_memory() > limit:
-        raise OutOfMemory(f"peak memory {mx.get_peak_memory() / 1e9:.2f} GB exceeded the "
-                          f"limit of {limit / 1e9:.2f} GB")
+class MLXFramework(Framework):
+    """MLX's side of `measure`: the loops evaluate their own steps (asynchronously where they
+    can), so only the conditioning and the decode are synchronised here with `mx.eval`."""
+    oom_types = (OutOfMemory, MemoryError)
+    oom_words = ("out of memory", "allocate", "memory limit", "malloc")
+
+    def __init__(self, work: Workload, memory_limit: int | None):
+        self.work, self.memory_limit, self.decodes = work, memory_limit, work.decode is not None
+
+    def labels(self, batch_size: int) -> mx.array:
+        return mx.arange(batch_size, dtype=mx.int32) % self.work.model.config.num_classes
+
+    def embed(self, labels: mx.array) -> mx.array:
+        return self.work.model.class_embed(labels)
+
+    def sampling(self, labels: mx.array, seed: int) -> Callable[[], Iterator]:
+        work = self.work
+        kwargs = {"latent_shape": work.latent_shape} if work.latent_shape else {}
+        return lambda: iterate(work.model, labels, work.plan, seed=seed, **kwargs)
+
+    def step_done(self) -> None:
+        pass
+
+    def decode(self, samples: mx.array) -> mx.array:
+        return self.work.decode(samples)
+
+    def zero_codes(self, shape: tuple) -> mx.array:
+        return mx.zeros(shape, dtype=mx.int32)
+
+    def sync(self, value) -> None:
+        mx.eval(value)
+
+    def check_memory(self) -> None:
+        # The CPU backend does not enforce mx.set_memory_limit, so the harness checks the peak.
+        limit = self.memory_limit
+        if limit is not None and mx.get_peak_memory() > limit:
+            raise OutOfMemory(f"peak memory {mx.get_peak_memory() / 1e9:.2f} GB exceeded the "
+                              f"limit of {limit / 1e9:.2f} GB")
+
+    def reset_peak(self) -> None:
+        mx.reset_peak_memory()
+
+    def peak_gb(self) -> float:
+        return mx.get_peak_memory() / 1e9
+
+    def release(self) -> None:
+        mx.clear_cache()
+
+
+def check_sizes(batch_size: int, trials: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
 
 
 def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
@@ -150,25 +191,18 @@ def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
     A batch that runs out of memory (or past `memory_limit` bytes) gives a record with status
     "out_of_memory" instead of raising, so a sweep over batch sizes can go on.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    if trials < 1:
-        raise ValueError(f"trials must be at least 1, got {trials}")
+    check_sizes(batch_size, trials)
     previous_limit = mx.set_memory_limit(memory_limit) if memory_limit else None
     try:
-        return _measure(work, batch_size, trials, step_budget_s, seed, memory_limit)
-    except (OutOfMemory, RuntimeError, MemoryError) as err:
-        if not isinstance(err, (OutOfMemory, MemoryError)) and not _is_allocation_failure(err):
-            raise
-        mx.clear_cache()
-        return {**record_identity(work, batch_size), "status": "out_of_memory", "error": str(err),
-                "peak_memory_gb": mx.get_peak_memory() / 1e9}
+        return measure(MLXFramework(work, memory_limit), work, batch_size, trials,
+                       step_budget_s, seed)
     finally:
         if previous_limit is not None:
             mx.set_memory_limit(previous_limit)
 
 
-def record_identity(work: Workload, batch_size: int, *, plan=None, decode: bool | None = None) -> dict:
+def record_identity(work: Workload, batch_size: int, *, plan=None,
+                    decode: bool | None = None) -> dict:
     """The record's fields that do not depend on timing; `plan` stands in for the workload's
     (a torch run's own adaptive counts), `decode` says whether the decode stage is timed."""
     plan = plan or work.plan
@@ -211,26 +245,85 @@ def timed_runs(run_once: Callable[[int], dict], total_steps: int, trials: int,
     return [first] + [run_once(measured) for _ in range(trials - 1)], total_steps
 
 
-def _measure(work: Workload, batch_size: int, trials: int, step_budget_s: float | None,
-             seed: int, memory_limit: int | None) -> dict:
+def _run_once(framework, work: Workload, labels, max_steps: int, seed: int) -> dict:
+    """One timed generation; the loop stops after `max_steps` steps."""
+    start_sampling = framework.sampling(labels, seed)  # whatever it draws, before the clock
+    t0 = time.perf_counter()
+    framework.sync(framework.embed(labels))
+    t1 = time.perf_counter()
+    run = start_sampling()
+    step_times, last, start = [], None, t1
+    for i, last in enumerate(run):
+        framework.step_done()
+        now = time.perf_counter()
+        step_times.append(now - start)
+        start = now
+        if i + 1 >= max_steps:
+            break
+    decode_s = 0.0
+    if framework.decodes:
+        # decoding costs the same whatever the codes are, so a loop cut short by the step
+        # budget still times the decode of a full-size batch
+        samples = last if work.latent_shape else \
+            framework.zero_codes((labels.shape[0], work.model.config.num_tokens))
+        t2 = time.perf_counter()
+        framework.sync(framework.decode(samples))
+        decode_s = time.perf_counter() - t2
+    # a loop that counts its model calls (the torch reference's) gives them, MLX's give None
+    return {"conditioning_s": t1 - t0, "step_times": step_times, "decode_s": decode_s,
+            "forward_passes": getattr(run, "forward_passes", None),
+            "steps_taken": getattr(run, "steps_taken", None)}
+
+
+def measure(framework: Framework, work: Workload, batch_size: int, trials: int,
+            step_budget_s: float | None, seed: int) -> dict:
+    """The record of `work` at one batch size, run by `framework` (see `timed_runs`); a batch
+    that runs out of memory gives a record with status "out_of_memory" instead of raising."""
     plan = work.plan
-    labels = mx.arange(batch_size, dtype=mx.int32) % work.model.config.num_classes
-    mx.reset_peak_memory()
+    adaptive = hasattr(plan, "passes_used")
 
     def after_warmup():
-        _check_memory(memory_limit)
-        mx.reset_peak_memory()
+        framework.check_memory()
+        framework.reset_peak()
 
-    runs, total_steps = timed_runs(lambda steps: _run_once(work, labels, steps, seed),
-                                   plan.steps, trials, step_budget_s,
-                                   hasattr(plan, "passes_used"), after_warmup)
-    _check_memory(memory_limit)
-    peak = mx.get_peak_memory()
-    record = record_identity(work, batch_size)
+    try:
+        labels = framework.labels(batch_size)
+        framework.reset_peak()
+        runs, total_steps = timed_runs(
+            lambda steps: _run_once(framework, work, labels, steps, seed), plan.steps, trials,
+            step_budget_s, adaptive, after_warmup)
+        framework.check_memory()
+    except (RuntimeError, MemoryError) as err:
+        if not framework.out_of_memory(err):
+            raise
+        peak = framework.peak_gb()
+        framework.release()
+        return {**record_identity(work, batch_size, decode=framework.decodes),
+                "status": "out_of_memory", "error": str(err).split("\n")[0],
+                "peak_memory_gb": peak, **_peak_note(framework, peak), **framework.info()}
+    first, counts = runs[0], {}
+    if adaptive and first["steps_taken"] is not None:
+        # this run's counts, not those of the MLX run the plan recorded
+        plan = dataclasses.replace(plan, steps_taken=first["steps_taken"],
+                                   passes_used=first["forward_passes"])
+    peak = framework.peak_gb()
+    record = record_identity(work, batch_size, plan=plan, decode=framework.decodes)
     timing = summarize_runs(runs, total_steps, batch_size, record["gflops_per_image"],
                             num_tokens=plan.num_tokens if work.paradigm == "next-token" else None,
-                            has_decode=work.decode is not None)
-    return {**record, "status": "ok", **timing, "peak_memory_gb": peak / 1e9, "trials": trials}
+                            has_decode=framework.decodes)
+    if first["forward_passes"] is not None:
+        if not timing["extrapolated"]:  # counted, not taken from the plan
+            guidance = 2 if plan.cfg_scale != 1.0 else 1
+            record["forward_passes_per_image"] = first["forward_passes"] * guidance
+        counts = {"forward_passes_source": "counted" if not timing["extrapolated"]
+                  else "plan (the timed loop was cut short)",
+                  "forward_passes_counted": first["forward_passes"]}
+    return {**record, "status": "ok", **timing, **counts, "peak_memory_gb": peak,
+            **_peak_note(framework, peak), "trials": trials, **framework.info()}
+
+
+def _peak_note(framework: Framework, peak: float | None) -> dict:
+    return {} if peak is not None else {"peak_memory_note": framework.peak_memory_note}
 
 
 def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_per_image: float,

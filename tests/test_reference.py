@@ -309,10 +309,12 @@ def test_the_torch_namespace_implements_every_operation_the_loops_call():
 
 
 def test_top_k_and_top_p_filtering_keep_the_mlx_tokens():
-    logits = torch.log(torch.tensor([[0.05, 0.4, 0.1, 0.3, 0.15]]))
-    assert torch.isfinite(samplers.filter_logits(logits, top_k=2)).tolist() == [
+    from mlx_imgen.reference.arrays import TorchArrays
+
+    logits, xp = torch.log(torch.tensor([[0.05, 0.4, 0.1, 0.3, 0.15]])), TorchArrays("cpu")
+    assert torch.isfinite(next_token.filter_logits(logits, top_k=2, xp=xp)).tolist() == [
         [False, True, False, True, False]]
-    assert torch.isfinite(samplers.filter_logits(logits, top_p=0.75)).tolist() == [
+    assert torch.isfinite(next_token.filter_logits(logits, top_p=0.75, xp=xp)).tolist() == [
         [False, True, False, True, True]]
 
 

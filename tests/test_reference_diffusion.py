@@ -19,6 +19,7 @@ from mlx_imgen.profiling import Workload, profile_workload  # noqa: E402
 from mlx_imgen.reference import backbone as tb  # noqa: E402
 from mlx_imgen.reference import kl as tkl  # noqa: E402
 from mlx_imgen.reference import samplers  # noqa: E402
+from mlx_imgen.reference.arrays import TorchArrays  # noqa: E402
 from mlx_imgen.reference.profiling import profile_reference  # noqa: E402
 
 LABELS = np.array([1, 7], dtype=np.int32)
@@ -149,7 +150,8 @@ def test_torch_dopri5_takes_mlx_steps_on_the_same_ode():
     y0 = np.linspace(-1.5, 1.5, 12).astype(np.float32)
     mlx_stats, torch_stats = {}, {}
     expected = list(diffusion.dopri5(field, mx.array(y0), stats=mlx_stats))
-    out = list(samplers.dopri5(field, torch.from_numpy(y0), stats=torch_stats))
+    out = list(diffusion.dopri5(field, torch.from_numpy(y0), stats=torch_stats,
+                                xp=TorchArrays("cpu")))
     assert torch_stats == mlx_stats and mlx_stats["steps"] >= 4
     np.testing.assert_allclose([t for _, t in out], [t for _, t in expected], rtol=1e-6)
     np.testing.assert_allclose(out[-1][0].numpy(), np.array(expected[-1][0]), atol=1e-5)

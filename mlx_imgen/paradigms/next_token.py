@@ -76,19 +76,19 @@ def decode(model, labels, plan: NextTokenPlan, draws, xp=MLX) -> Iterator:
     """The decoding loop in the namespace `xp`: yields the sampled ids (B, 1) of each token."""
     if plan.num_tokens < 1:
         raise ValueError("the number of tokens must be at least 1")
-    use_cfg = plan.cfg_scale != 1.0
-    cond_labels = with_null(labels, model.null_class, xp) if use_cfg else labels
-    cfg = model.config
-    context = cfg.prefix_tokens + cfg.registers + plan.num_tokens
+    guided = plan.cfg_scale != 1.0
+    cond_labels = with_null(labels, model.null_class, xp) if guided else labels
+    config = model.config
+    context = config.prefix_tokens + config.registers + plan.num_tokens
     cache = model.make_cache(cond_labels.shape[0], context)
     empty = xp.zeros((cond_labels.shape[0], 0), dtype=xp.ids)
     logits = model(empty, cond_labels, cache=cache)[:, -1]
     for i in range(plan.num_tokens):
-        if use_cfg:
+        if guided:
             logits = guide(logits, plan.cfg_scale, xp)
         token = xp.astype(sample_token(logits, plan, draws, i, xp), xp.ids)[:, None]
         if i + 1 < plan.num_tokens:
-            logits = model(doubled(token, xp) if use_cfg else token, cache=cache)[:, -1]
+            logits = model(doubled(token, xp) if guided else token, cache=cache)[:, -1]
             xp.async_eval(logits, token)
         else:
             xp.eval(token)

@@ -59,11 +59,11 @@ def load_mlx_weights(torch_model, mlx_model, *, rename=None, keep=None) -> None:
 
     Conv weights go from MLX's OHWI to torch's OIHW, and a 1x1 conv into a linear. The names,
     and the shapes after that, must match one to one; otherwise KeyMismatchError lists the
-    missing, unexpected and mis-shaped names.
+    missing, unexpected and mis-shaped names (`weights.keymap.check_names`).
     """
     from mlx.utils import tree_flatten
 
-    from mlx_imgen.weights.keymap import KeyMismatchError
+    from mlx_imgen.weights.keymap import check_names
     torch = require_torch()
     # the autoencoders give their weights under upstream's names, which the torch models keep
     source = mlx_model.upstream_layout() if hasattr(mlx_model, "upstream_layout") else \
@@ -79,17 +79,9 @@ def load_mlx_weights(torch_model, mlx_model, *, rename=None, keep=None) -> None:
             if name in target and target[name].ndim == 2:
                 tensor = tensor.reshape(target[name].shape)
         weights[name] = tensor
-    missing = sorted(set(target) - set(weights))
-    unexpected = sorted(set(weights) - set(target))
-    misshaped = sorted(f"{k}: {tuple(weights[k].shape)} from MLX, {tuple(target[k].shape)} in "
-                       "torch" for k in set(target) & set(weights)
-                       if tuple(weights[k].shape) != tuple(target[k].shape))
-    if missing or unexpected or misshaped:
-        parts = [f"{title} ({len(keys)}): {', '.join(keys[:12])}"
-                 + (f" and {len(keys) - 12} more" if len(keys) > 12 else "")
-                 for title, keys in (("missing", missing), ("unexpected", unexpected),
-                                     ("wrong shape", misshaped)) if keys]
-        raise KeyMismatchError("The MLX model does not fit the torch mirror: " + "; ".join(parts))
+    shapes = {name: tuple(tensor.shape) for name, tensor in weights.items()}
+    check_names({name: tuple(t.shape) for name, t in target.items()}, shapes, "MLX model",
+                "torch mirror")
     with torch.no_grad():
         for name, tensor in weights.items():
             target[name].copy_(tensor.to(target[name].dtype))

@@ -69,12 +69,7 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-def make_mlp(kind: str, dims: int, hidden: int, bias: bool):
-    if kind == "gelu_tanh":
-        return GeluMLP(dims, hidden, bias)
-    if kind == "swiglu":
-        return SwiGLU(dims, hidden, bias)
-    raise ValueError(f"unknown MLP {kind!r}; use 'gelu_tanh' or 'swiglu'")
+MLPS = {"gelu_tanh": GeluMLP, "swiglu": SwiGLU}
 
 
 class KVCache:
@@ -86,14 +81,10 @@ class KVCache:
         self.values = torch.zeros_like(self.keys)
         self.offset = 0
 
-    @property
-    def max_length(self) -> int:
-        return self.keys.shape[2]
-
     def update_and_fetch(self, keys, values):
         end = self.offset + keys.shape[2]
-        if end > self.max_length:
-            raise ValueError(f"KV cache holds {self.max_length} positions; "
+        if end > self.keys.shape[2]:
+            raise ValueError(f"KV cache holds {self.keys.shape[2]} positions; "
                              f"cannot write up to {end}")
         self.keys[:, :, self.offset:end] = keys
         self.values[:, :, self.offset:end] = values
@@ -174,53 +165,32 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)           # row-major tokens, as MLX's reshape
 
 
-def frequencies(dims: int, max_period: float = 10000.0, shift: float = 0.0):
-    """max_period ** (-k / (half - shift)) for k < dims // 2, float32 (shift 1: diffusers')."""
-    half = dims // 2
-    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32)
-                     / (half - shift))
-
-
-def mlx_frequencies(dims: int, max_period: float = 10000.0, shift: float = 0.0):
-    """The same table as MLX computes it. MLX's CPU exp is up to 1 ulp from torch's; at
-    t * 1000 that moves cos/sin by about 6e-5, so a mirror loaded from MLX takes MLX's table."""
+def mlx_frequencies(dims: int, shift: float, max_period: float = 10000.0):
+    """max_period ** (-k / (half - shift)) for k < dims // 2 (shift 1: diffusers'), computed by
+    MLX: its CPU exp is up to 1 ulp from torch's, which at t * 1000 moves cos/sin by about 6e-5,
+    so the mirror takes MLX's table."""
     import mlx.core as mx
     half = dims // 2
     table = mx.exp(-math.log(max_period) * mx.arange(half, dtype=mx.float32) / (half - shift))
     return torch.from_numpy(np.array(table))
 
 
-def timestep_frequencies(t, freqs, dims: int):
-    """Sinusoidal features [cos, sin] of (possibly fractional) timesteps, shape (B, dims)."""
-    args = t.to(torch.float32)[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dims % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
-
-
 class TimestepEmbedder(nn.Module):
+    """Sinusoidal features [cos, sin] of (possibly fractional) timesteps, through a SiLU MLP."""
+
     def __init__(self, dims: int, frequency_dims: int = 256, freq_shift: float = 0.0):
         super().__init__()
-        self.frequency_dims = frequency_dims
-        self.freq_shift = freq_shift
         self.linear1 = nn.Linear(frequency_dims, dims)
         self.linear2 = nn.Linear(dims, dims)
-        self.register_buffer("_freqs", frequencies(frequency_dims, shift=freq_shift),
+        self.register_buffer("_freqs", mlx_frequencies(frequency_dims, freq_shift),
                              persistent=False)
 
     def forward(self, t):
-        features = timestep_frequencies(t, self._freqs, self.frequency_dims)
+        args = t.to(torch.float32)[:, None] * self._freqs[None]
+        features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if self.linear1.in_features % 2:
+            features = torch.cat([features, torch.zeros_like(features[:, :1])], dim=-1)
         return self.linear2(F.silu(self.linear1(features)))
-
-
-class LearnedPositions(nn.Module):
-    def __init__(self, length: int, dims: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(length, dims) * 0.02)
-
-    def forward(self, offset: int, length: int):
-        return self.weight[offset:offset + length]
 
 
 def modulate(x, shift, scale):
@@ -239,13 +209,12 @@ class Block(nn.Module):
                          qk_norm_per_head=cfg.qk_norm_per_head)
         self.norm1 = make_norm(cfg.norm, cfg.width, cfg.norm_eps, cfg.norm_affine)
         self.attn = Attention(cfg.width, cfg.heads, fused_qkv=cfg.fused_qkv, **attention)
-        self.has_cross = bool(cfg.context_dim)
         if cfg.context_dim:
             self.norm_cross = make_norm(cfg.norm, cfg.width, cfg.norm_eps, True)
             self.cross_attn = Attention(cfg.width, cfg.heads, kv_dims=cfg.context_dim, **attention)
         mlp_norm_eps = cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
         self.norm2 = make_norm(cfg.norm, cfg.width, mlp_norm_eps, cfg.norm_affine)
-        self.mlp = make_mlp(cfg.mlp, cfg.width, cfg.hidden, cfg.mlp_bias)
+        self.mlp = MLPS[cfg.mlp](cfg.width, cfg.hidden, cfg.mlp_bias)
         self.adaln = cfg.conditioning == "adaln"
         if self.adaln:
             self.modulation = nn.Linear(cfg.width, 6 * cfg.width)
@@ -286,7 +255,7 @@ class TorchTransformer(nn.Module):
         if cfg.registers:
             self.register_tokens = nn.Parameter(torch.zeros(cfg.registers, w))
         if cfg.positions == "learned":
-            self.pos_embed = LearnedPositions(cfg.num_tokens, w)
+            self.pos_embed = nn.Embedding(cfg.num_tokens, w)
         elif cfg.positions == "sincos2d":
             self.register_buffer("_sincos", _table(sincos_2d(w, cfg.grid_size)), persistent=False)
         elif cfg.positions == "rope2d":
@@ -333,11 +302,11 @@ class TorchTransformer(nn.Module):
             h = self.token_embed(x)
         else:
             h = self.patch_embed(x.to(self.head.weight.dtype))
+        # additive positions index image tokens only; the prefix sits before them
         image_offset = max(offset - cfg.prefix_tokens - cfg.registers, 0)
-        if cfg.positions == "learned":
-            h = h + self.pos_embed(image_offset, h.shape[1])
-        elif cfg.positions == "sincos2d":
-            h = h + self._sincos[image_offset:image_offset + h.shape[1]].to(h.dtype)
+        if cfg.positions in ("learned", "sincos2d"):
+            table = self.pos_embed.weight if cfg.positions == "learned" else self._sincos
+            h = h + table[image_offset:image_offset + h.shape[1]].to(h.dtype)
         image_tokens = h.shape[1]
         extra = []
         if cfg.conditioning == "prefix" and labels is not None:
@@ -389,16 +358,12 @@ def _causal_mask(offset: int, length: int, device=None):
 
 def load_from_mlx(torch_model: TorchTransformer, mlx_model) -> TorchTransformer:
     """Copy an MLX Transformer's weights into its torch mirror (strict names and shapes); the
-    mirror's parameters take the MLX model's dtype, its position tables stay float32, and its
-    timestep frequencies become MLX's (see `mlx_frequencies`)."""
+    mirror's parameters take the MLX model's dtype, its position and frequency tables stay
+    float32."""
     dtype = torch_dtype(mlx_model.head.weight.dtype)
     for param in torch_model.parameters():
         param.data = param.data.to(dtype)
     load_mlx_weights(torch_model, mlx_model)
-    if torch_model.config.timestep:
-        embedder = torch_model.time_embed
-        embedder._freqs.copy_(mlx_frequencies(embedder.frequency_dims,
-                                              shift=embedder.freq_shift))
     return torch_model
 
 

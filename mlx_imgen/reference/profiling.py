@@ -1,20 +1,18 @@
 """The torch side of `profile --reference torch`: the same workload, weights and sampling plan
-(and for diffusion MLX's noise), timed like `mlx_imgen.profiling.profile_workload` and reported
-with the same record fields.
+(and for diffusion MLX's noise), measured by `mlx_imgen.profiling.measure` like the MLX run and
+reported with the same record fields. This module is the torch adapter: device, synchronisation,
+peak memory, threads and the torch models built from the MLX workload.
 
-Warm-up runs are excluded; on CUDA every step ends with `torch.cuda.synchronize` (on MPS with
-`torch.mps.synchronize`), so a step's time covers its kernels. Model calls are counted, not
-inferred from the plan.
+On CUDA every step ends with `torch.cuda.synchronize` (on MPS with `torch.mps.synchronize`), so
+a step's time covers its kernels. Model calls are counted, not inferred from the plan.
 """
 
-import dataclasses
 import os
 import platform
-import time
 from typing import Callable
 
-from mlx_imgen.paradigms import Dopri5Plan, GaussianPlan, SDEPlan
-from mlx_imgen.profiling import Workload, _cpu_name, record_identity, summarize_runs, timed_runs
+from mlx_imgen.paradigms import diffusion
+from mlx_imgen.profiling import Framework, Workload, _cpu_name, check_sizes, measure
 
 from . import pick_device, require_torch
 from .backbone import from_mlx
@@ -22,77 +20,75 @@ from .samplers import iterate, replay_mlx_noise
 
 torch = require_torch()
 
-PEAK_MEMORY_NOTE = "torch reports peak memory on CUDA only (torch.cuda.max_memory_allocated)"
 
+class TorchFramework(Framework):
+    """The torch mirror `model` of `work` on `device`, with a torch `decode` (or None)."""
+    oom_types = (torch.cuda.OutOfMemoryError, MemoryError)
+    peak_memory_note = "torch reports peak memory on CUDA only (torch.cuda.max_memory_allocated)"
 
-def _synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
+    def __init__(self, model, work: Workload, device: str, decode: Callable | None):
+        self.model, self.work, self.device = model, work, device
+        self._decode, self.decodes = decode, decode is not None
 
+    def labels(self, batch_size: int):
+        return torch.arange(batch_size, device=self.device) % self.model.config.num_classes
 
-def device_info(device: str) -> dict:
-    """Framework, device, torch version and threads, for the reference record. `ld_preload`
-    matters on CPU: a BLAS preloaded for MLX also serves some of torch's matmuls, and its
-    thread pool competes with torch's."""
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    elif device == "mps":
-        name = f"Apple GPU (MPS), {platform.machine()}"
-    else:
-        name = _cpu_name()
-    return {"framework": "torch", "device": device, "device_name": name,
-            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "ld_preload": os.environ.get("LD_PRELOAD") or None}
-
-
-def _run_once(model, work: Workload, labels, max_steps: int, seed: int, device: str,
-              decode=None) -> dict:
-    """One timed generation of the torch mirror; the loop stops after `max_steps` steps."""
-    kwargs = _mlx_noise(work.plan, seed, (labels.shape[0], *work.latent_shape), device) \
-        if work.latent_shape else {}
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        conditioning = model.class_embed(labels)
-    _synchronize(device)
-    del conditioning
-    t1 = time.perf_counter()
-    run = iterate(model, labels, work.plan, seed=seed, **kwargs)
-    step_times, last, start = [], None, t1
-    for i, last in enumerate(run):
-        _synchronize(device)
-        now = time.perf_counter()
-        step_times.append(now - start)
-        start = now
-        if i + 1 >= max_steps:
-            break
-    decode_s = 0.0
-    if decode is not None:
-        # as the MLX harness: decoding costs the same whatever the codes are, so a loop cut
-        # short still times the decode of a full-size batch
-        samples = last if work.latent_shape else torch.zeros(
-            (labels.shape[0], model.config.num_tokens), dtype=torch.long, device=labels.device)
-        t2 = time.perf_counter()
+    def embed(self, labels):
         with torch.inference_mode():
-            decode(samples)
-        _synchronize(device)
-        decode_s = time.perf_counter() - t2
-    return {"conditioning_s": t1 - t0, "step_times": step_times, "decode_s": decode_s,
-            "forward_passes": run.forward_passes, "steps_taken": run.steps_taken}
+            return self.model.class_embed(labels)
 
+    def sampling(self, labels, seed: int) -> Callable:
+        """The MLX run's initial and step noise are drawn here, before the clock starts: the
+        torch run then does the MLX run's work (an adaptive solver's step count depends on
+        where it starts)."""
+        plan, kwargs = self.work.plan, {}
+        if self.work.latent_shape:
+            shape = (labels.shape[0], *self.work.latent_shape)
+            noise, step_noise = replay_mlx_noise(plan, seed, shape)
+            kwargs["noise"] = noise.to(self.device)
+            if diffusion.random_steps(plan):
+                kwargs["step_noise"] = [step_noise(i, shape) for i in range(plan.steps)]
+        return lambda: iterate(self.model, labels, plan, seed=seed, **kwargs)
 
-def _mlx_noise(plan, seed: int, shape: tuple, device: str) -> dict:
-    """The initial and step noise of the MLX run with this seed, drawn before the clock
-    starts: the torch run then does the MLX run's work (an adaptive solver's step count
-    depends on where it starts)."""
-    noise, step_noise = replay_mlx_noise(plan, seed, shape)
-    kwargs = {"noise": noise.to(device)}
-    stochastic = isinstance(plan, SDEPlan) or (
-        isinstance(plan, GaussianPlan) and (plan.sampler == "ddpm" or plan.eta > 0))
-    if stochastic:
-        kwargs["step_noise"] = [step_noise(i, shape) for i in range(plan.steps)]
-    return kwargs
+    def sync(self, value=None) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        elif self.device == "mps":
+            torch.mps.synchronize()
+
+    step_done = sync
+
+    def decode(self, samples):
+        with torch.inference_mode():
+            return self._decode(samples)
+
+    def zero_codes(self, shape: tuple):
+        return torch.zeros(shape, dtype=torch.long, device=self.device)
+
+    def reset_peak(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gb(self) -> float | None:
+        return torch.cuda.max_memory_allocated() / 1e9 if self.device == "cuda" else None
+
+    def release(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def info(self) -> dict:
+        """Framework, device, torch version and threads, for the reference record. `ld_preload`
+        matters on CPU: a BLAS preloaded for MLX also serves some of torch's matmuls, and its
+        thread pool competes with torch's."""
+        if self.device == "cuda":
+            name = torch.cuda.get_device_name()
+        elif self.device == "mps":
+            name = f"Apple GPU (MPS), {platform.machine()}"
+        else:
+            name = _cpu_name()
+        return {"framework": "torch", "device": self.device, "device_name": name,
+                "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+                "ld_preload": os.environ.get("LD_PRELOAD") or None}
 
 
 def torch_decoder(autoencoder, kind: str | None = None, device: str | None = None,
@@ -131,10 +127,7 @@ def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
     it for every batch size. `threads` sets torch's intra-op threads for this call only. A
     batch that runs out of memory gives a record with status "out_of_memory" instead of raising.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    if trials < 1:
-        raise ValueError(f"trials must be at least 1, got {trials}")
+    check_sizes(batch_size, trials)
     device = device or pick_device()
     if autoencoder is not None:
         if decode is not None:
@@ -151,58 +144,7 @@ def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure(model, work, batch_size, trials, step_budget_s, seed, device, decode)
-    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and not isinstance(err, torch.cuda.OutOfMemoryError) \
-                and "out of memory" not in str(err).lower():
-            raise
-        peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
-        del model
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        return {**record_identity(work, batch_size, decode=decode is not None),
-                "status": "out_of_memory",
-                "error": str(err).split("\n")[0], "peak_memory_gb": peak,
-                **_peak_note(peak), **device_info(device)}
+        framework = TorchFramework(model, work, device, decode)
+        return measure(framework, work, batch_size, trials, step_budget_s, seed)
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def _peak_note(peak) -> dict:
-    return {} if peak is not None else {"peak_memory_note": PEAK_MEMORY_NOTE}
-
-
-def _measure(model, work: Workload, batch_size: int, trials: int, step_budget_s, seed: int,
-             device: str, decode) -> dict:
-    plan = work.plan
-    labels = torch.arange(batch_size, device=device) % model.config.num_classes
-    adaptive = isinstance(plan, Dopri5Plan)
-
-    def reset_peak():
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-
-    runs, total_steps = timed_runs(
-        lambda steps: _run_once(model, work, labels, steps, seed, device, decode), plan.steps,
-        trials, step_budget_s, adaptive, reset_peak)
-    first = runs[0]
-    if adaptive:  # the counts of this run, not of the MLX run the plan recorded
-        plan = dataclasses.replace(plan, steps_taken=first["steps_taken"],
-                                   passes_used=first["forward_passes"])
-    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
-    record = record_identity(work, batch_size, plan=plan, decode=decode is not None)
-    timing = summarize_runs(runs, total_steps, batch_size, record["gflops_per_image"],
-                            num_tokens=plan.num_tokens if work.paradigm == "next-token" else None,
-                            has_decode=decode is not None)
-    if not timing["extrapolated"]:  # counted, not taken from the plan
-        guidance = 2 if plan.cfg_scale != 1.0 else 1
-        record["forward_passes_per_image"] = first["forward_passes"] * guidance
-    return {
-        **record, "status": "ok", **timing,
-        "forward_passes_source": "plan (the timed loop was cut short)" if timing["extrapolated"]
-        else "counted",
-        "forward_passes_counted": first["forward_passes"],
-        "peak_memory_gb": peak, **_peak_note(peak),
-        "trials": trials,
-        **device_info(device),
-    }

@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from mlx_imgen.paradigms import diffusion, masked_token, next_token, paradigm_of
+from mlx_imgen.paradigms.keys import image_keys
 
 from . import require_torch, to_torch
 from .arrays import TorchArrays
@@ -117,24 +118,16 @@ class ReplayedSteps:
         return value
 
 
-def _device(model):
-    return model.head.weight.device
-
-
-def _labels(labels, device):
-    return _tensor(labels, device).long()
-
-
 # ---------------------------------------------------------------- one run per paradigm
 
 def _token_run(loop):
     """A next- or masked-token run of `loop`; `draws` (e.g. MLX's TokenDraws or Draws, see
     `replay_mlx_draws`) replaces the generator's random numbers."""
     def run(model, labels, plan, *, seed=None, draws=None):
-        device = _device(model)
+        device = model.head.weight.device
         draws = GeneratorDraws(device, seed) if draws is None else OnDevice(draws, device)
-        return Sampling(model, plan, lambda m, p: loop(m, _labels(labels, device), p, draws,
-                                                       TorchArrays(device)))
+        given = _tensor(labels, device).long()
+        return Sampling(model, plan, lambda m, p: loop(m, given, p, draws, TorchArrays(device)))
     return run
 
 
@@ -142,8 +135,8 @@ def _diffusion(model, labels, plan, *, seed=None, noise=None, latent_shape=None,
                step_noise=None):
     """`noise` gives the start, else it is drawn from `seed` in `latent_shape`; `step_noise`
     (i, shape) -> step i's standard normal draw (or a sequence) replaces the generator's."""
-    device = _device(model)
-    given = _labels(labels, device)
+    device = model.head.weight.device
+    given = _tensor(labels, device).long()
     draws = GeneratorDraws(device, seed)
     if noise is None:
         if latent_shape is None:
@@ -163,7 +156,8 @@ def _diffusion(model, labels, plan, *, seed=None, noise=None, latent_shape=None,
     return Sampling(model, plan, loop)
 
 
-RUNS = {"next-token": _token_run(next_token.decode), "masked-token": _token_run(masked_token.unmask),
+RUNS = {"next-token": _token_run(next_token.decode),
+        "masked-token": _token_run(masked_token.unmask),
         "diffusion": _diffusion}
 FINAL = {"next-token": lambda steps: torch.cat(steps, dim=1),
          "masked-token": lambda steps: steps[-1].tokens, "diffusion": lambda steps: steps[-1]}
@@ -185,8 +179,6 @@ def generate(model, labels, plan, *, seed: int | None = None, **kwargs):
 def replay_mlx_draws(plan, seed: int | None, batch: int, first_index: int = 0):
     """The draws of MLX's next- or masked-token run with `seed` for images `first_index`, ...:
     passed as `draws=`, they make a torch run replay that MLX run's random numbers."""
-    from mlx_imgen.paradigms.keys import image_keys
-
     keys = image_keys(batch, seed=seed, first=first_index)
     if paradigm_of(plan) == "next-token":
         return next_token.TokenDraws(keys, plan.num_tokens)
@@ -198,19 +190,7 @@ def replay_mlx_noise(plan, seed: int | None, shape: tuple, first_index: int = 0)
     latents of `shape` (B, H, W, C), the batch being images `first_index`, ... of the run (see
     `diffusion.Noise`), as torch tensors: passed as `noise=` and `step_noise=`, they make a
     torch run replay that MLX run's random numbers."""
-    from mlx_imgen.paradigms.keys import image_keys
-
     draws = diffusion.Noise(image_keys(shape[0], seed=seed, first=first_index),
                             diffusion.random_steps(plan))
     return to_torch(draws.start(shape[1:])), lambda i, step_shape: to_torch(
         draws.step(i, step_shape))
-
-
-# ---------------------------------------------------------------- single helpers in torch
-
-def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
-    return next_token.filter_logits(logits, top_k, top_p, TorchArrays(logits.device))
-
-
-def dopri5(f, y, *args, **kwargs) -> Iterator:
-    return diffusion.dopri5(f, y, *args, xp=TorchArrays(y.device), **kwargs)

@@ -217,12 +217,19 @@ def check_weights(model: nn.Module, weights: dict[str, mx.array], what: str = "c
 
 def check_shapes(model: nn.Module, shapes: dict[str, tuple], what: str = "checkpoint") -> None:
     """check_weights from the weights' shapes alone (the model's parameters stay unevaluated)."""
-    expected = dict(tree_flatten(model.parameters()))
+    expected = {k: v.shape for k, v in tree_flatten(model.parameters())}
+    check_names(expected, shapes, what, "model")
+
+
+def check_names(expected: dict[str, tuple], shapes: dict[str, tuple], source: str,
+                target: str) -> None:
+    """Raise KeyMismatchError listing the names the `source` lacks, those the `target` lacks and
+    those whose shapes differ, given each side's name -> shape."""
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
-    misshaped = sorted(f"{k}: {tuple(shapes[k])} in the {what}, {tuple(expected[k].shape)} "
-                       f"in the model" for k in set(expected) & set(shapes)
-                       if tuple(shapes[k]) != tuple(expected[k].shape))
+    misshaped = sorted(f"{k}: {tuple(shapes[k])} in the {source}, {tuple(expected[k])} in the "
+                       f"{target}" for k in set(expected) & set(shapes)
+                       if tuple(shapes[k]) != tuple(expected[k]))
     if missing or unexpected or misshaped:
         parts = []
         if missing:
@@ -231,7 +238,7 @@ def check_shapes(model: nn.Module, shapes: dict[str, tuple], what: str = "checkp
             parts.append(_listing("unexpected", unexpected))
         if misshaped:
             parts.append(_listing("wrong shape", misshaped))
-        raise KeyMismatchError(f"The {what} does not fit the model: " + "; ".join(parts))
+        raise KeyMismatchError(f"The {source} does not fit the {target}: " + "; ".join(parts))
 
 
 def _listing(title: str, keys: list[str], limit: int = 12) -> str:
