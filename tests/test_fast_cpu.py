@@ -5,7 +5,9 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_imgen.nn.activations import gelu_tanh, gelu_tanh_fused, silu_gate, silu_gate_fused
+from mlx_imgen.nn.activations import (gelu_tanh, gelu_tanh_fused, silu_gate, silu_gate_fused,
+                                       softmax_fused)
+from mlx_imgen.nn.attention import attention_cpu
 
 SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, 1e-7, -1e-7, 3.0, -3.0, 5.0, -5.0, 9.0, -9.0,
            20.0, -20.0, 88.0, -88.0, 1e4, -1e4, 1e13, -1e13, 1e30, -1e30, 3e38, -3e38,
@@ -67,3 +69,35 @@ def test_cpu_device_takes_the_fused_path():
         assert mx.array_equal(silu_gate(gate, up), silu_gate_fused(gate, up), equal_nan=True)
     finally:
         mx.set_default_device(device)
+
+
+def _sdpa_inputs(seed, batch, heads, queries, keys, dims, scale):
+    rng = np.random.default_rng(seed)
+    q, k, v = (mx.array((rng.standard_normal((batch, heads, n, dims)) * scale).astype(np.float32))
+               for n in (queries, keys, keys))
+    return q, k, v
+
+
+@pytest.mark.parametrize("spread", [1.0, 30.0, 1e3])
+@pytest.mark.parametrize("mask_kind", [None, "causal", "bool", "additive"])
+def test_cpu_attention_is_fast_sdpa(spread, mask_kind):
+    queries, keys = (5, 12) if mask_kind != "causal" else (12, 12)
+    q, k, v = _sdpa_inputs(int(spread), 2, 3, queries, keys, 16, spread)
+    rng = np.random.default_rng(7)
+    mask = {None: None, "causal": "causal",
+            "bool": mx.array(np.arange(keys)[None] <= np.arange(keys - queries, keys)[:, None]),
+            "additive": mx.array(rng.standard_normal((queries, keys)).astype(np.float32))}[mask_kind]
+    with mx.stream(mx.cpu):
+        fast = attention_cpu(q, k, v, 0.25, mask)
+        plain = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)
+        assert not np.isnan(np.array(fast)).any()
+        np.testing.assert_allclose(np.array(fast), np.array(plain), rtol=1e-5,
+                                   atol=1e-5 * spread)
+
+
+def test_fused_softmax_extremes():
+    rows = np.array([[0.0, 0.0, 0.0], [1e4, -1e4, 0.0], [-np.inf, 0.0, 1.0], [3e38, 3e38, -3e38],
+                     [-1e30, -1e30, -1e30], [np.nan, 0.0, 1.0]], dtype=np.float32)
+    x = mx.array(rows)
+    with mx.stream(mx.cpu):
+        assert_same_function(np.array(softmax_fused(x)), np.array(mx.softmax(x, axis=-1)))

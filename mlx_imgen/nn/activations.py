@@ -3,10 +3,12 @@
 On the CPU every MLX elementwise op is its own pass, and tanh is a scalar libm call per element
 (GELU over (8, 256, 3072) took 167 ms). A compiled kernel runs the whole chain in one loop, and
 with the flags `mlx_imgen.blas` gives MLX's runtime compiler it vectorises, exp included (MLX's
-exp is a polynomial, its tanh is not). Metal and CUDA keep the plain formulas.
+exp is a polynomial, its tanh is not). Metal and CUDA keep the plain formulas; so does the CPU
+with MLX_IMGEN_FAST_CPU=0 (for comparisons).
 """
 
 import math
+import os
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -15,8 +17,12 @@ import mlx.nn as nn
 _TWICE_SQRT_2_OVER_PI = 2 * math.sqrt(2 / math.pi)
 
 
-def on_cpu() -> bool:
-    return mx.default_device().type == mx.cpu
+_FAST_CPU = os.environ.get("MLX_IMGEN_FAST_CPU", "1") != "0"
+
+
+def use_fast_cpu() -> bool:
+    """Whether to take the fused formulations: on MLX's CPU device, unless opted out."""
+    return _FAST_CPU and mx.default_device().type == mx.cpu
 
 
 @mx.compile
@@ -31,9 +37,17 @@ def silu_gate_fused(gate: mx.array, up: mx.array) -> mx.array:
 
 def gelu_tanh(x: mx.array) -> mx.array:
     """GELU with the tanh approximation (nn.gelu_approx)."""
-    return gelu_tanh_fused(x) if on_cpu() else nn.gelu_approx(x)
+    return gelu_tanh_fused(x) if use_fast_cpu() else nn.gelu_approx(x)
 
 
 def silu_gate(gate: mx.array, up: mx.array) -> mx.array:
     """SwiGLU's silu(gate) * up."""
-    return silu_gate_fused(gate, up) if on_cpu() else nn.silu(gate) * up
+    return silu_gate_fused(gate, up) if use_fast_cpu() else nn.silu(gate) * up
+
+
+@mx.compile
+def softmax_fused(scores: mx.array) -> mx.array:
+    """Softmax over the last axis in float32, as two reductions around one fused exp pass."""
+    scores = scores.astype(mx.float32)
+    weights = mx.exp(scores - scores.max(axis=-1, keepdims=True))
+    return weights / weights.sum(axis=-1, keepdims=True)
