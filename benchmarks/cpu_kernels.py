@@ -23,7 +23,7 @@ import json, sys, time, math
 import mlx.core as mx, mlx.nn as nn
 from mlx_imgen.backbone import Transformer
 from mlx_imgen.grid import grid_config, latent_shape
-from mlx_imgen.nn.activations import gelu_tanh, softmax_fused, use_fast_cpu
+from mlx_imgen.nn.activations import gelu_tanh, softmax_fused, use_fast_cpu_softmax
 from mlx_imgen.nn.attention import attention_cpu
 repeats = int(sys.argv[1])
 
@@ -39,7 +39,7 @@ mx.random.seed(0)
 x = mx.random.normal((8, 256, 3072)); scores = mx.random.normal((8, 6, 257, 257)) * 3
 q = mx.random.normal((8, 6, 257, 64)); h = mx.random.normal((8, 257, 384))
 w, b, fc1 = mx.ones((384,)), mx.zeros((384,)), mx.random.normal((3072, 384)) * 0.05
-fast = use_fast_cpu()
+fast = use_fast_cpu_softmax()
 res["op gelu_tanh (8,256,3072)"] = timed(lambda: gelu_tanh(x))
 res["op softmax (8,6,257,257)"] = timed(lambda: softmax_fused(scores) if fast else mx.softmax(scores, axis=-1))
 res["op attention (8,6,257,64)"] = timed(
@@ -89,12 +89,13 @@ def setups() -> dict[str, dict]:
 
     base = {k: v for k, v in os.environ.items()
             if k not in ("LD_PRELOAD", blas.ENV_ACTIVE, blas.ENV_JIT_ACTIVE)}
-    base[blas.ENV_ACTIVE] = base[blas.ENV_JIT_ACTIVE] = "measured"  # no re-exec in children
+    base[blas.ENV_ACTIVE] = "reference"
+    base[blas.ENV_JIT_ACTIVE] = "plain"
     base["PATH"] = os.pathsep.join(p for p in base.get("PATH", "").split(os.pathsep)
                                    if f"mlx-imgen{os.sep}jit" not in p)  # MLX's plain g++
     library = blas.find_library()
     if library and blas.probe(library):
-        base["LD_PRELOAD"] = library
+        base["LD_PRELOAD"] = base[blas.ENV_ACTIVE] = library
     plain_jit = dict(base, TMPDIR=tempfile.mkdtemp(prefix="mlx-imgen-plain-jit-"))
     flagged = blas.jit_environment()
     out = {"plain": dict(plain_jit, MLX_IMGEN_FAST_CPU="0"),
@@ -127,8 +128,9 @@ def main() -> None:
             for case, values in run_child(script, env, args.repeats).items():
                 times.setdefault(case, {}).setdefault(name, []).extend(values)
     names = [*envs, "torch 1 thread"]
+    flags = envs["fused+flags"][blas.ENV_JIT_ACTIVE] if "fused+flags" in envs else "unverified"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"{blas.describe().split(';')[0]}; flags: {blas.JIT_FLAGS if 'fused+flags' in envs else 'unverified'}")
+          f"MLX BLAS {envs['plain'][blas.ENV_ACTIVE]}; compiler flags: {flags}")
     print(f"{args.rounds} rounds x {args.repeats} repeats; ms min / median; ratio = plain / fused+flags medians")
     print("| case | " + " | ".join(names) + " | plain / fused+flags |")
     print("|---" * (len(names) + 2) + "|")

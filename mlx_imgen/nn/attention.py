@@ -3,7 +3,7 @@
 import mlx.core as mx
 import mlx.nn as nn
 
-from .activations import softmax_fused, use_fast_cpu
+from .activations import softmax_fused, use_fast_cpu_softmax
 from .norms import make_norm
 from .positions import apply_rope
 
@@ -102,7 +102,9 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        if use_fast_cpu():
+        # One-token decode steps keep sdpa: their score rows are tiny, and a compiled softmax
+        # would retrace for every new key length.
+        if q.shape[2] > 1 and use_fast_cpu_softmax():
             out = attention_cpu(q, k, v, self.scale, mask)
         else:
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
