@@ -3,6 +3,7 @@
 import mlx.core as mx
 import mlx.nn as nn
 
+from .activations import softmax_fused, use_fast_cpu_softmax
 from .norms import make_norm
 from .positions import apply_rope
 
@@ -28,6 +29,23 @@ class KVCache:
         self.values[:, :, self.offset:end] = values
         self.offset = end
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+def attention_cpu(q: mx.array, k: mx.array, v: mx.array, scale: float,
+                  mask: mx.array | str | None = None) -> mx.array:
+    """`mx.fast.scaled_dot_product_attention` as two matmuls around a fused softmax: MLX's CPU
+    kernel for it runs a scalar exp; this one vectorises (see activations)."""
+    scores = (q * scale) @ k.swapaxes(-1, -2)
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"unknown attention mask {mask!r}; use 'causal' or an array")
+        queries, keys = scores.shape[-2:]
+        mask = mx.arange(keys)[None] <= mx.arange(keys - queries, keys)[:, None]
+    if mask is not None and mask.dtype == mx.bool_:
+        scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
+    elif mask is not None:
+        scores = scores + mask.astype(scores.dtype)
+    return softmax_fused(scores).astype(v.dtype) @ v
 
 
 class Attention(nn.Module):
@@ -84,6 +102,11 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        # One-token decode steps keep sdpa: their score rows are tiny, and a compiled softmax
+        # would retrace for every new key length.
+        if q.shape[2] > 1 and use_fast_cpu_softmax():
+            out = attention_cpu(q, k, v, self.scale, mask)
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         batch, _, length, _ = out.shape
         return self.out(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))

@@ -3,6 +3,8 @@
 import mlx.core as mx
 import mlx.nn as nn
 
+from .activations import gelu_tanh, silu_gate
+
 
 class GeluMLP(nn.Module):
     def __init__(self, dims: int, hidden: int, bias: bool = True):
@@ -11,7 +13,7 @@ class GeluMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dims, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(nn.gelu_approx(self.fc1(x)))
+        return self.fc2(gelu_tanh(self.fc1(x)))
 
 
 class SwiGLU(nn.Module):
@@ -22,7 +24,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dims, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down(nn.silu(self.gate(x)) * self.up(x))
+        return self.down(silu_gate(self.gate(x), self.up(x)))
 
 
 def swiglu_hidden(dims: int, multiple_of: int = 256, multiplier: float | None = None) -> int:
