@@ -52,11 +52,38 @@ def quantize_weight(weight: mx.array, bits: int, group_size: int) -> dict[str, m
     return {"weight": quantized, "scales": scales, "biases": biases}
 
 
+# Below this many input rows MLX's CPU quantized matmul beats dequantizing the weight first:
+# its scalar kernel costs about as much per weight and row as the dequantization costs per
+# weight, so from a handful of rows on (every forward but a batch-1 decode step) dequantizing
+# and running the BLAS matmul wins, by 20-90x at 512 rows (benchmarks/decode.py measures it).
+DEQUANTIZE_MIN_ROWS = 4
+
+
+class JustInTimeLinear(nn.QuantizedLinear):
+    """A quantized linear layer that, on MLX's CPU device and for at least DEQUANTIZE_MIN_ROWS
+    rows, dequantizes its weight for the call and multiplies in float: the weight stays
+    quantized at rest. Elsewhere (Metal, CUDA, few rows) it is MLX's quantized matmul."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if mx.default_device() != mx.cpu or x.size < DEQUANTIZE_MIN_ROWS * x.shape[-1]:
+            return super().__call__(x)
+        weight = mx.dequantize(self["weight"], self["scales"], self.get("biases"),
+                               group_size=self.group_size, bits=self.bits, mode=self.mode)
+        x = x @ weight.astype(x.dtype).T
+        if "bias" in self:
+            x = x + self["bias"]
+        return x
+
+
 def apply_structure(model: nn.Module, quantization: dict) -> None:
     """Swap the recorded layers for quantized ones (weights are loaded afterwards)."""
     wanted = set(quantization["modules"])
     nn.quantize(model, group_size=quantization["group_size"], bits=quantization["bits"],
                 class_predicate=lambda path, module: path in wanted)
+    for _, module in model.named_modules():
+        if type(module) is nn.QuantizedLinear:
+            # the subclass adds no state, only the CPU path of __call__
+            module.__class__ = JustInTimeLinear
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -188,6 +188,42 @@ def test_top_k_and_top_p_filtering_keep_the_right_tokens():
     assert kept_p.tolist() == [[False, True, False, True, True]]
 
 
+def test_confidence_of_the_sampled_id_equals_the_full_log_softmax_entry():
+    key_logits, key_noise = mx.random.split(mx.random.key(3))
+    normal = mx.random.normal((2, 64, 16384), key=key_logits) * 4
+    extreme = mx.where(normal > 6, -mx.inf, normal * 1e37)  # top-k'd ids and huge logits
+    for scaled in (normal, extreme):
+        sampled = mx.argmax(scaled + mx.random.gumbel(scaled.shape, key=key_noise), axis=-1)
+        plain = mx.take_along_axis(scaled - mx.logsumexp(scaled, axis=-1, keepdims=True),
+                                   sampled[..., None], axis=-1)[..., 0]
+        fast = masked_token.sampled_log_prob(scaled, sampled)
+        assert not mx.any(mx.isnan(plain)).item()
+        np.testing.assert_array_equal(np.array(fast), np.array(plain))
+
+
+def _sorted_top_k(logits, k):
+    """The plain definition: everything below the value a full sort puts k-th from the top."""
+    kth = mx.sort(logits, axis=-1)[..., -k][..., None]
+    return mx.where(logits < kth, -mx.inf, logits)
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 2000, 16383])
+def test_top_k_by_partial_selection_keeps_exactly_what_a_full_sort_keeps(k):
+    key = mx.random.key(k)
+    normal = mx.random.normal((3, 16384), key=key) * 5
+    # coarse values make many ties, with the k-th value among them; extreme ones test the ends
+    ties = mx.round(normal / 3)
+    extreme = mx.concatenate([normal[:, :-3] * 1e30, mx.array([[-mx.inf, mx.inf, 3e38]] * 3)],
+                             axis=-1)
+    for logits in (normal, ties, extreme):
+        fast, plain = filter_logits(logits, top_k=k), _sorted_top_k(logits, k)
+        np.testing.assert_array_equal(np.array(fast), np.array(plain))
+    # and the Gumbel-max tokens drawn after either are the same
+    noise = mx.random.gumbel((3, 16384), key=mx.random.key(1))
+    np.testing.assert_array_equal(np.array(mx.argmax(filter_logits(normal, top_k=k) + noise, -1)),
+                                  np.array(mx.argmax(_sorted_top_k(normal, k) + noise, -1)))
+
+
 def test_sampled_tokens_stay_within_top_k(causal_model):
     plan = NextTokenPlan(num_tokens=16, cfg_scale=1.0, temperature=1.0, top_k=1)
     greedy = NextTokenPlan(num_tokens=16, cfg_scale=1.0, temperature=0)

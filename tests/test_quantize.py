@@ -207,3 +207,40 @@ def test_info_check_bounds_8bit_error_for_every_family(family, tmp_path):
     else:
         assert rows[8]["top-1 agreement"] >= 0.9 and rows[8]["mean KL"] < 5e-3
         assert rows[4]["mean KL"] > rows[8]["mean KL"]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("rows", [1, 2, 4, 512])
+def test_just_in_time_dequantization_matches_mlx_quantized_layer(bits, rows):
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from mlx_imgen.quantize import JustInTimeLinear
+
+    key_w, key_x = mx.random.split(mx.random.key(bits))
+    layer = nn.Linear(384, 1536)
+    layer.weight = mx.random.normal((1536, 384), key=key_w) * 0.05
+    plain = nn.QuantizedLinear.from_linear(layer, 64, bits)
+    fast = nn.QuantizedLinear.from_linear(layer, 64, bits)
+    fast.__class__ = JustInTimeLinear
+    for scale in (1.0, 1e30):  # large inputs stay finite in both
+        x = mx.random.normal((rows, 384), key=key_x) * scale
+        with mx.stream(mx.cpu):
+            expected, got = plain(x), fast(x)
+        assert mx.all(mx.isfinite(expected)).item() and mx.all(mx.isfinite(got)).item()
+        # the same products summed in another order: fp32 rounding of the largest output
+        np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-4,
+                                   atol=1e-5 * float(mx.abs(expected).max()))
+
+
+def test_quantized_models_use_the_just_in_time_layer_and_keep_quantized_weights():
+    import mlx.nn as nn
+    from conftest import build, tiny_config
+
+    from mlx_imgen.quantize import JustInTimeLinear, quantize_model
+
+    model = build(tiny_config())
+    quantize_model(model, 8, 32)
+    linears = [m for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    assert linears and all(type(m) is JustInTimeLinear for m in linears)
+    assert all(m.weight.dtype == mx.uint32 for m in linears)

@@ -231,6 +231,13 @@ def tempered(logits, plan: MaskedTokenPlan, i: int):
 # write (the revealed ones too where the plan rewrites them) and the (B, k) positions this
 # step assigns, those of ranks before..after-1.
 
+def sampled_log_prob(scaled, sampled, xp=MLX):
+    """log softmax(scaled)[sampled] (B, N): the sampled id's logit less the logsumexp, the same
+    subtraction as the full log-probabilities without writing them over the vocabulary."""
+    chosen = xp.take_along_axis(scaled, sampled[..., None], axis=-1)
+    return (chosen - xp.logsumexp(scaled, axis=-1, keepdims=True))[..., 0]
+
+
 class ConfidenceOrder:
     """MaskGIT's: the most confident of the step's samples, Gumbel noise on the
     log-confidences annealed to 0 over the steps."""
@@ -240,8 +247,7 @@ class ConfidenceOrder:
 
     def select(self, i: int, before: int, after: int, scaled, sampled, masked):
         xp, plan = self.xp, self.plan
-        log_probs = xp.log_softmax(scaled, axis=-1)
-        confidence = xp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
+        confidence = sampled_log_prob(scaled, sampled, xp)
         noise_scale = plan.choice_temperature * (1.0 - plan.step_progress(i))
         if noise_scale > 0:
             confidence = confidence + noise_scale * self.draws.choice_noise(i, confidence.shape)

@@ -33,7 +33,9 @@ PARADIGM = "next-token"
 def filter_logits(logits, top_k: int = 0, top_p: float = 1.0, xp=MLX):
     """Keep the top-k logits, then the smallest set whose probability reaches top_p."""
     if 0 < top_k < logits.shape[-1]:
-        kth = xp.sort(logits, axis=-1)[..., -top_k][..., None]
+        # the k-th largest value by partial selection (topk partitions, no full sort): the
+        # same value a sort puts at -k, so ties with it stay exactly as a sort keeps them
+        kth = xp.min(xp.topk(logits, top_k, axis=-1), axis=-1, keepdims=True)
         logits = xp.where(logits < kth, -xp.inf, logits)
     if top_p < 1.0:
         order = xp.argsort(-logits, axis=-1)
@@ -88,10 +90,12 @@ def decode(model, labels, plan: NextTokenPlan, draws, xp=MLX) -> Iterator:
             logits = guide(logits, plan.cfg_scale, xp)
         token = xp.astype(sample_token(logits, plan, draws, i, xp), xp.ids)[:, None]
         if i + 1 < plan.num_tokens:
+            # queue the next forward pass, then wait for this token alone: the yielded token
+            # is computed (a timed loop that stops here has waited for all it timed) while the
+            # next pass runs behind it
             logits = model(doubled(token, xp) if guided else token, cache=cache)[:, -1]
-            xp.async_eval(logits, token)
-        else:
-            xp.eval(token)
+            xp.async_eval(logits)
+        xp.eval(token)
         yield token
 
 

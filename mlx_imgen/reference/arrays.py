@@ -67,6 +67,9 @@ class TorchArrays:
     def log_softmax(self, x, axis=-1):
         return torch.log_softmax(x, dim=axis)
 
+    def logsumexp(self, x, axis=-1, keepdims=False):
+        return torch.logsumexp(x, dim=axis, keepdim=keepdims)
+
     def cumsum(self, x, axis):
         return torch.cumsum(x, dim=axis)
 
