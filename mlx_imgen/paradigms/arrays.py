@@ -12,7 +12,8 @@ import mlx.core as mx
 OPERATIONS = (
     "concatenate", "split", "full", "zeros", "zeros_like", "arange", "asarray", "astype",
     "argmax", "argsort", "sort", "topk", "min", "take", "take_along_axis", "put_along_axis",
-    "where", "softmax", "log_softmax", "logsumexp", "cumsum", "abs", "maximum", "sqrt", "mean", "square",
+    "where", "softmax", "log_softmax", "logsumexp", "cumsum", "abs", "maximum", "sqrt", "mean",
+    "square",
     "eval", "async_eval",
 )
 

@@ -85,18 +85,22 @@ def decode(model, labels, plan: NextTokenPlan, draws, xp=MLX) -> Iterator:
     cache = model.make_cache(cond_labels.shape[0], context)
     empty = xp.zeros((cond_labels.shape[0], 0), dtype=xp.ids)
     logits = model(empty, cond_labels, cache=cache)[:, -1]
-    for i in range(plan.num_tokens):
-        if guided:
-            logits = guide(logits, plan.cfg_scale, xp)
-        token = xp.astype(sample_token(logits, plan, draws, i, xp), xp.ids)[:, None]
-        if i + 1 < plan.num_tokens:
-            # queue the next forward pass, then wait for this token alone: the yielded token
-            # is computed (a timed loop that stops here has waited for all it timed) while the
-            # next pass runs behind it
-            logits = model(doubled(token, xp) if guided else token, cache=cache)[:, -1]
-            xp.async_eval(logits)
-        xp.eval(token)
-        yield token
+    try:
+        for i in range(plan.num_tokens):
+            if guided:
+                logits = guide(logits, plan.cfg_scale, xp)
+            token = xp.astype(sample_token(logits, plan, draws, i, xp), xp.ids)[:, None]
+            if i + 1 < plan.num_tokens:
+                # queue the next forward pass, then wait for this token alone: the yielded
+                # token is computed (a loop timing each token waits for all it times) while
+                # the next pass runs behind it
+                logits = model(doubled(token, xp) if guided else token, cache=cache)[:, -1]
+                xp.async_eval(logits)
+            xp.eval(token)
+            yield token
+    finally:
+        # a consumer that stops early (a timed loop's step budget) leaves no pass running
+        xp.eval(logits)
 
 
 def iterate(model, labels: mx.array, plan: NextTokenPlan, *, seed: int | None = None,
