@@ -62,23 +62,27 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--step-budget", type=float, default=2.0)
+    parser.add_argument("--min-steps", type=int, default=5,
+                        help="time at least this many steps per trial, whatever the budget")
     parser.add_argument("--no-reference", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     batches = [int(b) for b in args.batch_sizes.split(",")]
     results, reference = [], None if args.no_reference else []
     if reference is not None:
-        from mlx_imgen.reference.profiling import profile_reference
+        from mlx_imgen.reference.child import profile_reference_in_child
     for size in args.sizes.split(","):
         for paradigm in PARADIGMS:
             work = grid_work(paradigm, size)
             for batch in batches:
                 print(f"profiling {work.name} at batch {batch}", flush=True)
                 results.append(profile_workload(work, batch, trials=args.trials,
-                                                step_budget_s=args.step_budget))
+                                                step_budget_s=args.step_budget,
+                                                min_steps=args.min_steps))
                 if reference is not None:
-                    reference.append(profile_reference(work, batch, trials=args.trials,
-                                                       step_budget_s=args.step_budget))
+                    reference.append(profile_reference_in_child(
+                        work, batch, trials=args.trials, step_budget_s=args.step_budget,
+                        min_steps=args.min_steps))
             work.model = None
             mx.clear_cache()
     quant_size = args.sizes.split(",")[0]
@@ -87,7 +91,8 @@ def main() -> None:
             work = grid_work(paradigm, quant_size, bits)
             print(f"profiling {work.name} at batch 1", flush=True)
             results.append(profile_workload(work, 1, trials=args.trials,
-                                            step_budget_s=args.step_budget))
+                                            step_budget_s=args.step_budget,
+                                            min_steps=args.min_steps))
     rep = report(results, settings=vars(args) | {"out": str(args.out)}, reference=reference)
     rep["blas"] = blas_table()
     rep["weight_memory"] = weight_memory(quant_size)

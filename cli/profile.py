@@ -186,12 +186,11 @@ def profile(
                                                     step_budget_s=step_budget or None,
                                                     memory_limit=limit))
                     if reference and results[-1]["status"] == "ok":
-                        from mlx_imgen.reference.profiling import profile_reference
+                        from mlx_imgen.reference.child import profile_reference_in_child
 
                         status.update(f"profiling {work.name} at batch {batch} in torch")
-                        reference_results.append(profile_reference(
-                            work, batch, trials=trials, step_budget_s=step_budget or None,
-                            autoencoder=work.autoencoder))
+                        reference_results.append(profile_reference_in_child(
+                            work, batch, trials=trials, step_budget_s=step_budget or None))
                 # free the weights before the next model is built
                 work.model = work.decode = work.autoencoder = None
                 mx.clear_cache()

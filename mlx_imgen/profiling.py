@@ -1,8 +1,10 @@
 """The measurement harness: stage times, latency, throughput, peak memory and FLOPs of a workload.
 
 Warm-up runs are excluded, every stage is synchronised with `mx.eval`, and latency statistics
-are median, min and max over the trials. A sampling loop cut short by the step budget is timed
-per step and extrapolated to the full plan, and the record says so.
+are median, min and max over the trials. Each step is waited for before the clock reads it,
+the last one included. A sampling loop cut short by the step budget (never below `min_steps`
+steps) is timed per step and extrapolated to the full plan, and the record says so; `step_s`
+gives the min, median and max of every timed step.
 """
 
 import dataclasses
@@ -147,8 +149,10 @@ class MLXFramework(Framework):
         kwargs = {"latent_shape": work.latent_shape} if work.latent_shape else {}
         return lambda: iterate(work.model, labels, work.plan, seed=seed, **kwargs)
 
-    def step_done(self) -> None:
-        pass
+    def step_done(self, value) -> None:
+        # the loops evaluate their own steps; this waits for whatever a loop left queued, so
+        # the clock never reads before the step it times is computed
+        mx.eval(value)
 
     def decode(self, samples: mx.array) -> mx.array:
         return self.work.decode(samples)
@@ -185,8 +189,9 @@ def check_sizes(batch_size: int, trials: int) -> None:
 
 def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
                      step_budget_s: float | None = None, seed: int = 0,
-                     memory_limit: int | None = None) -> dict:
-    """Measure one workload at one batch size. `step_budget_s` caps each trial's loop time.
+                     memory_limit: int | None = None, min_steps: int = 1) -> dict:
+    """Measure one workload at one batch size. `step_budget_s` caps each trial's loop time,
+    but each trial times at least `min_steps` steps (or the whole plan, if shorter).
 
     A batch that runs out of memory (or past `memory_limit` bytes) gives a record with status
     "out_of_memory" instead of raising, so a sweep over batch sizes can go on.
@@ -195,7 +200,7 @@ def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
     previous_limit = mx.set_memory_limit(memory_limit) if memory_limit else None
     try:
         return measure(MLXFramework(work, memory_limit), work, batch_size, trials,
-                       step_budget_s, seed)
+                       step_budget_s, seed, min_steps)
     finally:
         if previous_limit is not None:
             mx.set_memory_limit(previous_limit)
@@ -225,11 +230,12 @@ def record_identity(work: Workload, batch_size: int, *, plan=None,
 
 def timed_runs(run_once: Callable[[int], dict], total_steps: int, trials: int,
                step_budget_s: float | None, adaptive: bool,
-               after_warmup: Callable[[], None] = lambda: None) -> tuple[list[dict], int]:
+               after_warmup: Callable[[], None] = lambda: None,
+               min_steps: int = 1) -> tuple[list[dict], int]:
     """A warm-up run (allocations, kernel set-up; not reported), then `trials` runs of
     `run_once(max_steps)`, each returning conditioning_s, step_times and decode_s; with the
     plan's step count, or fewer that fit in `step_budget_s` (found by the first trial, reused
-    by the others). An adaptive solver learns its step count only by finishing, so it warms up
+    by the others) but never fewer than `min_steps`. An adaptive solver learns its step count only by finishing, so it warms up
     with a full run and is never cut short; its loop yields accepted steps only. Returns the
     runs and the number of steps a full loop takes. MLX and the torch reference share it."""
     warm = run_once(1 << 30 if adaptive else 1)
@@ -240,7 +246,8 @@ def timed_runs(run_once: Callable[[int], dict], total_steps: int, trials: int,
         first = run_once(total_steps)
     else:
         per_step = max(run_once(1)["step_times"][0], 1e-6)
-        first = run_once(max(1, min(total_steps, int(step_budget_s / per_step))))
+        fit = max(1, min_steps, int(step_budget_s / per_step))
+        first = run_once(min(total_steps, fit))
     measured = len(first["step_times"])
     return [first] + [run_once(measured) for _ in range(trials - 1)], total_steps
 
@@ -254,12 +261,14 @@ def _run_once(framework, work: Workload, labels, max_steps: int, seed: int) -> d
     run = start_sampling()
     step_times, last, start = [], None, t1
     for i, last in enumerate(run):
-        framework.step_done()
+        framework.step_done(last)
         now = time.perf_counter()
         step_times.append(now - start)
         start = now
         if i + 1 >= max_steps:
             break
+    if hasattr(run, "close"):
+        run.close()  # a loop stopped early finishes its queued work here, off the clock
     decode_s = 0.0
     if framework.decodes:
         # decoding costs the same whatever the codes are, so a loop cut short by the step
@@ -276,7 +285,7 @@ def _run_once(framework, work: Workload, labels, max_steps: int, seed: int) -> d
 
 
 def measure(framework: Framework, work: Workload, batch_size: int, trials: int,
-            step_budget_s: float | None, seed: int) -> dict:
+            step_budget_s: float | None, seed: int, min_steps: int = 1) -> dict:
     """The record of `work` at one batch size, run by `framework` (see `timed_runs`); a batch
     that runs out of memory gives a record with status "out_of_memory" instead of raising."""
     plan = work.plan
@@ -291,7 +300,7 @@ def measure(framework: Framework, work: Workload, batch_size: int, trials: int,
         framework.reset_peak()
         runs, total_steps = timed_runs(
             lambda steps: _run_once(framework, work, labels, steps, seed), plan.steps, trials,
-            step_budget_s, adaptive, after_warmup)
+            step_budget_s, adaptive, after_warmup, min_steps)
         framework.check_memory()
     except (RuntimeError, MemoryError) as err:
         if not framework.out_of_memory(err):
@@ -330,13 +339,17 @@ def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_p
                    *, num_tokens: int | None = None, has_decode: bool = False) -> dict:
     """Latency (median, min, max), throughput, achieved FLOP/s and stage times of timed runs
     (each with conditioning_s, step_times, decode_s); a loop timed over fewer steps than
-    `total_steps` is scaled to the full plan and marked as extrapolated."""
+    `total_steps` is scaled to the full plan and marked as extrapolated. `step_s` spreads every
+    timed step of every trial (a next-token loop's first step includes the prefix pass)."""
     measured = len(runs[0]["step_times"])
     loops = [sum(r["step_times"]) * total_steps / measured for r in runs]
     latencies = [r["conditioning_s"] + loop + r["decode_s"] for r, loop in zip(runs, loops)]
     latency, loop = statistics.median(latencies), statistics.median(loops)
+    steps = [t for r in runs for t in r["step_times"]]
     return {
         "measured_steps": measured, "extrapolated": measured < total_steps,
+        "step_s": {"min": min(steps), "median": statistics.median(steps), "max": max(steps),
+                   "count": len(steps)},
         "latency_s": {"median": latency, "min": min(latencies), "max": max(latencies)},
         "images_per_s": batch_size / latency,
         "achieved_gflops_per_s": gflops_per_image * batch_size / latency,

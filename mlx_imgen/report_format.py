@@ -35,7 +35,7 @@ def _reference_rows(report: dict) -> list[list[str]]:
         mlx_loop, torch_loop = m["stages_s"]["sampling"], t["stages_s"]["sampling"]
         rows.append([m["paradigm"], m["size"] or m["model"], str(m["batch_size"]),
                      f"{mlx_loop:.2f} s", f"{torch_loop:.2f} s",
-                     f"{t['device']} ({t.get('torch_threads')} threads)",
+                     t.get("label") or f"{t['device']} ({t.get('torch_threads')} threads)",
                      f"{torch_loop / mlx_loop:.2f}x",
                      f"{m['forward_passes_per_image']}, {t['forward_passes_per_image']}"])
     return rows

@@ -115,7 +115,7 @@ def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
                       step_budget_s: float | None = None, seed: int = 0,
                       device: str | None = None, decode=None, torch_model=None,
                       threads: int | None = None, autoencoder=None,
-                      autoencoder_kind: str | None = None) -> dict:
+                      autoencoder_kind: str | None = None, min_steps: int = 1) -> dict:
     """Measure the torch mirror of `work` at one batch size; fields as profile_workload's, plus
     framework, device, device_name, torch_version, torch_threads and the counted passes.
 
@@ -126,6 +126,9 @@ def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
     `torch_model`, the mirror already built on `device` (`backbone.from_mlx`), saves rebuilding
     it for every batch size. `threads` sets torch's intra-op threads for this call only. A
     batch that runs out of memory gives a record with status "out_of_memory" instead of raising.
+
+    This runs in the calling process, sharing whatever BLAS it preloaded for MLX; for a fair
+    comparison `mlx_imgen.reference.child.profile_reference_in_child` runs it in a clean one.
     """
     check_sizes(batch_size, trials)
     device = device or pick_device()
@@ -145,6 +148,6 @@ def profile_reference(work: Workload, batch_size: int, *, trials: int = 3,
         torch.set_num_threads(threads)
     try:
         framework = TorchFramework(model, work, device, decode)
-        return measure(framework, work, batch_size, trials, step_budget_s, seed)
+        return measure(framework, work, batch_size, trials, step_budget_s, seed, min_steps)
     finally:
         torch.set_num_threads(previous_threads)
