@@ -2,7 +2,10 @@
 
 The controlled grid (sizes S and B, all three paradigms, batch sizes 1 and 4) in MLX and in the
 PyTorch reference on the same weights and plans; 8-bit and 4-bit rows for one model of each
-paradigm; the BLAS that MLX's CPU backend runs on, against numpy and torch.
+paradigm; the BLAS that MLX's CPU backend runs on, against numpy and torch. The reference runs
+in a child process without the BLAS preloaded for MLX, at its faster thread count
+(`mlx_imgen.reference.child`). Every row times at least --min-steps steps per trial (a step
+budget never cuts a loop below that) and bench.md gives each row's min/median/max step.
 """
 
 import argparse
@@ -106,6 +109,7 @@ def main() -> None:
 def render(rep: dict) -> str:
     """bench.md: the profile tables, then the BLAS and quantized-weight sections."""
     text = markdown(rep, title="mlx-imgen bench")
+    text += step_spread(rep)
     text += "\n## BLAS behind MLX's CPU backend (1024x1024 matmul)\n\n| setup | GFLOP/s |\n|---|---|\n"
     text += "".join(f"| {r['setup']} | {r['gflops']:.1f} |\n" for r in rep["blas"])
     text += ("\n## Transformer weight memory, quantized (group size 64)\n\n"
@@ -113,6 +117,20 @@ def render(rep: dict) -> str:
     text += "".join(f"| {r['paradigm']} | {r['size']} | {r['float16_mb']:.1f} | {r['8bit_mb']:.1f} "
                     f"({100 * r['8bit_share']:.0f}%) | {r['4bit_mb']:.1f} "
                     f"({100 * r['4bit_share']:.0f}%) |\n" for r in rep["weight_memory"])
+    return text
+
+
+def step_spread(rep: dict) -> str:
+    """Every row's timed steps (all trials): how many, and the min, median and max seconds."""
+    rows = [("MLX", r) for r in rep["results"]] + \
+        [(r.get("label", "torch"), r) for r in rep.get("reference") or []]
+    text = ("\n## Sampling steps timed (every trial): seconds per step\n\n"
+            "| run | model | batch | steps timed | min | median | max |\n|---|---|---|---|---|---|---|\n")
+    for who, r in rows:
+        spread = r.get("step_s")
+        if r.get("status") == "ok" and spread:
+            text += (f"| {who} | {r['model']} | {r['batch_size']} | {spread['count']} | "
+                     f"{spread['min']:.4f} | {spread['median']:.4f} | {spread['max']:.4f} |\n")
     return text
 
 

@@ -43,7 +43,8 @@ def test_reference_in_a_child_runs_without_the_preload_at_its_best_thread_count(
     calibration = record["threads_calibration"]
     assert set(calibration) == {str(c) for c in {1, os.cpu_count()}}
     assert record["torch_threads"] == int(min(calibration, key=calibration.get))
-    assert f"({record['torch_threads']} threads, best of" in record["label"]
+    threads = record["torch_threads"]
+    assert f"torch cpu, {threads} thread{'s' if threads > 1 else ''} (best of 1: " in record["label"]
     assert "no preloaded BLAS" in record["label"]
     assert (record["stages_s"]["decode"] is not None) == (paradigm == "next-token")
 

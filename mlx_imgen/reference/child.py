@@ -20,7 +20,8 @@ from pathlib import Path
 from mlx_imgen import blas
 from mlx_imgen.profiling import Workload
 
-CALIBRATION_STEPS = 2  # timed steps per thread count, after one warm-up step
+CALIBRATION_STEPS = 2   # timed steps per thread count and round, after one warm-up step
+CALIBRATION_ROUNDS = 2  # interleaved, the best kept: one round on a shared machine can mislead
 
 
 def clean_environment(env: dict) -> dict:
@@ -72,18 +73,22 @@ def profile_reference_in_child(work: Workload, batch_size: int, *, trials: int =
 
 def pick_threads(framework, work: Workload, batch_size: int, seed: int) -> tuple[int, dict]:
     """The faster of one thread and all cores for `framework`'s sampling steps, with the
-    seconds per step each took (one warm-up step, then CALIBRATION_STEPS timed ones)."""
+    seconds per step each took: after one warm-up step each, CALIBRATION_ROUNDS interleaved
+    rounds of CALIBRATION_STEPS timed steps, the best round of each kept."""
     import torch
 
     from mlx_imgen.profiling import _run_once
 
     labels = framework.labels(batch_size)
-    per_step = {}
-    for count in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(count)
-        _run_once(framework, work, labels, 1, seed)
-        times = _run_once(framework, work, labels, CALIBRATION_STEPS, seed)["step_times"]
-        per_step[count] = sum(times) / len(times)
+    counts = sorted({1, os.cpu_count() or 1})
+    per_step = {count: float("inf") for count in counts}
+    for round_ in range(CALIBRATION_ROUNDS):
+        for count in counts:
+            torch.set_num_threads(count)
+            if round_ == 0:
+                _run_once(framework, work, labels, 1, seed)
+            times = _run_once(framework, work, labels, CALIBRATION_STEPS, seed)["step_times"]
+            per_step[count] = min(per_step[count], sum(times) / len(times))
     return min(per_step, key=per_step.get), per_step
 
 
@@ -94,12 +99,11 @@ def label(record: dict, per_step: dict | None) -> str:
     preload = record.get("ld_preload")
     loaded = f"LD_PRELOAD={preload}" if preload else "no preloaded BLAS"
     threads = record.get("torch_threads")
+    threads = f"{threads} thread{'s' if threads != 1 else ''}"
     if not per_step:
-        return f"torch cpu ({threads} threads as asked; {loaded})"
-    counts = "/".join(str(c) for c in per_step)
-    times = "/".join(f"{t:.3g}" for t in per_step.values())
-    return (f"torch cpu ({threads} threads, best of {counts}: {times} s per step; "
-            f"{loaded})")
+        return f"torch cpu, {threads} as asked; {loaded}"
+    tried = ", ".join(f"{c}: {t:.3g}" for c, t in per_step.items())
+    return f"torch cpu, {threads} (best of {tried} s/step); {loaded}"
 
 
 def run_request(request: dict) -> dict:
