@@ -20,27 +20,18 @@ Each worker process runs every case once after a warm-up; the parent runs the wo
 import argparse
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
 
+from mlx_imgen.devices import cpu_description
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def machine() -> str:
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        name = re.search(r"model name\s*:\s*(.*)", text).group(1)
-        flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split())
-    except (OSError, AttributeError):
-        pass
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name}, {os.cpu_count()} cores, {simd}"
+    return cpu_description()
 
 
 # ---------------------------------------------------------------- the worker (one framework)

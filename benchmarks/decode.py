@@ -15,7 +15,6 @@ Repeats are interleaved; min and median are printed.
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import tempfile
@@ -25,6 +24,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from mlx_imgen import quantize
+from mlx_imgen.devices import cpu_description
 from mlx_imgen.backbone import Transformer
 from mlx_imgen.grid import default_plan, grid_config
 from mlx_imgen.paradigms import next_token
@@ -32,17 +32,7 @@ from mlx_imgen.paradigms.guidance import doubled, guide, with_null
 
 
 def machine() -> str:
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        name = re.search(r"model name\s*:\s*(.*)", text).group(1)
-        flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split())
-    except (OSError, AttributeError):
-        pass
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return (f"{name}, {os.cpu_count()} cores, {simd}; MLX {mx.__version__} on "
-            f"{mx.default_device()}")
+    return cpu_description() + f"; MLX {mx.__version__} on {mx.default_device()}"
 
 
 def summary(times: list[float]) -> str:

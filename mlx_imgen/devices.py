@@ -4,6 +4,9 @@ GPU and Apple figures are vendor datasheet values (dense, no sparsity); the CPU'
 looked up but measured at start-up with an fp32 matmul through the BLAS that MLX uses.
 """
 
+import os
+import platform
+import re
 import time
 
 # name fragment -> (fp32 TFLOP/s, fp16/bf16 TFLOP/s, memory bandwidth GB/s); longest match wins
@@ -48,3 +51,25 @@ def measured_cpu_peak(size: int = 768, repeats: int = 4) -> dict:
     tflops = 2 * size ** 3 / best / 1e12
     return {"source": f"measured ({size}x{size} fp32 matmul)", "fp32_tflops": tflops,
             "fp16_tflops": None, "bandwidth_gbs": None}
+
+
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform reports)."""
+    found = re.search(r"model name\s*:\s*(.*)", _cpuinfo())
+    return found.group(1).strip() if found else platform.processor() or platform.machine()
+
+
+def cpu_description() -> str:
+    """Model name, core count and the widest x86 vector extension, as benchmarks name the CPU."""
+    found = re.search(r"flags\s*:\s*(.*)", _cpuinfo())
+    flags = set(found.group(1).split()) if found else set()
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {simd}"

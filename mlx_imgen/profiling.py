@@ -21,7 +21,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import blas
-from .devices import datasheet_peak, measured_cpu_peak
+from .devices import cpu_name, datasheet_peak, measured_cpu_peak
 from .flops import plan_flops
 from .paradigms import iterate, paradigm_of
 
@@ -88,19 +88,8 @@ def device_info() -> dict:
         except Exception:  # noqa: BLE001 - device_info is best-effort across backends
             pass
         info["backend"] = "metal" if mx.metal.is_available() else "cuda"
-    info["processor"] = _cpu_name()
+    info["processor"] = cpu_name()
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class OutOfMemory(RuntimeError):

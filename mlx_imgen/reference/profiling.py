@@ -12,7 +12,8 @@ import platform
 from typing import Callable
 
 from mlx_imgen.paradigms import diffusion
-from mlx_imgen.profiling import Framework, Workload, _cpu_name, check_sizes, measure
+from mlx_imgen.devices import cpu_name
+from mlx_imgen.profiling import Framework, Workload, check_sizes, measure
 
 from . import pick_device, require_torch
 from .backbone import from_mlx
@@ -85,7 +86,7 @@ class TorchFramework(Framework):
         elif self.device == "mps":
             name = f"Apple GPU (MPS), {platform.machine()}"
         else:
-            name = _cpu_name()
+            name = cpu_name()
         return {"framework": "torch", "device": self.device, "device_name": name,
                 "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
                 "ld_preload": os.environ.get("LD_PRELOAD") or None}
