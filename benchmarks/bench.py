@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=5,
                         help="time at least this many steps per trial, whatever the budget")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--clip-repeats", type=int, default=3,
+                        help="repeats of the CLIP ViT-L/14 tower rows (0: none)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     batches = [int(b) for b in args.batch_sizes.split(",")]
@@ -99,6 +101,11 @@ def main() -> None:
     rep = report(results, settings=vars(args) | {"out": str(args.out)}, reference=reference)
     rep["blas"] = blas_table()
     rep["weight_memory"] = weight_memory(quant_size)
+    if args.clip_repeats:
+        import clip_towers  # beside this script
+
+        print("timing CLIP ViT-L/14's text and image towers", flush=True)
+        rep["clip"] = clip_towers.measure(["text", "image"], [1, 16], args.clip_repeats)
     atomic_write_text(args.out / "bench.json", json.dumps(rep, indent=2) + "\n")
     atomic_write_text(args.out / "bench.md", render(rep))
     for path in write_plots(rep, args.out):
@@ -117,6 +124,11 @@ def render(rep: dict) -> str:
     text += "".join(f"| {r['paradigm']} | {r['size']} | {r['float16_mb']:.1f} | {r['8bit_mb']:.1f} "
                     f"({100 * r['8bit_share']:.0f}%) | {r['4bit_mb']:.1f} "
                     f"({100 * r['4bit_share']:.0f}%) |\n" for r in rep["weight_memory"])
+    if rep.get("clip"):
+        import clip_towers
+
+        text += ("\n## Text encoding and CLIP scoring (CLIP ViT-L/14)\n\n"
+                 + clip_towers.markdown(rep["clip"]))
     return text
 
 

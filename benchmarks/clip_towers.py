@@ -2,7 +2,9 @@
 through the text tower and images per second through the image tower, MLX against
 transformers' torch model on this machine.
 
-    .venv/bin/python benchmarks/clip.py [--batches 1 16] [--towers text image] [--repeats 3]
+    .venv/bin/python benchmarks/clip_towers.py [--batches 1 16] [--towers text image] [--repeats 3]
+
+`make bench` runs it too (benchmarks/bench.py) and puts its table in bench.md and bench.json.
 
 As benchmarks/compare_torch.py does: each framework runs in its own process; MLX under
 `python -m mlx_imgen.blas` (OpenBLAS preloaded, runtime-compiler flags on), torch without the
@@ -135,31 +137,45 @@ def describe() -> tuple[str, str]:
             "no LD_PRELOAD, its bundled BLAS)")
 
 
-def parent(args) -> None:
-    argv = ["--towers", *args.towers, "--batches", *map(str, args.batches)]
+def measure(towers: list[str], batches: list[int], repeats: int) -> dict:
+    """Rows of items per second (min and median) for MLX and torch at its faster thread count,
+    with what ran, JSON-ready."""
+    argv = ["--towers", *towers, "--batches", *map(str, batches)]
     cores = os.cpu_count() or 1
     workers = [("mlx", 0), ("torch", 1)] + ([("torch", cores)] if cores > 1 else [])
     times: dict = {w: {} for w in workers}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name, threads in workers:
             for case, t in run_worker(name, threads, argv).items():
                 times[(name, threads)].setdefault(case, []).append(t)
     mlx_text, torch_text = describe()
-    print(f"CLIP ViT-L/14, random weights. Machine: {cpu_description()}; {mlx_text}; "
-          f"{torch_text}; {args.repeats} interleaved repeats, min and median of the per-call "
-          "time as items per second; torch at its faster thread count (by min).\n")
-    print("| tower | batch | MLX items/s (min, median) | torch items/s (min, median) | "
-          "torch threads | MLX / torch |")
-    print("|---|---|---|---|---|---|")
-    for case in times[("mlx", 0)]:
+    rows = []
+    for case, mlx in times[("mlx", 0)].items():
         tower, batch = case.split("|")
-        unit = "prompts" if tower == "text" else "images"
-        mlx = times[("mlx", 0)][case]
         best = min(workers[1:], key=lambda w: min(times[w][case]))
-        torch_times = times[best][case]
-        rate = lambda ts: f"{int(batch) / min(ts):.2f}, {int(batch) / statistics.median(ts):.2f}"  # noqa: E731
-        print(f"| {tower} ({unit}/s) | {batch} | {rate(mlx)} | {rate(torch_times)} | {best[1]} | "
-              f"{min(torch_times) / min(mlx):.2f} |")
+        rate = lambda ts: {"min_s": min(ts), "median_s": statistics.median(ts),  # noqa: E731
+                           "per_s_best": int(batch) / min(ts),
+                           "per_s_median": int(batch) / statistics.median(ts)}
+        rows.append({"tower": tower, "unit": "prompts" if tower == "text" else "images",
+                     "batch": int(batch), "mlx": rate(mlx), "torch": rate(times[best][case]),
+                     "torch_threads": best[1],
+                     "torch_over_mlx": min(times[best][case]) / min(mlx)})
+    return {"machine": cpu_description(), "mlx": mlx_text, "torch": torch_text,
+            "repeats": repeats, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    text = (f"CLIP ViT-L/14, random weights. Machine: {result['machine']}; {result['mlx']}; "
+            f"{result['torch']}; {result['repeats']} interleaved repeats, min and median of the "
+            "per-call time as items per second; torch at its faster thread count (by min).\n\n"
+            "| tower | batch | MLX items/s (best, median) | torch items/s (best, median) | "
+            "torch threads | torch/MLX time |\n|---|---|---|---|---|---|\n")
+    for r in result["rows"]:
+        rate = lambda x: f"{x['per_s_best']:.2f}, {x['per_s_median']:.2f}"  # noqa: E731
+        name = "text tower" if r["tower"] == "text" else "image tower (the scorer's)"
+        text += (f"| {name} ({r['unit']}/s) | {r['batch']} | {rate(r['mlx'])} | "
+                 f"{rate(r['torch'])} | {r['torch_threads']} | {r['torch_over_mlx']:.2f} |\n")
+    return text
 
 
 def main():
@@ -173,7 +189,7 @@ def main():
     if args.worker:
         worker(args)
     else:
-        parent(args)
+        print(markdown(measure(args.towers, args.batches, args.repeats)))
 
 
 if __name__ == "__main__":
