@@ -26,9 +26,14 @@ def _prompts(prompt: str | None, prompts_file: Path | None, count: int) -> list[
         return [prompt] * count
     texts = [p.text for p in read_prompts(prompts_file)]
     if len(texts) != count:
-        raise ValueError(f"{prompts_file} holds {len(texts)} prompts for {count} images; give "
-                         "one prompt per image, in the order of the images")
+        raise ValueError(f"{prompts_file} holds {_count(len(texts), 'prompt')} for "
+                         f"{_count(count, 'image')}; give one prompt per image, in the order of "
+                         "the images")
     return texts
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _check_json_target(path: Path) -> None:

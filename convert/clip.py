@@ -227,8 +227,13 @@ def convert_clip(source: str, out: Path, *, dtype: str | None = None,
     _check_tokenizer(files, where)
     hf_config = read_json(files.config, "download it again")
     text_config, vision_config = configs_from_hf(hf_config)
+    if text_config is None or vision_config is None:
+        raise ValueError(f"{where} holds one CLIP tower, not both; a scorer needs a CLIPModel "
+                         "(text and image towers)")
     checkpoint = read_checkpoint(files.weights)
-    parts = clip_weights_from_hf(checkpoint.state)
+    # lazy: each tensor is read when it is cast, and let go of once written into the result
+    parts = clip_weights_from_hf(checkpoint.state, lazy=True)
+    del checkpoint
     source_record = {"repo": files.repo, "file": files.weights.name, "revision": files.revision,
                      "sha256": sha256_of(files.weights)}
     settings = {"mlx_imgen_version": __version__,

@@ -153,7 +153,7 @@ def test_a_quantized_conversion_scores_and_info_reports_each_encoder(hub, offlin
     assert json.loads((out / "model_index.json").read_text())["alias"] is None  # a local folder
     info = runner.invoke(app, ["info", str(out)])
     assert info.exit_code == 0, info.output
-    text = " ".join(info.output.split())
+    text = " ".join(info.output.replace("│", " ").split())
     assert "text encoder quantization 8-bit, group size 32" in text
     assert "image encoder quantization 8-bit, group size 32" in text
     images = hub["images"][:4]
@@ -187,9 +187,14 @@ def test_the_score_command_prints_the_table_and_writes_json(hub, offline, tmp_pa
     assert saved["mean"] == pytest.approx(expected.mean)
     assert f"{expected.mean:.4f}" in result.output and "CLIP score" in result.output
     single = runner.invoke(app, ["score", *images[:2], "--prompt", PROMPTS[0], "--dtype",
-                                 "float32"])
+                                 "float32", "--json", str(out)])
     assert single.exit_code == 0, single.output
-    assert single.output.count(PROMPTS[0]) == 2
+    rows = json.loads(out.read_text())["images"]
+    assert [row["prompt"] for row in rows] == [PROMPTS[0]] * 2
+    np.testing.assert_allclose(
+        [row["score"] for row in rows],
+        CLIPScorer.load(DEFAULT_SCORER, dtype="float32").score(images[:2], PROMPTS[:1]).per_image,
+        rtol=1e-5)
 
 
 def test_models_lists_the_scorer_apart_from_the_generators():
@@ -230,14 +235,14 @@ def _bad_inputs(hub, tmp):
         "not utf-8": ([good, "--prompts", str(latin)], "latin.txt"),
         "count mismatch": ([good, "--prompts", str(two)], "one prompt per image"),
         "batch size": ([good, "--prompt", "a cat", "--batch-size", "0"], "--batch-size"),
-        "generator folder as model": ([good, "--prompt", "a cat", "--model", str(tmp)],
+        "unconverted folder as model": ([good, "--prompt", "a cat", "--model", str(tmp)],
                                       "not a converted CLIP folder"),
     }
 
 
 BAD = ["not an image", "truncated image", "missing image", "both", "neither", "empty prompt",
        "missing prompt file", "empty prompt file", "not utf-8", "count mismatch", "batch size",
-       "generator folder as model"]
+       "unconverted folder as model"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -251,3 +256,27 @@ def test_bad_input_is_one_sentence_exit_2_and_no_json(hub, offline, tmp_path, ca
     assert phrase in message
     assert not out.exists()
     assert not offline.exists()  # refused before any model was converted
+
+
+def test_offline_without_the_files_fails_at_once_with_the_local_command(hub, tmp_path,
+                                                                         monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["score", str(hub["images"][0]), "--prompt", "a cat"])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "offline mode is on" in message
+    assert "mlx-imgen convert ./openai-clip-vit-large-patch14 --out" in message
+    result = runner.invoke(app, ["convert", "someone/not-cached", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "someone/not-cached" in result.output
+    assert not (tmp_path / "x").exists()
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-converted is left
+
+
+def test_convert_refuses_image_model_options_for_clip(hub, offline, tmp_path):
+    result = runner.invoke(app, ["convert", REPO, "--family", "dit", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "CLIP model, which converts alone; leave out --family" in " ".join(result.output.split())
