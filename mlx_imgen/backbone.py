@@ -18,7 +18,7 @@ class BackboneConfig(DictConfig):
     heads: int
     head_dim: int | None = None       # default width // heads
     # block
-    mlp: str = "gelu_tanh"            # "gelu_tanh" | "swiglu"
+    mlp: str = "gelu_tanh"            # "gelu_tanh" | "gelu" | "quick_gelu" | "swiglu"
     mlp_hidden: int | None = None     # default 4 * width
     mlp_bias: bool = True
     norm: str = "layer"               # "layer" | "rms"

@@ -1,19 +1,23 @@
-"""Feed-forward layers: GELU (tanh approximation) and SwiGLU."""
+"""Feed-forward layers: two linears around a GELU (tanh approximation, exact, or CLIP's quick
+GELU), and SwiGLU."""
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .activations import gelu_tanh, silu_gate
+from .activations import gelu_tanh, quick_gelu, silu_gate
+
+GELUS = {"gelu_tanh": gelu_tanh, "gelu": nn.gelu, "quick_gelu": quick_gelu}
 
 
 class GeluMLP(nn.Module):
-    def __init__(self, dims: int, hidden: int, bias: bool = True):
+    def __init__(self, dims: int, hidden: int, bias: bool = True, activation: str = "gelu_tanh"):
         super().__init__()
+        self.activation = GELUS[activation]
         self.fc1 = nn.Linear(dims, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, dims, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(gelu_tanh(self.fc1(x)))
+        return self.fc2(self.activation(self.fc1(x)))
 
 
 class SwiGLU(nn.Module):
@@ -36,8 +40,8 @@ def swiglu_hidden(dims: int, multiple_of: int = 256, multiplier: float | None = 
 
 
 def make_mlp(kind: str, dims: int, hidden: int, bias: bool) -> nn.Module:
-    if kind == "gelu_tanh":
-        return GeluMLP(dims, hidden, bias)
+    if kind in GELUS:
+        return GeluMLP(dims, hidden, bias, activation=kind)
     if kind == "swiglu":
         return SwiGLU(dims, hidden, bias)
-    raise ValueError(f"unknown MLP {kind!r}; use 'gelu_tanh' or 'swiglu'")
+    raise ValueError(f"unknown MLP {kind!r}; use one of {', '.join(map(repr, [*GELUS, 'swiglu']))}")
