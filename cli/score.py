@@ -68,11 +68,12 @@ def score(
         texts = _prompts(prompt, prompts, len(images))
         if json_path is not None:
             _check_json_target(json_path)
-        decoded = [open_image(path) for path in images]  # every image readable before loading
+        for path in images:  # every image decodes before a model loads (scored from the path)
+            open_image(path)
         with loading(model):
             scorer = CLIPScorer.load(model, dtype=dtype)
         with console.status(f"scoring {len(images)} image(s)"):
-            result = scorer.score(decoded, texts, batch_size=batch_size)
+            result = scorer.score(images, texts, batch_size=batch_size)
         table = Table(title=f"CLIP score ({scorer.folder.name})")
         for column in ("image", "prompt", "score"):
             table.add_column(column, overflow="fold")

@@ -19,7 +19,7 @@ from .convert import converter
 from .io import exclusive_target
 from .loading import cache_root
 from .pipeline import INDEX_FILE
-from .registry import DEFAULT_SCORER, SCORERS
+from .registry import DEFAULT_SCORER, SCORERS, scorer_for
 from .text.clip import CLIPModel
 from .text.clip_images import preprocess
 from .text.stored import load_image_encoder, load_text_encoder
@@ -47,10 +47,11 @@ def clip_score(image_features: mx.array, text_features: mx.array) -> tuple[list[
 
 
 def open_image(image: "Image.Image | str | os.PathLike") -> Image.Image:
-    """An RGB image, fully decoded (PIL reads lazily: a truncated file fails here, not later);
-    a path that is not a readable image raises ValueError naming it."""
+    """An image fully decoded (PIL reads lazily: a truncated file fails here, not later), in
+    its own mode (the preprocessing composites transparency over white, as CLIP's does); a
+    path that is not a readable image raises ValueError naming it."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return image
     path = Path(image)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
@@ -58,7 +59,7 @@ def open_image(image: "Image.Image | str | os.PathLike") -> Image.Image:
     try:
         with Image.open(path) as opened:
             opened.load()
-            return opened.convert("RGB")
+            return opened.copy()  # the copy outlives the file
     except Image.DecompressionBombError:
         raise ValueError(f"{path} is too large an image for PIL to open safely; pass a smaller "
                          "image") from None
@@ -72,9 +73,14 @@ def resolve_scorer(name: str, *, dtype: str | None = None, revision: str | None 
     scorer alias (or of a CLIP hub repo id)."""
     path = Path(name)
     if (path / INDEX_FILE).is_file():
-        if read_json(path / INDEX_FILE).get("kind") != clip_convert.KIND:
+        index = read_json(path / INDEX_FILE)
+        if index.get("kind") != clip_convert.KIND:
             raise ValueError(f"{path} is an image-generator folder, not a CLIP scorer; pass a "
                              f"folder converted from a CLIP repo, or {DEFAULT_SCORER}")
+        if dtype is not None and resolve_dtype(dtype) != index.get("dtype"):
+            raise ValueError(f"{path} holds {index.get('dtype')} weights; a dtype applies to a "
+                             "scorer converted on first use: leave it out, or convert the folder "
+                             f"again with --dtype {dtype}")
         return path
     if path.is_dir():
         if clip_convert.is_clip_folder(path):
@@ -85,6 +91,9 @@ def resolve_scorer(name: str, *, dtype: str | None = None, revision: str | None 
     if name not in SCORERS and not clip_convert.is_clip_source(name):
         raise ValueError(f"unknown scorer {name!r}; use {' or '.join(SCORERS)}, a CLIP hub repo "
                          "id, or a converted CLIP folder")
+    card = scorer_for(name)  # the alias and its repo id share one cached conversion
+    if card is not None:
+        name = card.alias
     folder = cache_root() / f"{name.replace('/', '--')}-{resolve_dtype(dtype)}"
     if not (folder / INDEX_FILE).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)

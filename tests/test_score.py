@@ -223,7 +223,16 @@ def _bad_inputs(hub, tmp):
     latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     two = tmp / "two.txt"
     two.write_text("a cat\na dog\n")
+    generator, scorer = tmp / "generator", tmp / "scorer"
+    for folder, index in ((generator, {"family": "llamagen"}),
+                          (scorer, {"kind": "clip", "dtype": "float32"})):
+        folder.mkdir()
+        (folder / "model_index.json").write_text(json.dumps(index))
     return {
+        "generator folder as model": ([good, "--prompt", "a cat", "--model", str(generator)],
+                                      "not a CLIP scorer"),
+        "dtype for a converted folder": ([good, "--prompt", "a cat", "--model", str(scorer),
+                                          "--dtype", "float16"], "holds float32 weights"),
         "not an image": ([str(not_image), "--prompt", "a cat"], "notes.png"),
         "truncated image": ([str(truncated), "--prompt", "a cat"], "truncated.png"),
         "missing image": ([str(tmp / "gone.png"), "--prompt", "a cat"], "does not exist"),
@@ -242,7 +251,7 @@ def _bad_inputs(hub, tmp):
 
 BAD = ["not an image", "truncated image", "missing image", "both", "neither", "empty prompt",
        "missing prompt file", "empty prompt file", "not utf-8", "count mismatch", "batch size",
-       "unconverted folder as model"]
+       "unconverted folder as model", "generator folder as model", "dtype for a converted folder"]
 
 
 @pytest.mark.parametrize("case", BAD)
