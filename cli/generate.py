@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mlx_imgen.imagenet import class_index
 from mlx_imgen.io import atomic_write_bytes
+from mlx_imgen.prompts import (Prompt, check_condition, check_prompt, image_seeds,
+                               read_prompts)
 
 from .errors import loading, user_errors
 from .validate import (BATCH, GUIDANCE, IMAGES, INDEX, MAX_IMAGES, SEED, STEPS, TEMPERATURE, TOP_K, TOP_P,
@@ -50,6 +52,43 @@ def png_bytes(image: Image.Image, parameters: dict) -> bytes:
     return buffer.getvalue()
 
 
+def model_family(model: str):
+    """The family of an alias (its card) or of a converted folder (its model_index.json),
+    read without loading or converting anything; None where neither names one."""
+    from mlx_imgen import families
+    from mlx_imgen.pipeline import INDEX_FILE
+    from mlx_imgen.registry import CARDS
+    from mlx_imgen.weights.jsonfile import read_json
+
+    if (Path(model) / INDEX_FILE).is_file():
+        name = read_json(Path(model) / INDEX_FILE).get("family")
+    else:
+        name = CARDS[model].family if model in CARDS else None
+    return families.FAMILIES.get(name) if isinstance(name, str) else None
+
+
+def run_prompts(model: str, classes: list[str], texts: list[str], prompts_file: Path | None,
+                negative: str | None) -> list[Prompt] | None:
+    """A text model's prompts (None for a class model), with every refusal made before the
+    model loads or converts: a class model given prompts, a text model given --class, an empty
+    prompt, a bad prompt file."""
+    if texts and prompts_file is not None:
+        raise ValueError("pass --prompt or --prompts FILE, not both")
+    family = model_family(model)
+    if family is None:
+        return None  # not a model: loading it says why
+    check_condition(model, family.condition, classes=classes,
+                    prompts=texts or prompts_file is not None, negative=negative,
+                    prompt_flag="--prompts" if prompts_file is not None else "--prompt")
+    if family.condition != "text":
+        return None
+    if prompts_file is not None:
+        return read_prompts(prompts_file)
+    if not texts:
+        raise ValueError(f"{model} is a text-to-image model: pass --prompt TEXT or --prompts FILE")
+    return [Prompt(check_prompt(text)) for text in texts]
+
+
 def check_generate_options(model: str, options: dict) -> None:
     """Every option in range, and each one applies to the model, before anything is loaded."""
     from mlx_imgen.memory import generation_estimate, model_shape, refuse_if_too_big
@@ -67,8 +106,10 @@ def check_generate_options(model: str, options: dict) -> None:
         "--group-size": (o["group_size"], group_sizes()), "--index": (o["index"], INDEX)})
     count = o["count"]
     if count > MAX_IMAGES:
-        raise ValueError(f"--n {o['n']} for each of {len(o['classes'])} classes is {count} "
-                         f"images; one run writes at most {MAX_IMAGES}")
+        asked = (f"{len(o['run'])} prompts" if o["run"] is not None
+                 else f"{len(o['classes'])} classes")
+        raise ValueError(f"--n {o['n']} for each of {asked} is {count} images; one run writes "
+                         f"at most {MAX_IMAGES}")
     channels = o["cfg_channels"]
     if channels is not None and channels != "all" and not (channels.isdigit() and int(channels) > 0):
         raise ValueError(f"--cfg-channels must be 'all' or a positive number of channels (DiT "
@@ -108,8 +149,17 @@ def _flags(sampling: dict, dtype: str | None, quantize: int | None, group_size: 
 def generate(
     model: str = typer.Argument(..., help="An alias or a converted pipeline folder."),
     classes: list[str] = typer.Option(None, "--class", help="ImageNet class id or name, e.g. 207 "
-                                      "or 'golden retriever' (repeatable)."),
-    n: int = typer.Option(1, "--n", help="Images per class (or random classes if none given)."),
+                                      "or 'golden retriever' (repeatable); class-conditional "
+                                      "models."),
+    prompt: list[str] = typer.Option(None, "--prompt", help="What to draw (repeatable); "
+                                     "text-to-image models."),
+    negative_prompt: str = typer.Option(None, "--negative-prompt", help="What to steer away "
+                                        "from, for every prompt without its own."),
+    prompts_file: Path = typer.Option(None, "--prompts", help="A file of prompts: one per line, "
+                                      "or JSONL with \"prompt\" and optional \"seed\" and "
+                                      "\"negative_prompt\"."),
+    n: int = typer.Option(1, "--n", help="Images per class or prompt (or random classes if "
+                          "none given)."),
     batch_size: int = typer.Option(None, help="Images sampled together (default: all)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same images."),
     index: int = typer.Option(0, help="Index of the first image in the run of --seed: "
@@ -140,12 +190,13 @@ def generate(
     cfg_channels: str = typer.Option(None, help="Diffusion: guide the first 3 latent channels "
                                      "as DiT does ('3') or all of them ('all')."),
 ):
-    """Generate class-conditional images."""
+    """Generate images of ImageNet classes, or of prompts with a text-to-image model."""
     from mlx_imgen.loading import load
 
     with user_errors():
+        run = run_prompts(model, classes, prompt, prompts_file, negative_prompt)
         classes = [class_index(c) for c in classes or []]
-        count = n * len(classes) if classes else n
+        count = n * len(run if run is not None else classes) if run or classes else n
         check_generate_options(model, locals())
         paths = output_paths(output, count, grid)
         existing = [p for p in paths if p.exists()]
@@ -158,10 +209,13 @@ def generate(
                              "choose another --output")
         with console.status(f"loading {model}"), loading(model):
             pipe = load(model, dtype=dtype, quantize=quantize, group_size=group_size)
-        # without --class, n classes drawn from the seed among the model's own
-        labels = [c for c in (classes or []) for _ in range(n)] or \
+        # n images of each prompt; a class model without --class: n classes drawn from the
+        # seed among the model's own
+        jobs = None if run is None else [p for p in run for _ in range(n)]
+        labels = None if jobs is not None else [c for c in classes for _ in range(n)] or \
             pipe.random_classes(n, seed=seed, first=index)
-        pipe.check_classes(labels)
+        if labels is not None:
+            pipe.check_classes(labels)
         overrides = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
                          steps=steps, sampler=sampler,
                          cfg_channels=int(cfg_channels) if cfg_channels and cfg_channels.isdigit()
@@ -177,24 +231,47 @@ def generate(
             def on_step(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            images = pipe.generate(labels, seed=seed, first_index=index, batch_size=batch_size,
+            images = pipe.generate(labels, prompts=jobs, negative_prompt=negative_prompt,
+                                   seed=seed, first_index=index, batch_size=batch_size,
                                    on_step=on_step, low_memory=low_memory, plan=plan,
                                    decode_batch_size=decode_batch_size)
-        run = pipe.provenance(plan, sampling, seed=seed)
-        quant = run["quantization"]
-        parameters = {"model": model, **sampling, **run, "classes": labels,
+        record = pipe.provenance(plan, sampling, seed=seed, prompts=run)
+        quant = record["quantization"]
+        parameters = {"model": model, **sampling, **record,
+                      **({"classes": labels} if labels is not None else {}),
                       "quantization": f"{quant['bits']}-bit" if quant else "none",
                       "command": shlex.join(sys.argv), "software": "mlx-imgen"}
+        if negative_prompt is not None:
+            parameters["negative_prompt"] = negative_prompt
         if quant:
             parameters["quantization_group_size"] = quant["group_size"]
         if grid:
             images = [make_grid(images)]
+        flags = _flags(given, dtype, quantize, group_size)
+        keys = None if jobs is None else image_seeds(jobs, seed=seed, first_index=index)
         for i, (path, image) in enumerate(zip(paths, images)):
-            # one image alone: its class, the run's seed and its index in the run
-            alone = ["mlx-imgen", "generate", model, "--class", str(labels[i]), "--seed",
-                     str(seed), "--index", str(index + i), *_flags(given, dtype, quantize,
-                                                                  group_size)]
-            meta = dict(parameters, **({} if grid else {
-                "class": labels[i], "index": index + i, "regenerate": shlex.join(alone)}))
+            meta = dict(parameters)
+            if not grid:
+                meta.update(image_record(i, labels, jobs, keys, seed=seed, first_index=index,
+                                         model=model, negative=negative_prompt, flags=flags))
             atomic_write_bytes(path, png_bytes(image, meta))
             console.print(f"wrote {path}")
+
+
+def image_record(i: int, labels: list[int] | None, jobs: list[Prompt] | None,
+                 keys: list[tuple[int, int]] | None, *, seed: int, first_index: int, model: str,
+                 negative: str | None, flags: list) -> dict:
+    """Image i's own metadata: its class or prompt, its seed and index, and the command that
+    makes it alone (the run's seed and its index in the run; a JSONL prompt's own seed)."""
+    if jobs is None:
+        alone = ["--class", str(labels[i]), "--seed", str(seed), "--index", str(first_index + i)]
+        own = {"class": labels[i], "index": first_index + i}
+    else:
+        job = jobs[i]
+        image_seed, image_index = keys[i]
+        negative = job.negative if job.negative is not None else negative
+        alone = ["--prompt", job.text, *(["--negative-prompt", negative] if negative else []),
+                 "--seed", str(image_seed), "--index", str(image_index)]
+        own = {"prompt": job.text, "seed": image_seed, "index": image_index,
+               **({"negative_prompt": negative} if negative is not None else {})}
+    return {**own, "regenerate": shlex.join(["mlx-imgen", "generate", model, *alone, *flags])}

@@ -12,6 +12,7 @@ from PIL import Image
 
 from . import families, paradigms
 from .autoencoders import AUTOENCODERS
+from .prompts import Prompt, as_prompts, check_condition
 from .backbone import BackboneConfig, Transformer
 from .quantize import apply_structure, quantization_record, quantize_model
 from .registry import get_card
@@ -150,13 +151,20 @@ class Pipeline:
                              f"{self.index['family']} ({self.paradigm}) models; leave it out")
         return plan, dict(sampling)
 
-    def provenance(self, plan, sampling: dict, *, seed: int) -> dict:
+    @property
+    def name(self) -> str:
+        """How messages name the model: its alias, else its folder."""
+        return self.index.get("alias") or str(self.folder or self.family.name)
+
+    def provenance(self, plan, sampling: dict, *, seed: int,
+                   prompts: list[Prompt] | None = None) -> dict:
         """What regenerates a run's images, JSON-ready: the model's files (source and sha256),
         dtype, quantization, the software's versions, the seed, the sampling options and the
-        plan they made. Image i of the run is regenerated alone by `generate([its class],
-        seed=seed, first_index=i, **sampling)`."""
+        plan they made, and a text model's prompts. Image i of the run is regenerated alone by
+        `generate([its class], seed=seed, first_index=i, **sampling)`."""
         quant = self.index.get("quantization")
-        return {
+        text = {"prompts": [p.record() for p in prompts]} if prompts is not None else {}
+        return {**text,
             "family": self.index["family"], "paradigm": self.paradigm,
             "alias": self.index.get("alias"),
             "transformer_source": self.sources.get("transformer"),
@@ -223,8 +231,9 @@ class Pipeline:
         images = self.decode_samples(samples).astype(mx.float32)
         return np.array(mx.clip((images + 1) * 127.5 + 0.5, 0, 255).astype(mx.uint8))
 
-    def generate(self, classes: list[int], *, seed: int = 0, first_index: int = 0,
-                 batch_size: int | None = None,
+    def generate(self, classes: list[int] | None = None, *,
+                 prompts: list[str | Prompt] | None = None, negative_prompt: str | None = None,
+                 seed: int = 0, first_index: int = 0, batch_size: int | None = None,
                  on_step: Callable[[int, int], None] | None = None, low_memory: bool = False,
                  noise: mx.array | None = None, image_size: int | None = None,
                  decode_batch_size: int | None = None, plan=None,
@@ -236,7 +245,18 @@ class Pipeline:
         MLX's buffer cache small. Diffusion takes explicit initial `noise` (one latent per
         class); `image_size` only confirms the model's; `decode_batch_size` sets how many
         images decode together (default: the sampling batch). `plan` (from `self.plan`) replaces
-        the overrides, so a caller can keep the plan it ran (dopri5 records its steps there)."""
+        the overrides, so a caller can keep the plan it ran (dopri5 records its steps there).
+        A text-to-image family takes `prompts` (one image each; a Prompt's own seed and
+        negative prompt win over `seed` and `negative_prompt`) instead of `classes`."""
+        check_condition(self.name, self.family.condition, classes=classes, prompts=prompts,
+                        negative=negative_prompt)
+        if self.family.condition == "text":
+            as_prompts(prompts or [], negative_prompt)
+            raise ValueError(f"{self.name}: {self.family.title} has no text-to-image sampler in "
+                             f"mlx-imgen {__version__}")
+        if classes is None:
+            raise ValueError(f"{self.name} is a class-conditional model: pass classes "
+                             "(ImageNet ids)")
         self.check_classes(classes)
         if first_index < 0:
             raise ValueError(f"the first image's index must be 0 or more, got {first_index}")

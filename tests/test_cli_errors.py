@@ -100,6 +100,12 @@ CASES = {
     # generate: classes
     "generate unknown class name": (_good("--class", "golden retreiver"), "golden retriever"),
     "generate class out of range": (_good("--class", "10"), "outside 0..9"),
+    # generate: prompts on a class-conditional model (tests/test_prompts.py has the rest)
+    "generate prompt on a class model": (_good("--prompt", "a red fox"),
+                                         "is a class-conditional model: pass --class"),
+    "generate prompt file on a class model": (_good("--prompts", "p.txt"), "not --prompts"),
+    "generate negative prompt on a class model": (_good("--negative-prompt", "blurry"),
+                                                  "not --negative-prompt"),
     # generate: outputs, folders and models
     "generate out not png": (lambda f, out: ["generate", str(f["good"]), "--out",
                                              str(out / "x.jpg")], "must end in .png"),

@@ -34,6 +34,8 @@ class Family:
     # the weight set its upstream samples from first, of a training checkpoint's sets
     samples_from: tuple[str, ...] = ("model", "ema")
     heads_by_width: dict = field(default_factory=dict)
+    # what an image is asked for by: "class" (ImageNet ids) or "text" (prompts)
+    condition: str = "class"
 
     @property
     def signature(self) -> tuple[str, ...]:
