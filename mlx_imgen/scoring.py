@@ -19,6 +19,7 @@ from .convert import converter
 from .io import exclusive_target
 from .loading import cache_root
 from .pipeline import INDEX_FILE
+from .prompts import check_prompt
 from .registry import DEFAULT_SCORER, SCORERS, scorer_for
 from .text.clip import CLIPModel
 from .text.clip_images import preprocess
@@ -132,8 +133,11 @@ class CLIPScorer:
               batch_size: int = DEFAULT_BATCH_SIZE) -> ScoreResult:
         """CLIP score of image i against prompt i (a single prompt scores every image). A prompt
         longer than the text tower takes is truncated, with the tokenizer's warning."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        for i, prompt in enumerate(prompts):
+            check_prompt(prompt, f"prompt {i + 1}" if len(prompts) > 1 else "the prompt")
         if len(prompts) == 1 and len(images) > 1:
-            prompts = list(prompts) * len(images)
+            prompts = prompts * len(images)
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images and {len(prompts)} prompts: give one prompt "
                              "for every image, or a single prompt for all of them")
@@ -141,7 +145,9 @@ class CLIPScorer:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         # each distinct prompt tokenized once: one warning per long prompt, not per image
         unique = list(dict.fromkeys(prompts))
-        tokens = self.tokenizer(unique)
+        # a tokenizer folder that names no model_max_length: the text tower's positions
+        tokens = self.tokenizer(unique, max_length=self.tokenizer.max_length
+                                or self.model.text.config.max_positions)
         row = {text: i for i, text in enumerate(unique)}
         rows = [row[text] for text in prompts]
         per_image = []

@@ -107,6 +107,16 @@ def test_a_long_prompt_is_truncated_with_the_tokenizers_warning(hub, offline, ca
                                rtol=1e-4, atol=1e-4)
 
 
+def test_the_python_scorer_refuses_an_empty_prompt_and_a_count_mismatch(hub, offline):
+    scorer = CLIPScorer.load(DEFAULT_SCORER, dtype="float32")
+    with pytest.raises(ValueError, match="prompt 2 is empty"):
+        scorer.score(hub["images"][:2], [PROMPTS[0], " "])
+    with pytest.raises(ValueError, match="3 images and 2 prompts"):
+        scorer.score(hub["images"][:3], PROMPTS[:2])
+    one = scorer.score(hub["images"][:2], PROMPTS[0])  # one prompt, as text, for every image
+    assert len(one.per_image) == 2
+
+
 def test_the_mean_is_clamped_at_zero_and_each_image_is_not():
     image = mx.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
     text = mx.array([[-1.0, 0.1], [0.0, -5.0], [1.0, 1.0]])
