@@ -299,3 +299,53 @@ def test_convert_refuses_image_model_options_for_clip(hub, offline, tmp_path):
     result = runner.invoke(app, ["convert", REPO, "--family", "dit", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert "CLIP model, which converts alone; leave out --family" in " ".join(result.output.split())
+
+
+def test_a_local_folder_with_pickled_weights_converts_without_running_them(hub, offline,
+                                                                             tmp_path):
+    """pytorch_model.bin is read by the restricted unpickler; the folder converts as the hub's
+    safetensors do, in float16 too."""
+    import shutil
+
+    local = tmp_path / "clip-bin"
+    shutil.copytree(hub["repo"], local)
+    (local / "model.safetensors").unlink()
+    torch.save(hub["model"].state_dict(), local / "pytorch_model.bin")
+    for dtype in ("float32", "float16"):
+        out = tmp_path / f"from-bin-{dtype}"
+        result = runner.invoke(app, ["convert", str(local), "--out", str(out), "--dtype", dtype])
+        assert result.exit_code == 0, result.output
+        source = json.loads((out / "text_encoder" / "config.json").read_text())["source"]
+        assert source["file"] == "pytorch_model.bin" and source["repo"] is None
+        images = hub["images"][:4]
+        scores = CLIPScorer.load(out).score(images, PROMPTS).per_image
+        expected = reference_scores(hub, [Image.open(p) for p in images], PROMPTS)
+        np.testing.assert_allclose(scores, expected, **({"rtol": 1e-4, "atol": 1e-4}
+                                                        if dtype == "float32" else {"atol": 0.5}))
+
+
+def test_a_text_encoder_alone_writes_and_loads_for_text_to_image_folders(tmp_path):
+    """What an aMUSEd folder's text_encoder/ is: a CLIPTextModelWithProjection written by
+    write_text_encoder and read back by load_text_encoder, equal to transformers' outputs."""
+    from mlx_imgen.convert.clip import write_text_encoder
+    from mlx_imgen.convert.writer import write_pipeline
+    from mlx_imgen.text.clip import configs_from_hf
+    from mlx_imgen.text.clip_keys import clip_weights_from_hf
+    from mlx_imgen.text.stored import load_text_encoder
+    from mlx_imgen.weights.readers import read_state_dict
+
+    model = write_tiny_clip(tmp_path / "hf", kind="text_with_projection", seed=3)
+    text_config, _ = configs_from_hf(json.loads((tmp_path / "hf" / "config.json").read_text()))
+    state = clip_weights_from_hf(read_state_dict(tmp_path / "hf" / "model.safetensors"))
+    component = write_text_encoder(state["text"], text_config, {"repo": None},
+                                   dtype="float32")
+    write_pipeline(tmp_path / "folder", {"kind": "test"}, {"text_encoder": component})
+    encoder = load_text_encoder(tmp_path / "folder" / "text_encoder")
+    ids = np.array([[812, 40, 41, 42, 813] + [813] * 4], dtype=np.int64)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), output_hidden_states=True)
+    encoding = encoder.encode(mx.array(ids.astype(np.int32)), layer=-2)
+    np.testing.assert_allclose(np.array(encoding.pooled), ref.text_embeds.numpy(), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.array(encoding.hidden_states), ref.hidden_states[-2].numpy(),
+                               rtol=1e-4, atol=1e-5)
