@@ -77,10 +77,13 @@ def _local_folder(repo: str) -> str:
 def _hint(repo: str, out: Path | None) -> str:
     from huggingface_hub import constants
 
-    files = ", ".join(("config.json", WEIGHTS_FILES[0], PROCESSOR_FILE) + TOKENIZER_FILES)
-    return (f"download {files} from {constants.ENDPOINT}/{repo} into a folder "
-            f"{_local_folder(repo)}, then run `mlx-imgen convert {_local_folder(repo)} --out "
-            f"{out or 'DIR'}`")
+    hint = (f"download config.json, {WEIGHTS_FILES[0]}, {PROCESSOR_FILE} and the tokenizer files "
+            f"the repo has ({', '.join(TOKENIZER_FILES)}) from {constants.ENDPOINT}/{repo} into a "
+            f"folder {_local_folder(repo)}, then run `mlx-imgen convert {_local_folder(repo)} "
+            f"--out {out or 'DIR'}`")
+    if scorer_for(repo) is None:  # a hub id nobody vouched for may be a mistyped local path
+        hint += f"; or, if {repo} is meant as a local path, it does not exist"
+    return hint
 
 
 def _optional(repo: str, name: str, revision: str | None, hint: str) -> Path | None:
