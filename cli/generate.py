@@ -211,10 +211,11 @@ def generate(
             pipe = load(model, dtype=dtype, quantize=quantize, group_size=group_size)
         # n images of each prompt; a class model without --class: n classes drawn from the
         # seed among the model's own
-        jobs = None if run is None else [p for p in run for _ in range(n)]
-        labels = None if jobs is not None else [c for c in classes for _ in range(n)] or \
-            pipe.random_classes(n, seed=seed, first=index)
-        if labels is not None:
+        image_prompts = None if run is None else [p for p in run for _ in range(n)]
+        labels = None
+        if image_prompts is None:
+            labels = [c for c in classes for _ in range(n)] or \
+                pipe.random_classes(n, seed=seed, first=index)
             pipe.check_classes(labels)
         overrides = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
                          steps=steps, sampler=sampler,
@@ -231,8 +232,9 @@ def generate(
             def on_step(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            images = pipe.generate(labels, prompts=jobs, negative_prompt=negative_prompt,
-                                   seed=seed, first_index=index, batch_size=batch_size,
+            images = pipe.generate(labels, prompts=image_prompts,
+                                   negative_prompt=negative_prompt, seed=seed,
+                                   first_index=index, batch_size=batch_size,
                                    on_step=on_step, low_memory=low_memory, plan=plan,
                                    decode_batch_size=decode_batch_size)
         record = pipe.provenance(plan, sampling, seed=seed, prompts=run)
@@ -248,30 +250,32 @@ def generate(
         if grid:
             images = [make_grid(images)]
         flags = _flags(given, dtype, quantize, group_size)
-        keys = None if jobs is None else image_seeds(jobs, seed=seed, first_index=index)
+        keys = None if image_prompts is None else image_seeds(image_prompts, seed=seed,
+                                                              first_index=index)
         for i, (path, image) in enumerate(zip(paths, images)):
             meta = dict(parameters)
             if not grid:
-                meta.update(image_record(i, labels, jobs, keys, seed=seed, first_index=index,
-                                         model=model, negative=negative_prompt, flags=flags))
+                meta.update(image_record(i, labels, image_prompts, keys, seed=seed,
+                                         first_index=index, model=model,
+                                         negative=negative_prompt, flags=flags))
             atomic_write_bytes(path, png_bytes(image, meta))
             console.print(f"wrote {path}")
 
 
-def image_record(i: int, labels: list[int] | None, jobs: list[Prompt] | None,
+def image_record(i: int, labels: list[int] | None, image_prompts: list[Prompt] | None,
                  keys: list[tuple[int, int]] | None, *, seed: int, first_index: int, model: str,
                  negative: str | None, flags: list) -> dict:
     """Image i's own metadata: its class or prompt, its seed and index, and the command that
     makes it alone (the run's seed and its index in the run; a JSONL prompt's own seed)."""
-    if jobs is None:
+    if image_prompts is None:
         alone = ["--class", str(labels[i]), "--seed", str(seed), "--index", str(first_index + i)]
         own = {"class": labels[i], "index": first_index + i}
     else:
-        job = jobs[i]
+        prompt = image_prompts[i]
         image_seed, image_index = keys[i]
-        negative = job.negative if job.negative is not None else negative
-        alone = ["--prompt", job.text, *(["--negative-prompt", negative] if negative else []),
+        negative = prompt.negative if prompt.negative is not None else negative
+        alone = ["--prompt", prompt.text, *(["--negative-prompt", negative] if negative else []),
                  "--seed", str(image_seed), "--index", str(image_index)]
-        own = {"prompt": job.text, "seed": image_seed, "index": image_index,
+        own = {"prompt": prompt.text, "seed": image_seed, "index": image_index,
                **({"negative_prompt": negative} if negative is not None else {})}
     return {**own, "regenerate": shlex.join(["mlx-imgen", "generate", model, *alone, *flags])}

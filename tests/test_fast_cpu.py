@@ -5,8 +5,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_imgen.nn.activations import (gelu_tanh, gelu_tanh_fused, silu_gate, silu_gate_fused,
-                                       softmax_fused)
+from mlx_imgen.nn.activations import (gelu_tanh, gelu_tanh_fused, quick_gelu, quick_gelu_fused,
+                                       silu_gate, silu_gate_fused, softmax_fused)
 from mlx_imgen.nn.attention import attention_cpu
 
 SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, 1e-7, -1e-7, 3.0, -3.0, 5.0, -5.0, 9.0, -9.0,
@@ -39,6 +39,14 @@ def test_fused_gelu_is_gelu_tanh(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+def test_fused_quick_gelu_is_x_sigmoid(seed):
+    x = mx.array(inputs(seed))
+    with mx.stream(mx.cpu):
+        fast, plain = quick_gelu_fused(x), x * mx.sigmoid(1.702 * x)
+        assert_same_function(np.array(fast), np.array(plain))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
 def test_fused_silu_gate_is_silu_times_up(seed):
     gate = inputs(seed)
     up = np.random.default_rng(seed + 10).permutation(inputs(seed + 20)[:gate.size])
@@ -53,6 +61,7 @@ def test_fused_activations_in_half_precision(dtype, tol):
     x = mx.array(np.random.default_rng(3).standard_normal(50000).astype(np.float32) * 4).astype(dtype)
     with mx.stream(mx.cpu):
         for fast, plain in [(gelu_tanh_fused(x), nn.gelu_approx(x)),
+                            (quick_gelu_fused(x), x * mx.sigmoid(1.702 * x)),
                             (silu_gate_fused(x, x[::-1]), nn.silu(x) * x[::-1])]:
             assert fast.dtype == plain.dtype == dtype
             assert_same_function(np.array(fast.astype(mx.float32)), np.array(plain.astype(mx.float32)),
@@ -66,6 +75,7 @@ def test_cpu_device_takes_the_fused_path():
     mx.set_default_device(mx.cpu)
     try:
         assert mx.array_equal(gelu_tanh(x), gelu_tanh_fused(x), equal_nan=True)
+        assert mx.array_equal(quick_gelu(x), quick_gelu_fused(x), equal_nan=True)
         assert mx.array_equal(silu_gate(gate, up), silu_gate_fused(gate, up), equal_nan=True)
     finally:
         mx.set_default_device(device)
