@@ -349,3 +349,26 @@ def test_a_text_encoder_alone_writes_and_loads_for_text_to_image_folders(tmp_pat
                                atol=1e-5)
     np.testing.assert_allclose(np.array(encoding.hidden_states), ref.hidden_states[-2].numpy(),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "config without its keys",
+                                    "no tokenizer"])
+def test_a_damaged_scorer_folder_is_one_sentence(hub, offline, tmp_path, damage):
+    import shutil
+
+    folder = tmp_path / "clip"
+    assert runner.invoke(app, ["convert", str(hub["repo"]), "--out", str(folder)]).exit_code == 0
+    if damage == "truncated weights":
+        weights = folder / "image_encoder" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:200])
+    elif damage == "config without its keys":
+        (folder / "text_encoder" / "config.json").write_text("{}")
+    else:
+        shutil.rmtree(folder / "tokenizer")
+    out = tmp_path / "scores.json"
+    result = runner.invoke(app, ["score", str(hub["images"][0]), "--prompt", "a cat",
+                                 "--model", str(folder), "--json", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert message.startswith("error:") and str(folder) in message
+    assert not out.exists()
