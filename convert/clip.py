@@ -239,8 +239,8 @@ def convert_clip(source: str, out: Path, *, dtype: str | None = None,
     del checkpoint
     source_record = {"repo": files.repo, "file": files.weights.name, "revision": files.revision,
                      "sha256": sha256_of(files.weights)}
-    settings = {"mlx_imgen_version": __version__,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    settings = {"mlx_imgen_version": __version__, "created": created}
     common = dict(dtype=dtype, quantize=quantize, group_size=group_size, settings=settings)
     text = write_text_encoder(parts["text"], text_config, source_record, **common)
     image = write_image_encoder(parts["vision"], vision_config, source_record, **common)

@@ -172,7 +172,8 @@ def test_a_quantized_conversion_scores_and_info_reports_each_encoder(hub, offlin
     np.testing.assert_allclose(quantized.per_image, exact, atol=2.0)  # 8-bit: close, not equal
     # a converted float folder quantizes too
     float_folder = tmp_path / "clip-float"
-    assert runner.invoke(app, ["convert", str(hub["repo"]), "--out", str(float_folder)]).exit_code == 0
+    result = runner.invoke(app, ["convert", str(hub["repo"]), "--out", str(float_folder)])
+    assert result.exit_code == 0, result.output
     again = runner.invoke(app, ["convert", str(float_folder), "--out", str(tmp_path / "q4"),
                                 "--quantize", "4", "--group-size", "32"])
     assert again.exit_code == 0, again.output
