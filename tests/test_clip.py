@@ -128,8 +128,7 @@ def test_image_tower_matches_transformers(folders, name):
 def test_clip_model_features_are_transformers_normalised_embeds(folders):
     folder, model = folders["clip"]
     text, vision = load_hf_folder(folder)
-    clip = CLIPModel(text.config, vision.config)
-    clip.text, clip.vision = text, vision
+    clip = CLIPModel.from_towers(text, vision)
     ids, mask = prompts()
     pixels = np.random.default_rng(4).standard_normal((3, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
@@ -140,6 +139,10 @@ def test_clip_model_features_are_transformers_normalised_embeds(folders):
     assert relative_error(text_features, out.text_embeds) < TOLERANCE
     assert relative_error(image_features, out.image_embeds) < TOLERANCE
     assert np.allclose(np.linalg.norm(np.array(image_features), axis=-1), 1, atol=1e-6)
+    text_only, _ = load_hf_folder(folders["text_eos"][0])
+    text_only.config.projection_dim = 8
+    with pytest.raises(ValueError, match="must project to one width"):
+        CLIPModel.from_towers(text_only, vision)
 
 
 def test_a_wrong_epsilon_or_activation_would_fail_the_parity_tests(folders):

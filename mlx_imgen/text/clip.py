@@ -274,6 +274,13 @@ class CLIPModel(nn.Module):
         self.text = CLIPTextTower(text)
         self.vision = CLIPVisionTower(vision)
 
+    @classmethod
+    def from_towers(cls, text: CLIPTextTower, vision: CLIPVisionTower) -> "CLIPModel":
+        """The pair of two loaded towers (their weights kept, not copied)."""
+        model = cls(text.config, vision.config)
+        model.text, model.vision = text, vision
+        return model
+
     def text_features(self, input_ids, attention_mask=None) -> mx.array:
         return _normalised(self.text.encode(input_ids, attention_mask).pooled)
 
