@@ -122,10 +122,8 @@ class CLIPScorer:
         """The scorer alias (converted into the model cache on first use), a CLIP hub repo id,
         or a converted CLIP folder."""
         folder = resolve_scorer(str(name_or_folder), dtype=dtype, revision=revision)
-        text = load_text_encoder(folder / "text_encoder")
-        vision = load_image_encoder(folder / "image_encoder")
-        model = CLIPModel(text.config, vision.config)  # the structure; the loaded towers go in
-        model.text, model.vision = text, vision
+        model = CLIPModel.from_towers(load_text_encoder(folder / "text_encoder"),
+                                      load_image_encoder(folder / "image_encoder"))
         processor = read_json(folder / "image_processor" / clip_convert.PROCESSOR_FILE)
         return cls(folder, model, PromptTokenizer.from_folder(folder / "tokenizer"), processor)
 
