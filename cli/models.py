@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlx_imgen.registry import CARDS
+from mlx_imgen.registry import CARDS, SCORERS
 
 from .errors import loading, user_errors
 from .validate import check_options, check_value, group_sizes, quantize_bits
@@ -28,6 +28,14 @@ def models():
                        else f"local file {card.transformer.filename}")
                       + ("" if card.confirmed else " (unconfirmed)"))
     console.print(table)
+    scorers = Table(title="scorers (mlx-imgen score; not image generators)")
+    scorers.add_column("alias", no_wrap=True)
+    for column in ("kind", "params", "resolution", "license", "source"):
+        scorers.add_column(column)
+    for card in SCORERS.values():
+        scorers.add_row(card.alias, card.kind.upper(), card.parameters, f"{card.image_size}px",
+                        card.license, card.repo)
+    console.print(scorers)
 
 
 def check_convert_options(dtype: str | None, config: str | None, quantize: int | None,
@@ -42,7 +50,8 @@ def check_convert_options(dtype: str | None, config: str | None, quantize: int |
 
 
 def convert(
-    source: str = typer.Argument(..., help="An alias, or a local .pt/.pth/.safetensors checkpoint."),
+    source: str = typer.Argument(..., help="An alias, or a local .pt/.pth/.safetensors checkpoint; "
+                                 "or a CLIP model: its hub repo id or a folder of its files."),
     out: Path = typer.Option(..., "--out", "--output", help="The pipeline folder to write."),
     family: str = typer.Option(None, help="Family of a local checkpoint (detected if omitted)."),
     dtype: str = typer.Option(None, help="float32, float16 or bfloat16 (default: float16 on a "
@@ -53,7 +62,8 @@ def convert(
                                      "the family's default from the hub."),
     revision: str = typer.Option(None, help="Pin the hub revision (a commit hash or tag)."),
     force: bool = typer.Option(False, help="Replace an existing output folder."),
-    quantize: int = typer.Option(None, help="Quantize the transformer to this many bits "
+    quantize: int = typer.Option(None, help="Quantize the transformer (a CLIP model's two "
+                                 "encoders) to this many bits "
                                  "(8 or 4; also 2, 3, 5, 6). A converted float folder may be "
                                  "given as SOURCE."),
     group_size: int = typer.Option(64, help="Quantization group size (32, 64 or 128)."),
@@ -96,6 +106,12 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
             raise ValueError(f"{folder} is not a converted pipeline folder (no {INDEX_FILE}); "
                              "create one with `mlx-imgen convert`")
         index = read_json(folder / INDEX_FILE)
+        if index.get("kind") == "clip":
+            if check:
+                raise ValueError("--check measures an image generator's quantization error; leave "
+                                 f"it out for the CLIP folder {folder}")
+            console.print(clip_table(folder, index))
+            return
         table = Table(title=str(folder), show_header=False)
         quant = index.get("quantization")
         for key in ("alias", "family", "paradigm", "license", "dtype", "weights", "created"):
@@ -134,3 +150,40 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
                 result.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v)
                                  for v in row.values()))
             console.print(result)
+
+
+def _quantization(record: dict | None) -> str:
+    if not record:
+        return "none (float)"
+    return (f"{record['bits']}-bit, group size {record['group_size']}, "
+            f"{len(record['modules'])} layers")
+
+
+def clip_table(folder: Path, index: dict) -> Table:
+    """`info` of a CLIP scorer folder: each encoder with its size, dtype, source and
+    quantization, then the tokenizer and image-processor files."""
+    from mlx_imgen.weights.jsonfile import read_json
+    from mlx_imgen.weights.shards import weight_files
+
+    table = Table(title=str(folder), show_header=False)
+    for key in ("kind", "alias", "repo", "license", "dtype", "created"):
+        table.add_row(key, str(index.get(key)))
+    for name in ("text_encoder", "image_encoder"):
+        config = read_json(folder / name / "config.json")
+        if not isinstance(config.get("config"), dict):
+            raise ValueError(f"{folder / name / 'config.json'} has no 'config'; the folder is "
+                             "damaged or incomplete: convert the model again")
+        files = weight_files(folder / name)
+        size = sum(f.stat().st_size for f in files) / 1e6
+        source = config.get("source") or {}
+        label = name.replace("_", " ")
+        table.add_row(label, f"{config.get('model_type')}, {size:.1f} MB in {len(files)} file(s), "
+                      f"{config.get('dtype')}, from {source.get('repo') or 'local folder'} "
+                      f"{source.get('file')} (sha256 {str(source.get('sha256'))[:12]}…)")
+        table.add_row(f"{label} quantization", _quantization(config.get("quantization")))
+        table.add_row(f"{label} config", json.dumps(config["config"]))
+    for name in ("tokenizer", "image_processor"):
+        present = sorted(p.name for p in (folder / name).iterdir()) if (folder / name).is_dir() \
+            else []
+        table.add_row(name.replace("_", " "), ", ".join(present) or "missing")
+    return table

@@ -23,7 +23,7 @@ from mlx_imgen.weights.readers import CHECKPOINT_SUFFIXES, read_checkpoint
 from mlx_imgen.weights.shards import load_weights
 
 from . import autoencoder_store as store
-from . import upstream_config
+from . import clip, upstream_config
 from .hub import fetch, require
 from .writer import holding_lock_on, sha256_of, write_pipeline
 
@@ -238,7 +238,9 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
             revision: str | None = None, force: bool = False, quantize: int | None = None,
             group_size: int = 64, weights: str | None = None) -> Path:
     """Convert `source` (an alias, a .pt/.pth/.safetensors path, or a converted float folder)
-    into the folder `out`, optionally quantizing the transformer to `quantize` bits. `weights`
+    into the folder `out`, optionally quantizing the transformer to `quantize` bits. A CLIP
+    model (the scorer alias, a hub repo id or a hub-layout folder) converts into a scorer
+    folder (convert/clip.py). `weights`
     picks the weight set of a training checkpoint ("ema" or "model"); by default the set the
     family's upstream samples from. An autoencoder alone converts into an autoencoder folder."""
     dtype = resolve_dtype(dtype)
@@ -248,6 +250,19 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
     if quantize:
         check_settings(quantize, group_size)
     path = Path(source)
+    if clip.is_clip_source(source) or clip.is_converted_clip(path):
+        extra = [name for name, value in (("--family", family), ("--config", config),
+                                          ("--autoencoder", autoencoder), ("--weights", weights))
+                 if value]
+        if extra:
+            raise ValueError(f"{source} is a CLIP model, which converts alone; leave out "
+                             f"{', '.join(extra)}")
+        if clip.is_clip_source(source):
+            return clip.convert_clip(source, out, dtype=dtype, quantize=quantize,
+                                     group_size=group_size, revision=revision, force=force)
+        if not quantize:
+            raise ValueError(f"{path} is a converted CLIP folder; to quantize it pass --quantize")
+        return clip.requantize_clip(path, out, quantize, group_size, force)
     standalone = _standalone_autoencoder(source, path)
     # a diffusers pipeline folder (transformer/ and vae/) or one component folder of it
     diffusers_weights = (_diffusers_component(path / "transformer") or _diffusers_component(path)) \

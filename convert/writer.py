@@ -24,8 +24,8 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
 def write_pipeline(out: Path, index: dict, components: dict[str, tuple[dict, dict]],
                    force: bool = False, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """components: name -> (config dict, {key: mx.array} or a callable that writes the weight
-    files into the component folder before its config is written). Nothing is left
-    half-written."""
+    files into the component folder before its config is written); a config of None writes no
+    config.json (a tokenizer/ folder holds only its own files). Nothing is left half-written."""
     out = Path(out)
     with atomic_folder(out, replace=force) as tmp:
         for name, (config, weights) in components.items():
@@ -36,7 +36,8 @@ def write_pipeline(out: Path, index: dict, components: dict[str, tuple[dict, dic
                 weights(tmp / name)
             else:
                 save_weights(tmp / name, weights, metadata, max_shard_bytes)
-            (tmp / name / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            if config is not None:
+                (tmp / name / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return out
 

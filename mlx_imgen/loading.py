@@ -24,9 +24,13 @@ def resolve(model: str, *, dtype: str | None = None, revision: str | None = None
     """A pipeline folder for `model`: the folder itself, or the cached conversion of an alias."""
     path = Path(model)
     if (path / INDEX_FILE).is_file():
-        if "_class_name" in read_json(path / INDEX_FILE):
+        index = read_json(path / INDEX_FILE)
+        if "_class_name" in index:
             raise ValueError(f"{path} is a diffusers folder; convert it first with "
                              f"`mlx-imgen convert {path} --out DIR`")
+        if index.get("kind") == "clip":
+            raise ValueError(f"{path} is a CLIP scorer folder, not an image generator; use it "
+                             "with `mlx-imgen score` (mlx_imgen.scoring.CLIPScorer)")
         return path
     if path.is_dir():
         raise ValueError(f"{path} is not a converted pipeline folder (no {INDEX_FILE}); "

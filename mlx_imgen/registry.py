@@ -140,9 +140,34 @@ def _sit() -> ModelCard:
 CARDS.update({card.alias: card for card in [_dit(256, 2.27), _dit(512, 3.04), _sit()]})
 
 
+@dataclass(frozen=True)
+class ScorerCard:
+    """A model that scores images against prompts (CLIP), converted from its hub repo."""
+    alias: str
+    repo: str
+    license: str
+    parameters: str
+    image_size: int
+    kind: str = "clip"
+
+
+SCORERS = {card.alias: card for card in [
+    ScorerCard("clip-vit-large-patch14", "openai/clip-vit-large-patch14", "MIT", "428M", 224),
+]}
+DEFAULT_SCORER = "clip-vit-large-patch14"
+
+
+def scorer_for(name: str) -> ScorerCard | None:
+    """The scorer an alias or its hub repo id names."""
+    return SCORERS.get(name) or next((c for c in SCORERS.values() if c.repo == name), None)
+
+
 def get_card(alias: str) -> ModelCard:
     if alias in CARDS:
         return CARDS[alias]
+    if alias in SCORERS:
+        raise ValueError(f"{alias} is a CLIP scorer, not an image generator; use it with "
+                         "`mlx-imgen score IMAGES... --prompt TEXT`")
     close = difflib.get_close_matches(alias, CARDS, n=3, cutoff=0.5)
     hint = f"did you mean {' or '.join(close)}?" if close else "run `mlx-imgen models` for the list"
     raise ValueError(f"unknown model {alias!r}; {hint}")
