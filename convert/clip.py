@@ -62,12 +62,15 @@ def is_clip_folder(path: Path) -> bool:
 
 def is_clip_source(source: str) -> bool:
     """Whether `convert` should take `source` as a CLIP model: the scorer alias, a CLIP hub
-    repo folder, or a hub repo id (owner/name, not a local path)."""
+    repo folder, or a hub repo id (owner/name, not a local path) that names CLIP. Other repo
+    ids keep the image models' answer (a path that does not exist): a DiT or VAE repo is
+    converted through its alias, and must not be fetched as if it were CLIP."""
     path = Path(source)
     if path.exists():
         return is_clip_folder(path)
     return (scorer_for(source) is not None
-            or bool(HUB_ID.fullmatch(source)) and path.suffix not in CHECKPOINT_SUFFIXES)
+            or bool(HUB_ID.fullmatch(source)) and "clip" in source.lower()
+            and path.suffix not in CHECKPOINT_SUFFIXES)
 
 
 def _local_folder(repo: str) -> str:

@@ -12,8 +12,8 @@ from PIL import Image
 
 from . import families, paradigms
 from .autoencoders import AUTOENCODERS
-from .prompts import Prompt, as_prompts, check_condition
 from .backbone import BackboneConfig, Transformer
+from .prompts import Prompt, as_prompts, check_condition
 from .quantize import apply_structure, quantization_record, quantize_model
 from .registry import get_card
 from .version import __version__
