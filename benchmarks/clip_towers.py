@@ -22,9 +22,9 @@ import subprocess
 import sys
 import time
 
+import workers  # beside this script
 from mlx_imgen.devices import cpu_description
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # openai/clip-vit-large-patch14, written out (the hub's config.json, not read from the network)
 TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
             max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu",
@@ -110,23 +110,11 @@ def worker(args) -> None:
 
 
 def run_worker(name: str, threads: int, argv: list[str]) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_IMGEN_")}
-    env.pop("LD_PRELOAD", None)
-    script = os.path.abspath(__file__)
-    if name == "mlx":
-        cmd = [sys.executable, "-m", "mlx_imgen.blas", sys.executable, script, "--worker", "mlx"]
-    else:
-        cmd = [sys.executable, script, "--worker", "torch", "--threads", str(threads)]
-    out = subprocess.run(cmd + argv, env=env, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{name} worker ({threads} threads) failed:\n{out.stderr[-3000:]}")
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return workers.run_worker(__file__, name, argv, threads)
 
 
 def describe() -> tuple[str, str]:
-    mlx = subprocess.run([sys.executable, "-m", "mlx_imgen.blas"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip()
+    mlx = workers.mlx_setup()
     probe = ("import torch, mlx.core as mx; "
              "print(mx.__version__, mx.default_device().type.name, torch.__version__, sep='|')")
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}

@@ -25,9 +25,9 @@ import subprocess
 import sys
 import time
 
+import workers  # beside this script
 from mlx_imgen.devices import cpu_description
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def machine() -> str:
@@ -257,22 +257,14 @@ def breakdown(args) -> None:
 # ---------------------------------------------------------------- the parent
 
 def run_worker(name: str, argv: list[str]) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_IMGEN_")}
-    env.pop("LD_PRELOAD", None)
+    """name: "mlx", "breakdown-mlx", or a torch worker with its thread count ("torch2")."""
     if name.endswith("mlx"):
-        cmd = [sys.executable, "-m", "mlx_imgen.blas", sys.executable, __file__, "--worker", name]
-    else:
-        cmd = [sys.executable, __file__, "--worker", name.rstrip("12"), "--threads", name[-1]]
-    out = subprocess.run(cmd + argv, env=env, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{name} worker failed:\n{out.stderr[-3000:]}")
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+        return workers.run_worker(__file__, name, argv)
+    return workers.run_worker(__file__, name.rstrip("12"), argv, int(name[-1]))
 
 
 def describe_frameworks() -> tuple[str, str]:
-    mlx = subprocess.run([sys.executable, "-m", "mlx_imgen.blas"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip()
+    mlx = workers.mlx_setup()
     probe = ("import torch, mlx.core as mx; print(mx.__version__, torch.__version__, "
              "torch.backends.mkldnn.is_available())")
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
