@@ -57,7 +57,13 @@ def forward_flops(config: BackboneConfig, length: int | None = None, context: in
     if config.input == "patches":
         linear += 2 * image_q * config.patch_size ** 2 * config.in_channels * w
     head_rows = q if config.causal else image_q
-    linear += 2 * head_rows * w * config.output_dims
+    if config.token_embed_dim:
+        # the aligner lifts image tokens only; a text prefix's rows are the caller's to leave
+        # out of image_q (this function does not know a prompt's length)
+        linear += 2 * image_q * (config.token_embed_dim * w + w * w)
+    if config.head_hidden:
+        linear += 2 * head_rows * w * config.head_hidden
+    linear += 2 * head_rows * (config.head_hidden or w) * config.output_dims
     return Flops(float(linear), float(attention))
 
 
