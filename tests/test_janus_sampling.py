@@ -1,0 +1,157 @@
+"""Janus-Pro's prompting and sampling: the next-token sampler with a text prefix (one prefill
+per prompt, left-padded rows masked) against a loop written here from the formula, greedy
+image tokens against transformers' Janus generation, seeded sampling per image, the prompt
+template against upstream's, and the text path of Pipeline.generate and `mlx-imgen generate`."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from conftest import build
+from mlx_imgen.backbone import BackboneConfig
+from mlx_imgen.paradigms import NextTokenPlan, next_token
+from mlx_imgen.paradigms.keys import image_keys, keys_of
+from mlx_imgen.paradigms.next_token import ClassPrefix, TextPrefix
+
+TEXT_VOCAB = 40
+
+
+def text_config(**overrides) -> BackboneConfig:
+    values = dict(depth=2, width=32, heads=4, grid_size=3, vocab_size=24, mlp="swiglu",
+                  mlp_hidden=64, norm="rms", fused_qkv=False, qkv_bias=False, out_bias=False,
+                  causal=True, conditioning="text", text_vocab_size=TEXT_VOCAB,
+                  positions="rope1d", token_embed_dim=8, head_hidden=48, context_length=64)
+    values.update(overrides)
+    return BackboneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    return build(text_config(), seed=3)
+
+
+def reference_greedy(model, rows: list[list[int]], null_rows: list[list[int]], scale: float,
+                     num_tokens: int) -> np.ndarray:
+    """Greedy CFG decoding from the formula: every step runs the whole sequence of each row
+    alone (no cache, no padding, no batch) and takes argmax(u + s (c - u))."""
+    out = []
+    for row, null_row in zip(rows, null_rows):
+        tokens = []
+        for _ in range(num_tokens):
+            image = mx.array([tokens], dtype=mx.int32).reshape(1, len(tokens))
+            c = model(image, prefix=mx.array([row]))[0, -1]
+            u = model(image, prefix=mx.array([null_row]))[0, -1]
+            tokens.append(int(mx.argmax(u + scale * (c - u))))
+        out.append(tokens)
+    return np.array(out)
+
+
+def left_pad(rows: list[list[int]], pad: int = 0):
+    width = max(map(len, rows))
+    ids = np.full((len(rows), width), pad, dtype=np.int32)
+    mask = np.zeros((len(rows), width), dtype=bool)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):], mask[i, width - len(row):] = row, True
+    return mx.array(ids), mx.array(mask)
+
+
+ROWS = [[1, 5, 7, 9, 11, 2], [1, 6, 8, 2]]
+NULL_ROWS = [[1, 0, 0, 0, 0, 2], [1, 0, 0, 2]]
+NEGATIVE_ROWS = [[1, 13, 2], [1, 14, 15, 16, 17, 18, 19, 2]]
+
+
+def test_greedy_text_prefix_with_cfg_equals_the_formula_loop(text_model):
+    plan = NextTokenPlan(num_tokens=9, cfg_scale=5.0, temperature=0.0)
+    ids, mask = left_pad(ROWS)
+    null_ids, null_mask = left_pad(NULL_ROWS)
+    tokens = next_token.generate(text_model, TextPrefix(ids, null_ids, mask, null_mask), plan)
+    np.testing.assert_array_equal(np.array(tokens),
+                                  reference_greedy(text_model, ROWS, NULL_ROWS, 5.0, 9))
+
+
+def test_negative_prompt_rows_of_other_lengths_equal_the_formula_loop(text_model):
+    plan = NextTokenPlan(num_tokens=9, cfg_scale=5.0, temperature=0.0)
+    ids, mask = left_pad(ROWS + NEGATIVE_ROWS)
+    cond, null = (ids[:2], mask[:2]), (ids[2:], mask[2:])
+    tokens = next_token.generate(text_model, TextPrefix(cond[0], null[0], cond[1], null[1]), plan)
+    expected = reference_greedy(text_model, ROWS, NEGATIVE_ROWS, 5.0, 9)
+    np.testing.assert_array_equal(np.array(tokens), expected)
+    # the negative prompt steers: the same prompts with padded null rows decode otherwise
+    assert not np.array_equal(expected, reference_greedy(text_model, ROWS, NULL_ROWS, 5.0, 9))
+
+
+def test_without_guidance_the_null_rows_are_never_run(text_model):
+    plan = NextTokenPlan(num_tokens=5, cfg_scale=1.0, temperature=0.0)
+    ids = mx.array([ROWS[0]])
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(text_model, name)
+
+        def __call__(self, x, **kwargs):
+            calls.append(x.shape[0])
+            return text_model(x, **kwargs)
+
+    a = next_token.generate(Counting(), TextPrefix(ids, mx.full(ids.shape, 39)), plan)
+    b = next_token.generate(text_model, TextPrefix(ids, mx.zeros_like(ids)), plan)
+    np.testing.assert_array_equal(np.array(a), np.array(b))
+    assert set(calls) == {1}
+
+
+def test_images_of_one_prompt_share_one_prefill_and_sample_as_alone(text_model):
+    """Four images of two prompts (rows 0, 1, 0, 0) prefill two row pairs, and each image's
+    tokens are those its prompt gives it alone with its own key."""
+    plan = NextTokenPlan(num_tokens=6, cfg_scale=3.0, temperature=1.0, top_k=10)
+    ids, mask = left_pad(ROWS)
+    null_ids, null_mask = left_pad(NULL_ROWS)
+    images = [0, 1, 0, 0]
+    prefill_rows = []
+    original = text_model.__call__
+
+    class Watching:
+        def __getattr__(self, name):
+            return getattr(text_model, name)
+
+        def __call__(self, x, **kwargs):
+            if "prefix" in kwargs:
+                prefill_rows.append(kwargs["prefix"].shape[0])
+            return original(x, **kwargs)
+
+    condition = TextPrefix(ids, null_ids, mask, null_mask, images=mx.array(images))
+    batch = np.array(next_token.generate(Watching(), condition, plan, seed=5))
+    assert prefill_rows == [4]  # 2 prompts x (cond, uncond), not 4 images x 2
+    for i, row in enumerate(images):
+        alone = TextPrefix(mx.array([ROWS[row]]), mx.array([NULL_ROWS[row]]))
+        tokens = next_token.generate(text_model, alone, plan, seed=5, first_index=i)
+        np.testing.assert_array_equal(batch[i], np.array(tokens)[0])
+
+
+def test_seeded_text_sampling_is_reproducible_and_seed_dependent(text_model):
+    plan = NextTokenPlan(num_tokens=8, cfg_scale=5.0, temperature=1.0)
+    condition = TextPrefix(mx.array([ROWS[0]] * 3), mx.array([NULL_ROWS[0]] * 3))
+    a = np.array(next_token.generate(text_model, condition, plan, seed=1))
+    b = np.array(next_token.generate(text_model, condition, plan, seed=1))
+    c = np.array(next_token.generate(text_model, condition, plan, seed=2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a[0], a[1])  # images of one prompt differ
+
+
+def test_class_labels_and_a_class_prefix_sample_alike(causal_model):
+    plan = NextTokenPlan(num_tokens=causal_model.config.num_tokens, cfg_scale=2.0)
+    labels = mx.array([1, 4])
+    np.testing.assert_array_equal(
+        np.array(next_token.generate(causal_model, labels, plan, seed=3)),
+        np.array(next_token.generate(causal_model, ClassPrefix(labels), plan, seed=3)))
+
+
+def test_keys_of_seed_index_pairs_are_each_images_own_key():
+    pairs = [(7, 0), (7, 1), (7, 2), (3, 0), (7, 5), (3, 1)]
+    expected = mx.concatenate([image_keys(1, seed=s, first=i) for s, i in pairs])
+    np.testing.assert_array_equal(np.array(keys_of(pairs)), np.array(expected))
+
+
+def test_text_prefix_refuses_rows_of_different_shapes():
+    with pytest.raises(ValueError, match="pad them to one"):
+        TextPrefix(mx.zeros((2, 5), dtype=mx.int32), mx.zeros((2, 4), dtype=mx.int32))
