@@ -155,3 +155,117 @@ def test_keys_of_seed_index_pairs_are_each_images_own_key():
 def test_text_prefix_refuses_rows_of_different_shapes():
     with pytest.raises(ValueError, match="pad them to one"):
         TextPrefix(mx.zeros((2, 5), dtype=mx.int32), mx.zeros((2, 4), dtype=mx.int32))
+
+
+# --------------------------------------------------------------- against transformers' Janus
+
+PROMPT = "A red fox sleeping in the snow, soft morning light."
+
+
+def backbone_of(reference):
+    """The backbone holding the reference's generation weights: the transformers names mapped
+    here from modeling_janus.py's modules (the family's own key map is tested elsewhere)."""
+    import janus_files as jf
+    from mlx_imgen.backbone import Transformer
+    cfg = BackboneConfig(depth=jf.DEPTH, width=jf.WIDTH, heads=jf.HEADS, head_dim=jf.HEAD_DIM,
+                         mlp="swiglu", mlp_hidden=jf.SWIGLU, mlp_bias=False, norm="rms",
+                         norm_eps=jf.NORM_EPS, fused_qkv=False, qkv_bias=False, out_bias=False,
+                         causal=True, grid_size=jf.GRID, vocab_size=jf.IMAGE_VOCAB,
+                         token_embed_dim=jf.CODE_DIM, conditioning="text",
+                         text_vocab_size=jf.TEXT_VOCAB, context_length=jf.MAX_POSITIONS,
+                         positions="rope1d", rope_base=jf.ROPE_THETA, head_bias=True,
+                         head_hidden=jf.WIDTH)
+    names = {"model.language_model.embed_tokens": "text_embed",
+             "model.language_model.norm": "norm",
+             "model.generation_embeddings": "token_embed",
+             "model.generation_aligner.fc1": "token_aligner.fc1",
+             "model.generation_aligner.hidden_layers.0": "token_aligner.fc2",
+             "model.generation_head.proj_out": "head_proj",
+             "model.generation_head.vision_head": "head"}
+    inner = {"self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v",
+             "self_attn.o_proj": "attn.out", "mlp.gate_proj": "mlp.gate", "mlp.up_proj": "mlp.up",
+             "mlp.down_proj": "mlp.down", "input_layernorm": "norm1",
+             "post_attention_layernorm": "norm2"}
+    for i in range(jf.DEPTH):
+        names.update({f"model.language_model.layers.{i}.{a}": f"blocks.{i}.{b}"
+                      for a, b in inner.items()})
+    weights = []
+    for key, value in reference.state_dict().items():
+        module, _, leaf = key.rpartition(".")
+        if module in names:
+            weights.append((f"{names[module]}.{leaf}", mx.array(value.float().numpy())))
+    model = Transformer(cfg)
+    model.load_weights(weights, strict=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def janus_reference(tmp_path_factory):
+    import janus_files as jf
+    import janus_tokenizer_files as jt
+    from mlx_imgen.text.janus import JanusPrompts
+    folder = jt.write_janus_tokenizer(tmp_path_factory.mktemp("janus-tokenizer"))
+    reference = jf.tiny_janus(seed=1)
+    specials = jt.token_ids()
+    # the generation settings the hub's generation_config.json carries, at the tiny ids
+    reference.generation_config.bos_token_id = specials[jt.BOS]
+    reference.generation_config.pad_token_id = specials[jt.PAD]
+    reference.generation_config.generation_kwargs = {"boi_token_id": specials[jt.BEGIN_OF_IMAGE]}
+    reference.model.vision_model.config.num_image_tokens = jf.GRID ** 2
+    return reference, backbone_of(reference), JanusPrompts.from_folder(folder), folder
+
+
+def test_prompt_row_is_what_transformers_tokenizes_from_upstreams_template(janus_reference):
+    import janus_tokenizer_files as jt
+    _, _, prompts, folder = janus_reference
+    tokenizer = jt.reference_tokenizer(folder)
+    # upstream: the "deepseek" SFT template with an empty system prompt, then the image tag;
+    # the tokenizer puts BOS first
+    text = f"<|User|>: {PROMPT}\n\n<|Assistant|>:<begin_of_image>"
+    assert prompts.row(PROMPT) == tokenizer.encode(text)
+    assert prompts.row("  " + PROMPT + "\n") == prompts.row(PROMPT)  # messages are stripped
+    rows = prompts.rows([(PROMPT, None)])
+    row = tokenizer.encode(text)
+    null = [row[0]] + [jt.token_ids()[jt.PAD]] * (len(row) - 2) + [row[-1]]
+    assert rows.ids.tolist() == [row] and rows.null_ids.tolist() == [null]
+    assert rows.mask is None and rows.null_mask is None
+
+
+def test_greedy_image_tokens_with_cfg_5_equal_transformers_generation(janus_reference):
+    import torch
+    reference, model, prompts, _ = janus_reference
+    rows = prompts.rows([(PROMPT, None)])
+    ids = torch.tensor(rows.ids.astype(np.int64))
+    expected = reference.generate(ids, attention_mask=torch.ones_like(ids),
+                                  generation_mode="image", do_sample=False, guidance_scale=5.0)
+    plan = NextTokenPlan(num_tokens=model.config.num_tokens, cfg_scale=5.0, temperature=0.0)
+    tokens = next_token.generate(model, TextPrefix(mx.array(rows.ids), mx.array(rows.null_ids)),
+                                 plan)
+    np.testing.assert_array_equal(np.array(tokens), expected.numpy())
+    assert len(set(expected[0].tolist())) > 2  # a sequence that is not one repeated token
+
+
+def test_negative_prompt_equals_the_formula_loop_on_the_converted_model(janus_reference):
+    """transformers' Janus has no negative prompt: the formula loop is the reference."""
+    _, model, prompts, _ = janus_reference
+    negative = "blurry"
+    rows = prompts.rows([(PROMPT, negative)])
+    assert rows.null_mask is not None and rows.mask is None  # the negative row is shorter
+    plan = NextTokenPlan(num_tokens=model.config.num_tokens, cfg_scale=5.0, temperature=0.0)
+    condition = TextPrefix(mx.array(rows.ids), mx.array(rows.null_ids), None,
+                           mx.array(rows.null_mask))
+    tokens = next_token.generate(model, condition, plan)
+    expected = reference_greedy(model, [prompts.row(PROMPT)], [prompts.row(negative)], 5.0,
+                                model.config.num_tokens)
+    np.testing.assert_array_equal(np.array(tokens), expected)
+
+
+def test_a_prompt_holding_a_control_token_or_too_long_is_refused(janus_reference):
+    _, _, prompts, _ = janus_reference
+    with pytest.raises(ValueError, match="contains the control token '<begin_of_image>'"):
+        prompts.row("a fox <begin_of_image>")
+    with pytest.raises(ValueError, match=r"the prompt is \d+ tokens in Janus-Pro's template, "
+                                         "more than the 20 the model's context leaves"):
+        prompts.rows([(PROMPT, None)], max_length=20)
+    with pytest.raises(ValueError, match="the negative prompt of the prompt is"):
+        prompts.rows([("a fox", PROMPT)], max_length=20)
