@@ -269,3 +269,117 @@ def test_a_prompt_holding_a_control_token_or_too_long_is_refused(janus_reference
         prompts.rows([(PROMPT, None)], max_length=20)
     with pytest.raises(ValueError, match="the negative prompt of the prompt is"):
         prompts.rows([("a fox", PROMPT)], max_length=20)
+
+
+# --------------------------------------------------------------- pipeline and CLI
+
+def write_janus_pipeline(out, reference_model, tokenizer_folder):
+    """A converted Janus-Pro pipeline folder from the backbone of the tiny reference, a tiny
+    random VQ and the tokenizer (what i14-convert's converter writes from a hub repo)."""
+    import shutil
+
+    from mlx.utils import tree_flatten
+
+    import janus_files as jf
+    from conftest import randomize_autoencoder
+    from mlx_imgen import __version__, families
+    from mlx_imgen.autoencoders.vq import VQConfig, VQModel
+    from mlx_imgen.convert.writer import write_pipeline
+    family = families.get("janus")
+    vq = VQConfig(codebook_size=jf.IMAGE_VOCAB, codebook_embed_dim=jf.CODE_DIM, ch=32,
+                  ch_mult=(1, 2), z_channels=16, num_res_blocks=1)
+    settings = {"dtype": "float32", "quantization": None, "mlx_imgen_version": __version__}
+    source = {"repo": "example/tiny-janus", "file": "model.safetensors", "revision": None,
+              "sha256": "0" * 64}
+    index = {"family": "janus", "paradigm": family.paradigm, "alias": None,
+             "license": family.license, "sampling": family.sampling, **settings}
+    components = {
+        "transformer": ({"family": "janus", "backbone": reference_model.config.to_dict(),
+                         "source": source, **settings},
+                        dict(tree_flatten(reference_model.parameters()))),
+        "autoencoder": ({"kind": "vq", "config": vq.to_dict(), "source": source, **settings},
+                        dict(tree_flatten(randomize_autoencoder(VQModel(vq), 2).parameters()))),
+        "tokenizer": (None, lambda folder: [shutil.copy(f, folder / f.name)
+                                            for f in tokenizer_folder.iterdir()]),
+    }
+    return write_pipeline(out, index, components)
+
+
+@pytest.fixture(scope="module")
+def janus_folder(janus_reference, tmp_path_factory):
+    _, model, _, tokenizer = janus_reference
+    return write_janus_pipeline(tmp_path_factory.mktemp("janus") / "pipe", model, tokenizer)
+
+
+def test_pipeline_generates_one_image_per_prompt_entry_batch_independently(janus_folder):
+    from mlx_imgen.pipeline import Pipeline
+    from mlx_imgen.prompts import Prompt
+    pipe = Pipeline(janus_folder)
+    entries = [PROMPT, PROMPT, "a cat", Prompt("a lighthouse by the sea at sunset", seed=9)]
+    images = pipe.generate(prompts=entries, seed=4, negative_prompt="blurry")
+    assert len(images) == 4 and images[0].size == (pipe.image_size, pipe.image_size)
+    pixels = [np.asarray(image) for image in images]
+    assert not np.array_equal(pixels[0], pixels[1])  # two images of one prompt differ
+    # each image again alone (its --seed and --index) and in other batches: the same image
+    alone = [pipe.generate(prompts=[PROMPT], seed=4, first_index=1, negative_prompt="blurry"),
+             pipe.generate(prompts=["a cat"], seed=4, first_index=2, negative_prompt="blurry"),
+             pipe.generate(prompts=[Prompt("a lighthouse by the sea at sunset", seed=9)],
+                           negative_prompt="blurry")]
+    for i, image in zip((1, 2, 3), alone):
+        np.testing.assert_array_equal(np.asarray(image[0]), pixels[i])
+    in_pairs = pipe.generate(prompts=entries, seed=4, negative_prompt="blurry", batch_size=2)
+    for image, expected in zip(in_pairs, pixels):
+        np.testing.assert_array_equal(np.asarray(image), expected)
+
+
+def test_pipeline_greedy_codes_equal_the_samplers(janus_folder, janus_reference):
+    from mlx_imgen.pipeline import Pipeline
+    from mlx_imgen.prompts import Prompt
+    reference, model, prompts, _ = janus_reference
+    pipe = Pipeline(janus_folder)
+    plan, _ = pipe.plan(temperature=0.0)
+    assert plan.cfg_scale == 5.0  # Janus-Pro's default guidance
+    condition = pipe.text_condition([Prompt(PROMPT)], plan)
+    codes = next_token.generate(pipe.transformer, condition, plan)
+    rows = prompts.rows([(PROMPT, None)])
+    np.testing.assert_array_equal(np.array(codes), np.array(next_token.generate(
+        model, TextPrefix(mx.array(rows.ids), mx.array(rows.null_ids)), plan)))
+
+
+def test_pipeline_refuses_an_over_long_prompt_and_classes(janus_folder):
+    from mlx_imgen.pipeline import Pipeline
+    pipe = Pipeline(janus_folder)
+    with pytest.raises(ValueError, match=r"^the prompt 'a fox a fox .*\.\.\.' is \d+ tokens in "
+                                         r"Janus-Pro's template, more than the \d+ the model's "
+                                         "context leaves beside the image tokens; shorten it$"):
+        pipe.generate(prompts=["a small fox", "a fox " * 400])
+    with pytest.raises(ValueError, match="is a text-to-image model: pass --prompt"):
+        pipe.generate([1])
+
+
+def test_cli_writes_pngs_of_a_prompt_and_refuses_bad_runs_with_one_line(janus_folder,
+                                                                         tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from mlx_imgen.cli.app import app
+    runner = CliRunner()
+    out = tmp_path / "fox.png"
+    result = runner.invoke(app, ["generate", str(janus_folder), "--prompt", PROMPT, "--n", "2",
+                                 "--seed", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    texts = [Image.open(tmp_path / f"fox-{i}.png").text for i in range(2)]
+    assert [t["prompt"] for t in texts] == [PROMPT, PROMPT]
+    assert [t["index"] for t in texts] == ["0", "1"]
+    assert texts[0]["family"] == "janus" and '"cfg_scale": 5.0' in texts[0]["plan"]
+    for argv, words in (
+            (["--prompt", "a fox " * 400], ["tokens in Janus-Pro's template", "shorten it"]),
+            (["--prompt", " "], ["--prompt is empty"]),
+            (["--class", "3"], ["is a text-to-image model", "not --class"])):
+        before = sorted(tmp_path.iterdir())
+        result = runner.invoke(app, ["generate", str(janus_folder), *argv, "--out",
+                                     str(tmp_path / "bad.png")])
+        lines = result.stderr.splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert all(word in lines[0] for word in words), lines[0]
+        assert "Traceback" not in result.output and sorted(tmp_path.iterdir()) == before
