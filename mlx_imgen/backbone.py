@@ -7,8 +7,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .configs import DictConfig
-from .nn import (Attention, KVCache, LearnedPositions, PatchEmbed, TimestepEmbedder, make_mlp,
-                 make_norm, rope_2d_table, sincos_2d)
+from .nn import (Attention, GeluMLP, KVCache, LearnedPositions, PatchEmbed, Rope1D,
+                 TimestepEmbedder, make_mlp, make_norm, rope_2d_table, sincos_2d)
 
 
 @dataclass
@@ -38,23 +38,34 @@ class BackboneConfig(DictConfig):
     input: str = "tokens"             # "tokens" | "patches"
     grid_size: int = 16
     vocab_size: int = 16384
+    # image codes embed this narrow, then an aligner MLP (fc1, exact GELU, fc2) lifts them to
+    # the width (Janus-Pro's 8-wide gen_embed); None embeds straight at the width
+    token_embed_dim: int | None = None
     mask_token: bool = False          # one extra embedding row (id vocab_size) for masked tokens
     predict_mask: bool = False        # the head also scores the mask id (Halton-MaskGIT)
     in_channels: int = 4
     patch_size: int = 2
     out_channels: int | None = None   # patches only; default in_channels
-    # condition: class prefix tokens, or adaLN modulation from class (+ timestep)
-    conditioning: str = "prefix"      # "prefix" | "adaln"
+    # condition: class prefix tokens, a text prefix (token ids of a prompt, embedded by
+    # text_embed; the model is its own text encoder), or adaLN modulation from class (+ timestep)
+    conditioning: str = "prefix"      # "prefix" | "text" | "adaln"
     num_classes: int = 1000           # the null class for CFG has id num_classes
+    text_vocab_size: int | None = None  # "text" only: rows of text_embed
+    # the longest sequence (prefix + image tokens) a text model serves (its trained context);
+    # None: no limit is known
+    context_length: int | None = None
     timestep: bool = False
     timestep_freq_shift: float = 0.0  # 0: DiT/GLIDE frequencies; 1: diffusers' (see timestep_frequencies)
     context_dim: int | None = None    # width of a text sequence for cross-attention
     registers: int = 0                # learned tokens after the prefix whose outputs are dropped
-    # positions
-    positions: str = "rope2d"         # "rope2d" | "sincos2d" | "learned" | "none"
+    # positions; "rope1d" turns q and k with absolute positions, prefix included (Llama)
+    positions: str = "rope2d"         # "rope2d" | "rope1d" | "sincos2d" | "learned" | "none"
     rope_base: float = 10000.0
     rope_prefix: str = "zeros"        # rotation at prefix positions: "zeros" (LlamaGen) | "identity"
     head_bias: bool = False
+    # a head MLP: Linear(width, head_hidden), exact GELU, then the output Linear (Janus-Pro's
+    # gen_head); None: one Linear. Both follow head_bias.
+    head_hidden: int | None = None
 
     def __post_init__(self):
         for name in ("depth", "width", "heads", "grid_size"):
@@ -62,8 +73,20 @@ class BackboneConfig(DictConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.head_dim is None and self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
-        if self.causal and self.conditioning != "prefix":
+        if self.conditioning not in ("prefix", "text", "adaln"):
+            raise ValueError(f"unknown conditioning {self.conditioning!r}; use 'prefix', 'text' "
+                             "or 'adaln'")
+        if self.causal and self.conditioning == "adaln":
             raise ValueError("a causal backbone takes its condition as prefix tokens")
+        if self.conditioning == "text":
+            if not self.text_vocab_size:
+                raise ValueError("a text-conditioned backbone needs text_vocab_size")
+            if not self.causal or self.input != "tokens":
+                raise ValueError("a text prefix is served by causal token models only")
+            # image-indexed positions would need the prompt's length, which varies per call
+            if self.positions not in ("rope1d", "none"):
+                raise ValueError(f"a text-prefixed backbone needs positions 'rope1d' (or "
+                                 f"'none'), not {self.positions!r}")
         if self.predict_mask and not self.mask_token:
             raise ValueError("predict_mask scores the mask token, so it needs mask_token")
 
@@ -77,6 +100,8 @@ class BackboneConfig(DictConfig):
 
     @property
     def prefix_tokens(self) -> int:
+        """Prefix positions every sequence holds: the class token. A text prefix is as long as
+        its prompt, so it is not counted here (the caller adds the prompt's length)."""
         return 1 if self.conditioning == "prefix" else 0
 
     @property
@@ -85,7 +110,8 @@ class BackboneConfig(DictConfig):
 
     @property
     def seq_len(self) -> int:
-        """Length of a full forward pass: prefix, registers and image tokens."""
+        """Length of a full forward pass: prefix, registers and image tokens (for a text model,
+        without the prompt)."""
         return self.prefix_tokens + self.registers + self.num_tokens
 
     @property
@@ -137,9 +163,11 @@ class Transformer(nn.Module):
     """Embeds codes or latent patches, runs the blocks, and returns logits or patch predictions.
 
     Inputs: `x` is (B, L) token ids or (B, H, W, C) latents; `labels` (B,) class ids, where
-    `num_classes` is the null class; `timesteps` (B,) for diffusion; `cache` a list of KVCache
-    for incremental decoding. A causal model returns an output for every input position
-    (prefix included), a bidirectional one for the image tokens only.
+    `num_classes` is the null class; `timesteps` (B,) for diffusion; `prefix` (B, P) text token
+    ids (a "text" model); `cache` a list of KVCache for incremental decoding. The class or text
+    prefix goes before the image tokens of the call that passes it (the first). A causal model
+    returns an output for every input position (prefix included), a bidirectional one for the
+    image tokens only.
     """
 
     def __init__(self, cfg: BackboneConfig):
@@ -147,10 +175,17 @@ class Transformer(nn.Module):
         self.config = cfg
         w = cfg.width
         if cfg.input == "tokens":
-            self.token_embed = nn.Embedding(cfg.vocab_size + int(cfg.mask_token), w)
+            self.token_embed = nn.Embedding(cfg.vocab_size + int(cfg.mask_token),
+                                            cfg.token_embed_dim or w)
+            if cfg.token_embed_dim:
+                self.token_aligner = GeluMLP(cfg.token_embed_dim, w, activation="gelu",
+                                             out_dims=w)
         else:
             self.patch_embed = PatchEmbed(cfg.in_channels, w, cfg.patch_size)
-        self.class_embed = nn.Embedding(cfg.num_classes + 1, w)
+        if cfg.conditioning == "text":
+            self.text_embed = nn.Embedding(cfg.text_vocab_size, w)
+        else:
+            self.class_embed = nn.Embedding(cfg.num_classes + 1, w)
         if cfg.timestep:
             self.time_embed = TimestepEmbedder(w, freq_shift=cfg.timestep_freq_shift)
         if cfg.registers:
@@ -162,13 +197,15 @@ class Transformer(nn.Module):
         elif cfg.positions == "rope2d":
             self._rope = rope_2d_table(cfg.grid_size, cfg.dims_per_head, cfg.rope_base,
                                        cfg.prefix_tokens + cfg.registers, cfg.rope_prefix)
-        elif cfg.positions != "none":
+        elif cfg.positions not in ("rope1d", "none"):
             raise ValueError(f"unknown positions {cfg.positions!r}")
         self.blocks = [Block(cfg) for _ in range(cfg.depth)]
         self.norm = make_norm(cfg.norm, w, cfg.norm_eps, cfg.final_norm_affine, cfg.final_norm_bias)
         if cfg.conditioning == "adaln":
             self.final_modulation = nn.Linear(w, 2 * w)
-        self.head = nn.Linear(w, cfg.output_dims, bias=cfg.head_bias)
+        if cfg.head_hidden:
+            self.head_proj = nn.Linear(w, cfg.head_hidden, bias=cfg.head_bias)
+        self.head = nn.Linear(cfg.head_hidden or w, cfg.output_dims, bias=cfg.head_bias)
 
     @property
     def dtype(self) -> mx.Dtype:
@@ -187,7 +224,12 @@ class Transformer(nn.Module):
         return self.config.vocab_size
 
     def make_cache(self, batch: int, max_length: int | None = None) -> list[KVCache]:
+        """One KVCache a layer for `max_length` positions (default: a full pass). A text
+        model's sequence is as long as its prompt plus the image, so it must be given."""
         cfg = self.config
+        if max_length is None and cfg.conditioning == "text":
+            raise ValueError("a text model's cache holds the prompt and the image tokens; "
+                             "pass max_length")
         length = max_length or cfg.seq_len
         return [KVCache(batch, cfg.heads, cfg.dims_per_head, length, self.dtype)
                 for _ in range(cfg.depth)]
@@ -201,14 +243,35 @@ class Transformer(nn.Module):
             c = c + self.time_embed(timesteps).astype(c.dtype)
         return nn.silu(c)
 
-    def __call__(self, x, labels=None, timesteps=None, *, context=None, cache=None):
+    def __call__(self, x, labels=None, timesteps=None, *, prefix=None, context=None, cache=None):
+        return self.output(self.hidden_states(x, labels, timesteps, prefix=prefix,
+                                              context=context, cache=cache))
+
+    def output(self, h: mx.array) -> mx.array:
+        """The head on hidden states: logits, or patch predictions as latents."""
+        if "head_proj" in self:
+            h = nn.gelu(self.head_proj(h))
+        out = self.head(h)
+        if self.config.input == "patches":
+            out = self.unpatchify(out)
+        return out
+
+    def embed_tokens(self, x: mx.array) -> mx.array:
+        """Image token ids (B, L) as width-wide vectors."""
+        if x.shape[1] == 0:
+            # a prefill of the prefix alone (quantized embeddings cannot look up nothing)
+            return mx.zeros((x.shape[0], 0, self.config.width), dtype=self.dtype)
+        h = self.token_embed(x)
+        return self.token_aligner(h) if "token_aligner" in self else h
+
+    def hidden_states(self, x, labels=None, timesteps=None, *, prefix=None, context=None,
+                      cache=None) -> mx.array:
+        """The final-normed (and, with adaLN, modulated) states the head reads; arguments as
+        for a call."""
         cfg = self.config
         offset = cache[0].offset if cache else 0
-        if cfg.input == "tokens" and x.shape[1] == 0:
-            # a prefill of the class prefix alone (quantized embeddings cannot look up nothing)
-            h = mx.zeros((x.shape[0], 0, cfg.width), dtype=self.dtype)
-        elif cfg.input == "tokens":
-            h = self.token_embed(x)
+        if cfg.input == "tokens":
+            h = self.embed_tokens(x)
         else:
             h = self.patch_embed(x.astype(self.dtype))
         # Additive positions index image tokens only; the prefix sits before them.
@@ -221,6 +284,8 @@ class Transformer(nn.Module):
         extra = []
         if cfg.conditioning == "prefix" and labels is not None:
             extra.append(self.class_embed(labels)[:, None])
+        if cfg.conditioning == "text" and prefix is not None:
+            extra.append(self.text_embed(prefix).astype(h.dtype))
         if cfg.registers and offset == 0:
             extra.append(mx.broadcast_to(self.register_tokens, (h.shape[0], *self.register_tokens.shape)))
         if extra:
@@ -229,6 +294,8 @@ class Transformer(nn.Module):
         rope = None
         if cfg.positions == "rope2d":
             rope = (self._rope[0][offset:offset + length], self._rope[1][offset:offset + length])
+        elif cfg.positions == "rope1d":
+            rope = Rope1D(cfg.dims_per_head, cfg.rope_base, offset)
         mask = None
         if cfg.causal and length > 1:
             mask = "causal" if offset == 0 else _causal_mask(offset, length)
@@ -242,10 +309,7 @@ class Transformer(nn.Module):
             h = modulate(h, shift, scale)
         if not cfg.causal and extra:
             h = h[:, length - image_tokens:]
-        out = self.head(h)
-        if cfg.input == "patches":
-            out = self.unpatchify(out)
-        return out
+        return h
 
     def unpatchify(self, out: mx.array) -> mx.array:
         cfg = self.config

@@ -4,10 +4,10 @@ from .attention import Attention, KVCache
 from .embeddings import PatchEmbed, TimestepEmbedder
 from .mlp import GeluMLP, SwiGLU, make_mlp, swiglu_hidden
 from .norms import RMSNorm, make_norm
-from .positions import LearnedPositions, apply_rope, rope_2d_table, sincos_2d, timestep_frequencies
+from .positions import LearnedPositions, Rope1D, apply_rope, rope_2d_table, sincos_2d, timestep_frequencies
 
 __all__ = [
     "Attention", "KVCache", "PatchEmbed", "TimestepEmbedder", "GeluMLP", "SwiGLU", "make_mlp",
-    "swiglu_hidden", "RMSNorm", "make_norm", "LearnedPositions", "apply_rope", "rope_2d_table",
+    "swiglu_hidden", "RMSNorm", "make_norm", "LearnedPositions", "Rope1D", "apply_rope", "rope_2d_table",
     "sincos_2d", "timestep_frequencies",
 ]

@@ -5,7 +5,7 @@ import mlx.nn as nn
 
 from .activations import softmax_fused, use_fast_cpu_softmax
 from .norms import make_norm
-from .positions import apply_rope
+from .positions import Rope1D, apply_rope
 
 
 class KVCache:
@@ -85,7 +85,8 @@ class Attention(nn.Module):
         return x.reshape(batch, length, self.heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def __call__(self, x: mx.array, *, context: mx.array | None = None,
-                 mask: mx.array | str | None = None, rope: tuple[mx.array, mx.array] | None = None,
+                 mask: mx.array | str | None = None,
+                 rope: tuple[mx.array, mx.array] | Rope1D | None = None,
                  cache: KVCache | None = None) -> mx.array:
         if self.fused:
             q, k, v = mx.split(self.qkv(x), 3, axis=-1)
@@ -98,7 +99,9 @@ class Attention(nn.Module):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if has_qk_norm and self.qk_norm_per_head:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
+        if isinstance(rope, Rope1D):
+            q, k = rope(q), rope(k)
+        elif rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)

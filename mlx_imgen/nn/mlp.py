@@ -10,11 +10,14 @@ GELUS = {"gelu_tanh": gelu_tanh, "gelu": nn.gelu, "quick_gelu": quick_gelu}
 
 
 class GeluMLP(nn.Module):
-    def __init__(self, dims: int, hidden: int, bias: bool = True, activation: str = "gelu_tanh"):
+    """fc1, a GELU, fc2; `out_dims` (default `dims`) makes it a projector between widths."""
+
+    def __init__(self, dims: int, hidden: int, bias: bool = True, activation: str = "gelu_tanh",
+                 out_dims: int | None = None):
         super().__init__()
         self.activation = GELUS[activation]
         self.fc1 = nn.Linear(dims, hidden, bias=bias)
-        self.fc2 = nn.Linear(hidden, dims, bias=bias)
+        self.fc2 = nn.Linear(hidden, out_dims or dims, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.fc2(self.activation(self.fc1(x)))

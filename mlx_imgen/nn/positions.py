@@ -1,6 +1,8 @@
-"""Position encodings over a square token grid: 2-D RoPE tables, fixed 2-D sin-cos, learned."""
+"""Position encodings: 2-D RoPE tables over a square token grid, 1-D RoPE over a sequence
+(Llama's), fixed 2-D sin-cos, learned."""
 
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -39,6 +41,21 @@ def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     even, odd = pairs[..., 0], pairs[..., 1]
     rotated = mx.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1)
     return rotated.reshape(x.shape).astype(x.dtype)
+
+
+@dataclass(frozen=True)
+class Rope1D:
+    """1-D RoPE at absolute positions offset, offset + 1, ... in Llama's (and transformers')
+    rotate-half layout: channel i turns with channel i + D/2 at frequency base ** (-2i / D).
+    LlamaGen's 2-D tables pair interleaved channels instead, hence a separate form."""
+    dims: int
+    base: float = 10000.0
+    offset: int = 0
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """Rotate x (B, H, L, D), position offset + l at index l."""
+        return mx.fast.rope(x, self.dims, traditional=False, base=self.base, scale=1.0,
+                            offset=self.offset)
 
 
 def sincos_2d(dims: int, grid_size: int) -> mx.array:

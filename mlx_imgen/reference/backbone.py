@@ -23,7 +23,8 @@ MIRRORED_OPTIONS = frozenset({
     "qkv_bias", "out_bias", "qk_norm", "qk_norm_per_head", "qk_norm_eps", "causal", "input",
     "grid_size", "vocab_size", "mask_token", "predict_mask", "in_channels", "patch_size",
     "out_channels", "conditioning", "num_classes", "timestep", "timestep_freq_shift",
-    "context_dim", "registers", "positions", "rope_base", "rope_prefix", "head_bias"})
+    "context_dim", "registers", "positions", "rope_base", "rope_prefix", "head_bias",
+    "token_embed_dim", "text_vocab_size", "context_length", "head_hidden"})
 
 
 # ---------------------------------------------------------------- layers
@@ -49,13 +50,15 @@ def make_norm(kind: str, dims: int, eps: float, affine: bool = True, bias: bool 
 
 
 class GeluMLP(nn.Module):
-    def __init__(self, dims: int, hidden: int, bias: bool = True):
+    def __init__(self, dims: int, hidden: int, bias: bool = True, approximate: str = "tanh",
+                 out_dims: int | None = None):
         super().__init__()
+        self.approximate = approximate
         self.fc1 = nn.Linear(dims, hidden, bias=bias)
-        self.fc2 = nn.Linear(hidden, dims, bias=bias)
+        self.fc2 = nn.Linear(hidden, out_dims or dims, bias=bias)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
 
 class SwiGLU(nn.Module):
@@ -90,6 +93,17 @@ class KVCache:
         self.values[:, :, self.offset:end] = values
         self.offset = end
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+def rope_1d(x, offset: int, base: float):
+    """Llama's rotate-half RoPE of x (B, H, L, D) at positions offset, offset + 1, ..."""
+    dims = x.shape[-1]
+    inv_freq = 1.0 / base ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims)
+    positions = torch.arange(offset, offset + x.shape[2], dtype=torch.float32)
+    angles = torch.outer(positions, inv_freq).to(x.device)
+    cos, sin = torch.cos(angles).to(x.dtype), torch.sin(angles).to(x.dtype)
+    first, second = x[..., :dims // 2], x[..., dims // 2:]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
 
 
 def apply_rope(x, cos, sin):
@@ -142,7 +156,9 @@ class Attention(nn.Module):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if self.has_qk_norm and self.qk_norm_per_head:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
+        if isinstance(rope, dict):  # 1-D: {"offset", "base"}
+            q, k = rope_1d(q, **rope), rope_1d(k, **rope)
+        elif rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
@@ -246,10 +262,17 @@ class TorchTransformer(nn.Module):
         self.config = cfg
         w = cfg.width
         if cfg.input == "tokens":
-            self.token_embed = nn.Embedding(cfg.vocab_size + int(cfg.mask_token), w)
+            self.token_embed = nn.Embedding(cfg.vocab_size + int(cfg.mask_token),
+                                            cfg.token_embed_dim or w)
+            if cfg.token_embed_dim:
+                self.token_aligner = GeluMLP(cfg.token_embed_dim, w, approximate="none",
+                                             out_dims=w)
         else:
             self.patch_embed = PatchEmbed(cfg.in_channels, w, cfg.patch_size)
-        self.class_embed = nn.Embedding(cfg.num_classes + 1, w)
+        if cfg.conditioning == "text":
+            self.text_embed = nn.Embedding(cfg.text_vocab_size, w)
+        else:
+            self.class_embed = nn.Embedding(cfg.num_classes + 1, w)
         if cfg.timestep:
             self.time_embed = TimestepEmbedder(w, freq_shift=cfg.timestep_freq_shift)
         if cfg.registers:
@@ -263,13 +286,15 @@ class TorchTransformer(nn.Module):
                                      cfg.prefix_tokens + cfg.registers, cfg.rope_prefix)
             self.register_buffer("_rope_cos", _table(cos), persistent=False)
             self.register_buffer("_rope_sin", _table(sin), persistent=False)
-        elif cfg.positions != "none":
+        elif cfg.positions not in ("rope1d", "none"):
             raise ValueError(f"unknown positions {cfg.positions!r}")
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = make_norm(cfg.norm, w, cfg.norm_eps, cfg.final_norm_affine, cfg.final_norm_bias)
         if cfg.conditioning == "adaln":
             self.final_modulation = nn.Linear(w, 2 * w)
-        self.head = nn.Linear(w, cfg.output_dims, bias=cfg.head_bias)
+        self.head_proj = (nn.Linear(w, cfg.head_hidden, bias=cfg.head_bias)
+                          if cfg.head_hidden else None)
+        self.head = nn.Linear(cfg.head_hidden or w, cfg.output_dims, bias=cfg.head_bias)
 
     @property
     def null_class(self) -> int:
@@ -281,6 +306,9 @@ class TorchTransformer(nn.Module):
 
     def make_cache(self, batch: int, max_length: int | None = None) -> list[KVCache]:
         cfg = self.config
+        if max_length is None and cfg.conditioning == "text":
+            raise ValueError("a text model's cache holds the prompt and the image tokens; "
+                             "pass max_length")
         length = max_length or cfg.seq_len
         weight = self.head.weight
         return [KVCache(batch, cfg.heads, cfg.dims_per_head, length, weight.dtype, weight.device)
@@ -295,11 +323,26 @@ class TorchTransformer(nn.Module):
             c = c + self.time_embed(timesteps).to(c.dtype)
         return F.silu(c)
 
-    def forward(self, x, labels=None, timesteps=None, *, context=None, cache=None):
+    def forward(self, x, labels=None, timesteps=None, *, prefix=None, context=None, cache=None):
+        return self.output(self.hidden_states(x, labels, timesteps, prefix=prefix,
+                                              context=context, cache=cache))
+
+    def output(self, h):
+        if self.head_proj is not None:
+            h = F.gelu(self.head_proj(h))
+        out = self.head(h)
+        if self.config.input == "patches":
+            out = self.unpatchify(out)
+        return out
+
+    def hidden_states(self, x, labels=None, timesteps=None, *, prefix=None, context=None,
+                      cache=None):
         cfg = self.config
         offset = cache[0].offset if cache else 0
         if cfg.input == "tokens":
             h = self.token_embed(x)
+            if cfg.token_embed_dim:
+                h = self.token_aligner(h)
         else:
             h = self.patch_embed(x.to(self.head.weight.dtype))
         # additive positions index image tokens only; the prefix sits before them
@@ -311,6 +354,8 @@ class TorchTransformer(nn.Module):
         extra = []
         if cfg.conditioning == "prefix" and labels is not None:
             extra.append(self.class_embed(labels)[:, None])
+        if cfg.conditioning == "text" and prefix is not None:
+            extra.append(self.text_embed(prefix).to(h.dtype))
         if cfg.registers and offset == 0:
             extra.append(self.register_tokens.expand(h.shape[0], *self.register_tokens.shape))
         if extra:
@@ -319,6 +364,8 @@ class TorchTransformer(nn.Module):
         rope = None
         if cfg.positions == "rope2d":
             rope = (self._rope_cos[offset:offset + length], self._rope_sin[offset:offset + length])
+        elif cfg.positions == "rope1d":
+            rope = {"offset": offset, "base": cfg.rope_base}
         mask = None
         if cfg.causal and length > 1:
             mask = "causal" if offset == 0 else _causal_mask(offset, length, h.device)
@@ -332,10 +379,7 @@ class TorchTransformer(nn.Module):
             h = modulate(h, shift, scale)
         if not cfg.causal and extra:
             h = h[:, length - image_tokens:]
-        out = self.head(h)
-        if cfg.input == "patches":
-            out = self.unpatchify(out)
-        return out
+        return h
 
     def unpatchify(self, out):
         cfg = self.config
