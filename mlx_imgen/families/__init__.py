@@ -3,11 +3,12 @@ maps and the name of its sampling preset table)."""
 
 from .base import Family, Layout
 from .dit import DIT, SIT
+from .janus import JANUS
 from .llamagen import LLAMAGEN
 from .maskgit import MASKGIT
 
 # DiT and SiT checkpoints have the same keys: detection picks DiT, --family sit picks SiT
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMAGEN, MASKGIT, DIT, SIT)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMAGEN, MASKGIT, DIT, SIT, JANUS)}
 
 __all__ = ["FAMILIES", "Family", "Layout", "detect", "get"]
 

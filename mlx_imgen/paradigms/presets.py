@@ -32,6 +32,10 @@ def _next_token_plan(config, sampling: dict):
 LLAMAGEN = PresetTable({"cfg": 4.0, "top_k": 2000, "top_p": 1.0, "temperature": 1.0},
                        _next_token_plan)
 
+# Janus-Pro: upstream generation_inference.py (cfg_weight 5, temperature 1, no top-k or top-p
+# filtering; 576 tokens at 384 px come from the backbone's grid)
+JANUS = PresetTable({"cfg": 5.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0}, _next_token_plan)
+
 
 # ---------------------------------------------------------------- masked-token (Halton-MaskGIT)
 
@@ -153,7 +157,7 @@ def _flow_plan(config, sampling: dict):
 SIT = PresetTable({"sampler": "sde", "cfg": 4.0, "cfg_channels": 3}, _flow_plan)
 
 
-PRESET_TABLES = {"llamagen": LLAMAGEN, "maskgit": MASKGIT, "dit": DIT, "sit": SIT}
+PRESET_TABLES = {"llamagen": LLAMAGEN, "janus": JANUS, "maskgit": MASKGIT, "dit": DIT, "sit": SIT}
 
 
 def _table(name: str) -> PresetTable:
