@@ -12,10 +12,12 @@ which tensors were."""
 import dataclasses
 import datetime
 import hashlib
+import re
 from pathlib import Path
 
 from mlx_imgen import families
-from mlx_imgen.autoencoders.janus_vq import PREFIXES, vq_state
+from mlx_imgen.autoencoders.janus_vq import vq_state
+from mlx_imgen.families.janus import LEFT_OUT, VQ_PREFIXES
 from mlx_imgen.quantize import check_settings
 from mlx_imgen.registry import CARDS, ModelCard, Source
 from mlx_imgen.version import __version__
@@ -35,13 +37,6 @@ MODEL_TYPES = {"multi_modality": "original", "janus": "transformers"}
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-# what the generation path does not use, by key prefix in either layout
-LEFT_OUT = (
-    ("SigLIP understanding encoder", ("vision_model.", "model.vision_model.")),
-    ("understanding aligner", ("aligner.", "model.aligner.")),
-    ("text lm_head", ("language_model.lm_head.", "lm_head.")),
-)
-
 
 @dataclasses.dataclass
 class JanusFiles:
@@ -171,14 +166,14 @@ def read_state(files: JanusFiles) -> dict:
     return state
 
 
-def left_out(state: dict) -> list[dict]:
-    """What the conversion leaves out of `state`, part by part: a record for the folder."""
+def left_out(state: dict, layout: str) -> list[dict]:
+    """What the conversion leaves out of `state` (the family's LEFT_OUT groups): a record of
+    each group's tensors and parameters for the folder."""
     record = []
-    for part, prefixes in LEFT_OUT:
-        keys = [k for k in state if k.startswith(prefixes)]
+    for part, patterns in LEFT_OUT[layout].items():
+        keys = [k for k in state if any(re.fullmatch(p, k) for p in patterns)]
         if keys:
-            record.append({"part": part, "prefix": next(p for p in prefixes if keys[0].startswith(p)),
-                           "tensors": len(keys),
+            record.append({"part": part, "tensors": len(keys),
                            "parameters": sum(_numel(state[k]) for k in keys)})
     return record
 
@@ -251,9 +246,9 @@ def convert_janus(source: str, out: Path, *, dtype: str | None = None,
     except KeyError as err:  # a key the layout always has
         raise ValueError(f"{files.where} lacks {err.args[0]}, which every Janus-Pro checkpoint "
                          "has; download every shard of the repo") from None
-    skipped = left_out(state)
+    skipped = left_out(state, layout.name)
     records = _file_records(files)
-    vq = vq_state(state, layout.name)
+    vq = vq_state(state, VQ_PREFIXES[layout.name])
     sources = fam.weights_from_upstream(state, lazy=True)
     what = f"{files.weights[0].name} (as janus, {layout.name} layout)"
     transformer_weights, quantization = stream_weights(backbone, sources, dtype, quantize,
@@ -267,7 +262,7 @@ def convert_janus(source: str, out: Path, *, dtype: str | None = None,
                      "file": (files.index or files.weights[0]).name,
                      "sha256": records[0]["sha256"], "files": records, "layout": layout.name}
     stored_ae = store.stored("vq", files.weights[0], _vq_store_key(records, layout.name),
-                             {**source_record, "component": PREFIXES[layout.name]}, None,
+                             {**source_record, "component": VQ_PREFIXES[layout.name]}, None,
                              settings, state=vq)
     ae_config = {**stored_ae.config, **settings, "dtype": store.DTYPE, "quantization": None}
     index = {"family": FAMILY, "paradigm": fam.paradigm, "condition": fam.condition,

@@ -10,6 +10,7 @@ from transformers.models.janus.configuration_janus import JanusVQVAEConfig
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
 from mlx_imgen.autoencoders.janus_vq import llamagen_name, vq_state
+from mlx_imgen.families.janus import TEXT_HEAD, UNDERSTANDING, VQ_PREFIXES
 from mlx_imgen.autoencoders.vq import VQModel, infer_vq_config, vq_weights_from_upstream
 from mlx_imgen.weights.keymap import load_checked
 
@@ -44,7 +45,7 @@ def as_original_names(transformers_vq: dict) -> dict:
 
 
 def mlx_vq(state: dict, layout: str) -> VQModel:
-    upstream = {k: v.numpy() for k, v in vq_state(state, layout).items()}
+    upstream = {k: v.numpy() for k, v in vq_state(state, VQ_PREFIXES[layout]).items()}
     model = VQModel(infer_vq_config(upstream))
     load_checked(model, vq_weights_from_upstream(upstream))
     return model
@@ -80,4 +81,216 @@ def test_transformers_vq_names_map_onto_llamagen_modules():
 
 def test_a_checkpoint_without_the_tokenizer_is_refused_in_one_sentence():
     with pytest.raises(ValueError, match=r"holds no image tokenizer \(no gen_vision_model\.\* keys\)"):
-        vq_state({"language_model.model.embed_tokens.weight": np.zeros((4, 2))}, "original")
+        vq_state({"language_model.model.embed_tokens.weight": np.zeros((4, 2))},
+                 "gen_vision_model.")
+
+
+# ---------------------------------------------------------------- whole-repo conversion
+
+import json  # noqa: E402  (the conversion half of the file)
+
+from typer.testing import CliRunner  # noqa: E402
+
+from hubcache import add_to_hub_cache  # noqa: E402
+from janus_files import write_tiny_janus  # noqa: E402
+from janus_tokenizer_files import write_janus_tokenizer  # noqa: E402
+from mlx_imgen.cli.app import app  # noqa: E402
+from mlx_imgen.pipeline import Pipeline  # noqa: E402
+from mlx_imgen.weights.shards import load_weights  # noqa: E402
+
+runner = CliRunner()
+# the three forms the hub holds: deepseek-ai's 1B (one bf16 .bin), its 7B (.bin shards with an
+# index), the transformers port (safetensors); the tiny model of one seed in each
+REPOS = {
+    "original-bin-bf16": "deepseek-ai/Janus-Pro-1B",
+    "original-shards": "deepseek-ai/Janus-Pro-7B",
+    "transformers": "deepseek-community/Janus-Pro-1B",
+}
+
+
+def _repo(folder, form: str):
+    if form == "original-bin-bf16":
+        write_tiny_janus(folder, layout="original", dtype=torch.bfloat16)
+    elif form == "original-shards":
+        write_tiny_janus(folder, layout="original", shards=2)
+    else:
+        write_tiny_janus(folder, layout="transformers")
+    write_janus_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("janus")
+    folders = {form: _repo(root / form, form) for form in REPOS}
+    for form, repo in REPOS.items():
+        add_to_hub_cache(root / "hf", repo, {p.name: p for p in folders[form].iterdir()
+                                             if p.is_file()})
+    return {"root": root, "folders": folders}
+
+
+@pytest.fixture
+def offline(hub, tmp_path, monkeypatch):
+    """The hub is offline and holds only the tiny repos; conversions go to a fresh cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub["root"] / "hf" / "hub"))
+    monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def convert(source: str, out, *extra) -> dict:
+    result = runner.invoke(app, ["convert", source, "--out", str(out), "--dtype", "float32",
+                                 *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "model_index.json").read_text())
+
+
+def test_every_hub_form_converts_to_the_same_pipeline(hub, offline, tmp_path):
+    """bf16 storages cast exactly to float32, so the bf16 repo's pipeline equals the float32
+    repos' once those are rounded to bfloat16 the same way."""
+    outs = {form: tmp_path / form for form in REPOS}
+    indexes = {form: convert(repo, outs[form]) for form, repo in REPOS.items()}
+    weights = {form: load_weights(out / "transformer") for form, out in outs.items()}
+    vqs = {form: load_weights(out / "autoencoder") for form, out in outs.items()}
+    assert set(weights["transformers"]) == set(weights["original-shards"]) == \
+        set(weights["original-bin-bf16"])
+    for key, value in weights["transformers"].items():
+        assert mx.array_equal(value, weights["original-shards"][key]), key
+        rounded = value.astype(mx.bfloat16).astype(mx.float32)
+        assert mx.array_equal(rounded, weights["original-bin-bf16"][key]), key
+    for key, value in vqs["transformers"].items():
+        assert mx.array_equal(value, vqs["original-shards"][key]), key
+    configs = {f: json.loads((o / "transformer" / "config.json").read_text())["backbone"]
+               for f, o in outs.items()}
+    assert configs["transformers"] == configs["original-shards"] == configs["original-bin-bf16"]
+    for form, index in indexes.items():
+        assert index["family"] == "janus" and index["condition"] == "text"
+        assert index["sampling"] and index["paradigm"] == "next-token"
+        assert sorted(p.name for p in (outs[form] / "tokenizer").iterdir()) == \
+            ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    # the aliases' repos carry their card: license and alias recorded
+    assert indexes["original-bin-bf16"]["alias"] == "janus-pro-1b"
+    assert "DeepSeek Model License" in indexes["original-bin-bf16"]["license"]
+    source = json.loads((outs["original-shards"] / "transformer" / "config.json").read_text())
+    assert [f["file"] for f in source["source"]["files"]] == [
+        "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin"]
+    assert all(len(f["sha256"]) == 64 for f in source["source"]["files"])
+
+
+def test_the_left_out_parts_are_recorded_and_shown(hub, offline, tmp_path):
+    index = convert(REPOS["transformers"], tmp_path / "t")
+    parts = {p["part"]: p for p in index["left_out"]}
+    assert set(parts) == {UNDERSTANDING, TEXT_HEAD}
+    assert parts[TEXT_HEAD] == {"part": TEXT_HEAD, "tensors": 1, "parameters": 1024 * 64}
+    assert parts[UNDERSTANDING]["tensors"] > 10
+    original = convert(str(hub["folders"]["original-shards"]), tmp_path / "o")
+    assert [(p["part"], p["tensors"], p["parameters"]) for p in original["left_out"]] == \
+        [(p["part"], p["tensors"], p["parameters"]) for p in index["left_out"]]
+    result = runner.invoke(app, ["info", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "left out" in text and "understanding" in text and "(1 tensors, 0.1M" in text
+    assert "tokenizer.json" in text and "text" in text
+
+
+def test_the_pipeline_decodes_codes_as_transformers(hub, offline, tmp_path):
+    """The converted folder's autoencoder is the checkpoint's own VQ: its decode of a code grid
+    equals transformers' JanusVQVAE.decode of the same codes."""
+    from janus_files import tiny_janus
+
+    convert(REPOS["original-shards"], tmp_path / "p")
+    pipe = Pipeline(tmp_path / "p")
+    reference = tiny_janus().model.vqmodel
+    codes = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = reference.decode(codes).permute(0, 2, 3, 1).numpy()
+    out = np.array(pipe.autoencoder.decode_codes(mx.array(codes.numpy().astype(np.int32)
+                                                          .reshape(2, 4, 4))))
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+
+
+def test_quantized_conversion_and_info(hub, offline, tmp_path):
+    index = convert(REPOS["transformers"], tmp_path / "q", "--quantize", "8", "--group-size",
+                    "32")
+    assert index["quantization"]["bits"] == 8
+    modules = index["quantization"]["modules"]
+    assert any("blocks.0" in m for m in modules)
+    result = runner.invoke(app, ["info", str(tmp_path / "q")])
+    assert result.exit_code == 0 and "8-bit, group size 32" in result.output
+    # a float folder requantizes into one that keeps its tokenizer
+    convert(REPOS["transformers"], tmp_path / "f")
+    again = convert(str(tmp_path / "f"), tmp_path / "q4", "--quantize", "4", "--group-size", "32")
+    assert again["quantization"]["bits"] == 4
+    assert (tmp_path / "q4" / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_models_lists_the_janus_aliases_with_text_conditioning():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    lines = {line.split()[1]: line for line in result.output.splitlines()
+             if line.startswith("│ janus")}
+    assert set(lines) == {"janus-pro-1b", "janus-pro-7b"}
+    assert "0.73" in lines["janus-pro-1b"] and "82.63" in lines["janus-pro-1b"]
+    assert "0.8 " in lines["janus-pro-7b"] and "84.19" in lines["janus-pro-7b"]
+    text = " ".join(result.output.split())
+    assert "text-to-image models (condition: text prompts; scores as published)" in text
+    assert "GenEval" in text and "DPG-Bench" in text
+
+
+def _bad_cases(hub, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for p in hub["folders"]["original-shards"].iterdir():
+        if p.name != "pytorch_model-00002-of-00002.bin":
+            (shards / p.name).write_bytes(p.read_bytes())
+    llamagen = tmp_path / "c2i.safetensors"
+    mx.save_safetensors(str(llamagen), {"tok_embeddings.weight": mx.zeros((4, 8))})
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for p in hub["folders"]["transformers"].iterdir():
+        if not p.name.startswith(("tokenizer", "special")):
+            (no_tokenizer / p.name).write_bytes(p.read_bytes())
+    return {
+        "missing shard": ([str(shards)], "lacks the shard pytorch_model-00002-of-00002.bin"),
+        "wrong layout under --family janus": ([str(llamagen), "--family", "janus"],
+                                              "is not a Janus-Pro checkpoint"),
+        "no tokenizer": ([str(no_tokenizer)], "has no tokenizer.json"),
+        "another family's alias": (["llamagen-c2i-b-256", "--family", "janus"],
+                                   "is a llamagen model"),
+        "an autoencoder for janus": ([REPOS["transformers"], "--autoencoder", "x.pt"],
+                                     "leave out --autoencoder"),
+    }
+
+
+BAD = ["missing shard", "wrong layout under --family janus", "no tokenizer",
+       "another family's alias", "an autoencoder for janus"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_sentence_exit_2_nothing_written(hub, offline, tmp_path, case):
+    args, phrase = _bad_cases(hub, tmp_path)[case]
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["convert", *args, "--out", str(out)])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and message.startswith("error:")
+    assert phrase in message
+    assert not out.exists()
+    assert not offline.exists() or not any(offline.rglob("*.safetensors"))
+
+
+def test_offline_without_the_files_fails_at_once_naming_the_download(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
+    for source in ("janus-pro-7b", "deepseek-community/Janus-Pro-1B"):
+        result = runner.invoke(app, ["convert", source, "--out", str(tmp_path / "x")])
+        message = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "offline mode is on" in message and "mlx-imgen convert ./" in message
+        assert not (tmp_path / "x").exists() and not (tmp_path / "cache").exists()

@@ -15,12 +15,10 @@ _RENAMES = (
     (re.compile(r"^((?:en|de)coder)\.mid\.block_2\."), r"\1.mid.2."),
 )
 
-# where each layout keeps the tokenizer in the whole model's state dict
-PREFIXES = {"original": "gen_vision_model.", "transformers": "model.vqmodel."}
-
 
 def llamagen_name(key: str) -> str:
-    """A transformers JanusVQVAE key in LlamaGen's VQModel names (LlamaGen keys pass through)."""
+    """A transformers JanusVQVAE key in LlamaGen's VQModel names; LlamaGen's own keys (no
+    down/up/block_N names) pass through unchanged."""
     for pattern, target in _RENAMES:
         key, n = pattern.subn(target, key)
         if n:
@@ -28,20 +26,12 @@ def llamagen_name(key: str) -> str:
     return key
 
 
-def vq_state(state: dict, layout: str) -> dict:
-    """The tokenizer's tensors of a Janus checkpoint `state` (either layout), keyed in LlamaGen's
-    names; values are passed through untouched (lazy tensors stay unread)."""
-    prefix = PREFIXES[layout]
-    found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def vq_state(state: dict, prefix: str) -> dict:
+    """The tokenizer's tensors of a Janus checkpoint `state`, those under `prefix`
+    (deepseek-ai's `gen_vision_model.` or transformers' `model.vqmodel.`), keyed in LlamaGen's
+    names; values pass through untouched (lazy tensors stay unread)."""
+    found = {llamagen_name(k[len(prefix):]): v for k, v in state.items() if k.startswith(prefix)}
     if not found:
         raise ValueError(f"this Janus checkpoint holds no image tokenizer (no {prefix}* keys); "
                          "pass the complete checkpoint, every shard included")
-    if layout == "transformers":
-        found = {llamagen_name(k): v for k, v in found.items()}
     return found
-
-
-def detect_layout(state: dict) -> str | None:
-    """Which layout's tokenizer prefix `state` holds."""
-    return next((name for name, prefix in PREFIXES.items()
-                 if any(k.startswith(prefix) for k in state)), None)
