@@ -243,9 +243,11 @@ class Transformer(nn.Module):
             c = c + self.time_embed(timesteps).astype(c.dtype)
         return nn.silu(c)
 
-    def __call__(self, x, labels=None, timesteps=None, *, prefix=None, context=None, cache=None):
+    def __call__(self, x, labels=None, timesteps=None, *, prefix=None, prefix_mask=None,
+                 context=None, cache=None):
         return self.output(self.hidden_states(x, labels, timesteps, prefix=prefix,
-                                              context=context, cache=cache))
+                                              prefix_mask=prefix_mask, context=context,
+                                              cache=cache))
 
     def output(self, h: mx.array) -> mx.array:
         """The head on hidden states: logits, or patch predictions as latents."""
@@ -264,10 +266,11 @@ class Transformer(nn.Module):
         h = self.token_embed(x)
         return self.token_aligner(h) if "token_aligner" in self else h
 
-    def hidden_states(self, x, labels=None, timesteps=None, *, prefix=None, context=None,
-                      cache=None) -> mx.array:
+    def hidden_states(self, x, labels=None, timesteps=None, *, prefix=None, prefix_mask=None,
+                      context=None, cache=None) -> mx.array:
         """The final-normed (and, with adaLN, modulated) states the head reads; arguments as
-        for a call."""
+        for a call. `prefix_mask` (B, P) marks a left-padded text prefix's real tokens; every
+        call of the sequence passes it (the cache keeps the padding's keys)."""
         cfg = self.config
         offset = cache[0].offset if cache else 0
         if cfg.input == "tokens":
@@ -299,6 +302,8 @@ class Transformer(nn.Module):
         mask = None
         if cfg.causal and length > 1:
             mask = "causal" if offset == 0 else _causal_mask(offset, length)
+        if prefix_mask is not None:
+            mask = _padded_causal_mask(prefix_mask, offset, length)
         cond = self.condition(labels, timesteps)
         for i, block in enumerate(self.blocks):
             h = block(h, cond, mask=mask, rope=rope, cache=cache[i] if cache else None,
@@ -324,3 +329,15 @@ def _causal_mask(offset: int, length: int) -> mx.array:
     queries = mx.arange(offset, offset + length)[:, None]
     keys = mx.arange(offset + length)[None]
     return keys <= queries
+
+
+def _padded_causal_mask(prefix_mask: mx.array, offset: int, length: int) -> mx.array:
+    """(B, 1, L, offset + L) boolean mask: causal, and no query sees a padded prefix position
+    but that position itself (a padding query must see something, or its softmax is NaN and the
+    NaN reaches later layers' keys)."""
+    total = offset + length
+    queries = mx.arange(offset, total)[:, None]
+    keys = mx.arange(total)[None]
+    rest = mx.ones((prefix_mask.shape[0], total - prefix_mask.shape[1]), dtype=mx.bool_)
+    real = mx.concatenate([prefix_mask.astype(mx.bool_), rest], axis=1)[:, None]
+    return ((keys <= queries)[None] & (real | (keys == queries)[None]))[:, None]

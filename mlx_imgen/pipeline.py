@@ -13,7 +13,9 @@ from PIL import Image
 from . import families, paradigms
 from .autoencoders import AUTOENCODERS
 from .backbone import BackboneConfig, Transformer
-from .prompts import Prompt, as_prompts, check_condition
+from .paradigms.keys import keys_of
+from .paradigms.next_token import TextPrefix
+from .prompts import Prompt, as_prompts, check_condition, image_seeds
 from .quantize import apply_structure, quantization_record, quantize_model
 from .registry import get_card
 from .version import __version__
@@ -22,6 +24,12 @@ from .weights.jsonfile import read_json
 from .weights.shards import load_weights
 
 INDEX_FILE = "model_index.json"
+TOKENIZER_FOLDER = "tokenizer"
+
+
+def _quoted(text: str, limit: int = 40) -> str:
+    """A prompt as a message quotes it: its start, where it is long."""
+    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
 
 
 class _RecordedReads(dict):
@@ -201,6 +209,36 @@ class Pipeline:
         return paradigms.generate(self.transformer, labels, plan, seed=seed,
                                   first_index=first_index, on_step=on_step, **extra)
 
+    @property
+    def prompting(self):
+        """The family's prompt rows from the folder's tokenizer, read on first use."""
+        if getattr(self, "_prompting", None) is None:
+            folder = self.folder / TOKENIZER_FOLDER if self.folder else None
+            if folder is None or not folder.is_dir():
+                where = f"{self.folder} has no {TOKENIZER_FOLDER}/ folder" if self.folder else \
+                    "a random-weight pipeline has no tokenizer"
+                raise ValueError(f"{where}, so it cannot read prompts; convert the model again "
+                                 "(conversion copies the repo's tokenizer)")
+            self._prompting = self.family.prompting(folder)
+        return self._prompting
+
+    def prompt_length_limit(self, plan) -> int | None:
+        """The longest prompt row the model's context leaves room for beside the image."""
+        context = self.config.context_length or self.prompting.tokenizer.max_length
+        return None if context is None else context - plan.num_tokens
+
+    def text_condition(self, entries: list[Prompt], plan) -> TextPrefix:
+        """The text prefix of a batch of images, one Prompt each: every distinct (prompt,
+        negative prompt) pair is one row pair, prefilled once for all its images."""
+        pairs = list(dict.fromkeys((p.text, p.negative) for p in entries))
+        rows = self.prompting.rows(pairs, max_length=self.prompt_length_limit(plan),
+                                   names=[f"the prompt {_quoted(text)}" for text, _ in pairs])
+        images = [pairs.index((p.text, p.negative)) for p in entries]
+        as_array = lambda a: None if a is None else mx.array(a)  # noqa: E731
+        return TextPrefix(mx.array(rows.ids), mx.array(rows.null_ids), as_array(rows.mask),
+                          as_array(rows.null_mask),
+                          None if images == list(range(len(pairs))) else mx.array(images))
+
     def check_noise(self, noise: mx.array, count: int) -> None:
         expected = (count, *self.latent_shape)
         if tuple(noise.shape) == expected:
@@ -250,14 +288,18 @@ class Pipeline:
         negative prompt win over `seed` and `negative_prompt`) instead of `classes`."""
         check_condition(self.name, self.family.condition, classes=classes, prompts=prompts,
                         negative=negative_prompt)
+        entries = None
         if self.family.condition == "text":
-            as_prompts(prompts or [], negative_prompt)
-            raise ValueError(f"{self.name}: {self.family.title} has no text-to-image sampler in "
-                             f"mlx-imgen {__version__}")
-        if classes is None:
+            entries = as_prompts(prompts or [], negative_prompt)
+            if self.family.prompting is None:
+                raise ValueError(f"{self.name}: {self.family.title} has no text-to-image "
+                                 f"sampler in mlx-imgen {__version__}")
+        elif classes is None:
             raise ValueError(f"{self.name} is a class-conditional model: pass classes "
                              "(ImageNet ids)")
-        self.check_classes(classes)
+        else:
+            self.check_classes(classes)
+        count = len(entries if entries is not None else classes)
         if first_index < 0:
             raise ValueError(f"the first image's index must be 0 or more, got {first_index}")
         if image_size is not None and image_size != self.image_size:
@@ -266,24 +308,35 @@ class Pipeline:
         if noise is not None:
             if self.paradigm != "diffusion":
                 raise ValueError(f"{self.paradigm} sampling starts from no noise; pass a seed")
-            self.check_noise(noise, len(classes))
+            self.check_noise(noise, count)
         if decode_batch_size is not None and decode_batch_size < 1:
             raise ValueError(f"decode batch size must be at least 1, got {decode_batch_size}")
         plan = plan or self.plan(**overrides)[0]
-        batch_size = batch_size or len(classes)
+        batch_size = batch_size or count
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if self.transformer is None:
             raise ValueError("this pipeline released its transformer (low-memory mode); load "
                              "it again to generate more images")
+        batches = range(0, count, batch_size)
+        if entries is not None:
+            # every prompt is tokenized and checked before the first image is sampled
+            conditions = [self.text_condition(entries[start:start + batch_size], plan)
+                          for start in batches]
+            keys = image_seeds(entries, seed=seed, first_index=first_index)
         if low_memory:
             mx.set_cache_limit(256 * 1024 ** 2)
         samples = []
-        for start in range(0, len(classes), batch_size):
-            labels = mx.array(classes[start:start + batch_size], dtype=mx.int32)
-            batch = self.sample(labels, plan, seed=seed, first_index=first_index + start,
-                                on_step=on_step,
-                                noise=None if noise is None else noise[start:start + batch_size])
+        for n, start in enumerate(batches):
+            if entries is not None:
+                batch = paradigms.generate(self.transformer, conditions[n], plan,
+                                           key=keys_of(keys[start:start + batch_size]),
+                                           on_step=on_step)
+            else:
+                labels = mx.array(classes[start:start + batch_size], dtype=mx.int32)
+                batch = self.sample(labels, plan, seed=seed, first_index=first_index + start,
+                                    on_step=on_step,
+                                    noise=None if noise is None else noise[start:start + batch_size])
             mx.eval(batch)
             samples.append(batch)
         if low_memory:

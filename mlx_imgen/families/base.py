@@ -36,6 +36,9 @@ class Family:
     heads_by_width: dict = field(default_factory=dict)
     # what an image is asked for by: "class" (ImageNet ids) or "text" (prompts)
     condition: str = "class"
+    # a text family's prompt rows from its pipeline's tokenizer folder (text.janus.JanusPrompts);
+    # None: the family has no text-to-image sampler yet
+    prompting: Callable | None = None
 
     @property
     def signature(self) -> tuple[str, ...]:

@@ -44,3 +44,17 @@ def per_image(draw: Callable[..., mx.array], keys: mx.array, shape: tuple, **kwa
     """(B, *shape): `draw(shape, key=k, **kwargs)` for each image's key k, e.g.
     `per_image(mx.random.normal, keys, (32, 32, 4))`."""
     return mx.vmap(lambda k: draw(tuple(shape), key=k, **kwargs))(keys)
+
+
+def keys_of(images: list[tuple[int, int]]) -> mx.array:
+    """(B, 2) keys of images given as (seed, index) pairs, each the key `image_keys` gives
+    image `index` of the run with `seed` (runs of consecutive indices on one seed at once)."""
+    if not images:
+        raise ValueError("no images to draw keys for")
+    groups, start = [], 0
+    for i in range(1, len(images) + 1):
+        if i == len(images) or images[i] != (images[i - 1][0], images[i - 1][1] + 1):
+            seed, first = images[start]
+            groups.append(image_keys(i - start, seed=seed, first=first))
+            start = i
+    return mx.concatenate(groups) if len(groups) > 1 else groups[0]

@@ -183,6 +183,22 @@ class PromptTokenizer:
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def encode(self, text: str) -> list[int]:
+        """The ids of `text` alone: no special tokens added, nothing cut (a chat template's
+        caller places BOS and the other markers itself)."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def token_id(self, token: str) -> int | None:
+        """The id of one token of the vocabulary (a special token's), None if it has none."""
+        return self._tokenizer.token_to_id(token)
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """Every token the tokenizer matches whole before splitting words (its added special
+        tokens): text that holds one would inject a control token."""
+        return [t.content for t in self._tokenizer.get_added_tokens_decoder().values()
+                if t.special]
+
     def decode(self, ids) -> str:
         text = self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
         suffix = getattr(self._tokenizer.model, "end_of_word_suffix", None)
