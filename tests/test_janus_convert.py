@@ -294,3 +294,82 @@ def test_offline_without_the_files_fails_at_once_naming_the_download(tmp_path, m
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert "offline mode is on" in message and "mlx-imgen convert ./" in message
         assert not (tmp_path / "x").exists() and not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------- FLOPs, memory and profile
+
+def _tiny_backbone(hub, offline, tmp_path):
+    convert(REPOS["transformers"], tmp_path / "p")
+    return tmp_path / "p", Pipeline(tmp_path / "p").config
+
+
+def test_flops_count_the_prompt_prefill_the_aligner_and_the_head_mlp(hub, offline, tmp_path):
+    """Written out: each block's matmuls per position; the code aligner (8 -> d -> d) on every
+    image token fed back; the head MLP (d -> d -> codes) at the prompt's last position and at
+    every fed-back token; attention over the prompt plus the tokens so far; CFG doubles it."""
+    from mlx_imgen.flops import plan_flops
+    from mlx_imgen.paradigms import NextTokenPlan
+
+    _, cfg = _tiny_backbone(hub, offline, tmp_path)
+    w, f, e, codes, depth = cfg.width, cfg.hidden, cfg.token_embed_dim, cfg.vocab_size, cfg.depth
+    inner = cfg.heads * cfg.dims_per_head
+    block = 2 * (3 * w * inner + inner * w + 3 * w * f)
+    aligner, head = 2 * (e * w + w * w), 2 * (w * cfg.head_hidden + cfg.head_hidden * codes)
+    prompt, tokens = 7, 5
+    linear = depth * block * prompt + head            # prefill: the head at the last position
+    attention = depth * 4 * prompt * prompt * inner
+    for i in range(1, tokens):                        # token i - 1 fed back, sees prompt + i
+        linear += depth * block + aligner + head
+        attention += depth * 4 * (prompt + i) * inner
+    flops = plan_flops(cfg, NextTokenPlan(num_tokens=tokens, cfg_scale=5.0), prompt)
+    assert flops.linear == pytest.approx(2 * linear) and flops.attention == pytest.approx(2 * attention)
+
+
+def test_memory_counts_the_text_embedding_head_mlp_and_prompt_cache(hub, offline, tmp_path):
+    from mlx.utils import tree_flatten
+
+    from mlx_imgen.memory import TEXT_PREFIX_TOKENS, sampling_bytes, transformer_parameters
+    from mlx_imgen.backbone import Transformer
+
+    _, cfg = _tiny_backbone(hub, offline, tmp_path)
+    model = Transformer(cfg)
+    matrices = sum(v.size for k, v in tree_flatten(model.parameters()) if v.ndim == 2)
+    # the estimate counts matrices and a position table (none here), not norms or biases
+    assert transformer_parameters(cfg) - cfg.num_tokens * cfg.width == \
+        matrices + cfg.token_embed_dim  # and one spare code row
+    cache = sampling_bytes(cfg, "next-token", 1, 4, prompt_tokens=10)
+    longer = sampling_bytes(cfg, "next-token", 1, 4, prompt_tokens=110)
+    assert longer - cache == 2 * cfg.depth * 2 * 100 * cfg.width * 4
+    assert sampling_bytes(cfg, "next-token", 1, 4) == \
+        sampling_bytes(cfg, "next-token", 1, 4, prompt_tokens=TEXT_PREFIX_TOKENS)
+
+
+def test_profile_reports_prefill_and_time_per_token_of_a_converted_folder(hub, offline,
+                                                                           tmp_path):
+    from mlx_imgen.cli.profile import PROFILE_PROMPT_TOKENS
+    from mlx_imgen.flops import plan_flops
+
+    folder, cfg = _tiny_backbone(hub, offline, tmp_path)
+    out = tmp_path / "profile.json"
+    result = runner.invoke(app, ["profile", str(folder), "--batch-sizes", "1,2", "--trials", "1",
+                                 "--step-budget", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["results"]
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    pipe = Pipeline(folder)
+    plan, _ = pipe.plan()
+    expected = plan_flops(cfg, plan, PROFILE_PROMPT_TOKENS).total + pipe.decode_flops_per_image()
+    for r in rows:
+        assert r["status"] == "ok" and r["prompt_tokens"] == PROFILE_PROMPT_TOKENS
+        assert r["gflops_per_image"] == pytest.approx(expected / 1e9)
+        assert r["stages_s"]["prefill"] > 0 and r["stages_s"]["per_token_decode"] > 0
+        assert r["measured_steps"] == cfg.num_tokens and not r["extrapolated"]
+
+
+def test_the_torch_reference_is_refused_for_a_text_model_in_one_sentence(hub, offline,
+                                                                          tmp_path):
+    folder, _ = _tiny_backbone(hub, offline, tmp_path)
+    result = runner.invoke(app, ["profile", str(folder), "--reference", "torch"])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--reference torch does not cover the text-to-image model" in message
