@@ -113,6 +113,8 @@ def _convert_janus(source: str, out: Path, *, family, dtype, config, autoencoder
     card = CARDS.get(source)
     if card is not None and card.family != janus.FAMILY:
         raise ValueError(f"{source} is a {card.family} model, not janus; leave out --family")
+    if family not in (None, janus.FAMILY):
+        raise ValueError(f"{source} is a Janus-Pro model, not {family}; leave out --family")
     extra = [name for name, value in (("--config", config), ("--autoencoder", autoencoder),
                                       ("--weights", weights)) if value]
     if extra:

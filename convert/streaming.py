@@ -6,7 +6,8 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from mlx_imgen.backbone import BackboneConfig, Transformer
-from mlx_imgen.quantize import apply_structure, quantizable_layers, quantization_record, quantize_weight
+from mlx_imgen.quantize import (apply_structure, quantizable_layers, quantization_record,
+                                quantize_weight)
 from mlx_imgen.weights.dtypes import cast
 from mlx_imgen.weights.keymap import KeyMismatchError, as_mlx, check_shapes, check_weights, shape_of
 

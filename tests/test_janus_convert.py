@@ -72,15 +72,17 @@ def test_vq_decode_matches_transformers_in_both_layouts(reference_vq):
 
 
 def test_transformers_vq_names_map_onto_llamagen_modules():
-    assert llamagen_name("decoder.up.0.block.2.conv1.weight") == "decoder.conv_blocks.0.res.2.conv1.weight"
-    assert llamagen_name("encoder.down.3.downsample.conv.bias") == "encoder.conv_blocks.3.downsample.conv.bias"
-    assert llamagen_name("decoder.up.0.attn.1.proj_out.weight") == "decoder.conv_blocks.0.attn.1.proj_out.weight"
+    cases = {"decoder.up.0.block.2.conv1.weight": "decoder.conv_blocks.0.res.2.conv1.weight",
+             "encoder.down.3.downsample.conv.bias": "encoder.conv_blocks.3.downsample.conv.bias",
+             "decoder.up.0.attn.1.proj_out.weight": "decoder.conv_blocks.0.attn.1.proj_out.weight"}
+    for name, expected in cases.items():
+        assert llamagen_name(name) == expected
     assert llamagen_name("encoder.mid.attn_1.q.weight") == "encoder.mid.1.q.weight"
     assert llamagen_name("quantize.embedding.weight") == "quantize.embedding.weight"
 
 
 def test_a_checkpoint_without_the_tokenizer_is_refused_in_one_sentence():
-    with pytest.raises(ValueError, match=r"holds no image tokenizer \(no gen_vision_model\.\* keys\)"):
+    with pytest.raises(ValueError, match=r"no image tokenizer \(no gen_vision_model\.\* keys\)"):
         vq_state({"language_model.model.embed_tokens.weight": np.zeros((4, 2))},
                  "gen_vision_model.")
 
@@ -262,11 +264,24 @@ def _bad_cases(hub, tmp_path):
                                    "is a llamagen model"),
         "an autoencoder for janus": ([REPOS["transformers"], "--autoencoder", "x.pt"],
                                      "leave out --autoencoder"),
+        "another family for a janus repo": ([REPOS["transformers"], "--family", "llamagen"],
+                                            "is a Janus-Pro model, not llamagen"),
+        "a damaged index": ([str(_damaged_index(hub, tmp_path))], "is damaged"),
     }
 
 
+def _damaged_index(hub, tmp_path):
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for p in hub["folders"]["original-shards"].iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "pytorch_model.bin.index.json").write_text('{"weight_map": {"a": "../x.bin"}}')
+    return folder
+
+
 BAD = ["missing shard", "wrong layout under --family janus", "no tokenizer",
-       "another family's alias", "an autoencoder for janus"]
+       "another family's alias", "an autoencoder for janus", "another family for a janus repo",
+       "a damaged index"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -322,7 +337,8 @@ def test_flops_count_the_prompt_prefill_the_aligner_and_the_head_mlp(hub, offlin
         linear += depth * block + aligner + head
         attention += depth * 4 * (prompt + i) * inner
     flops = plan_flops(cfg, NextTokenPlan(num_tokens=tokens, cfg_scale=5.0), prompt)
-    assert flops.linear == pytest.approx(2 * linear) and flops.attention == pytest.approx(2 * attention)
+    assert flops.linear == pytest.approx(2 * linear)
+    assert flops.attention == pytest.approx(2 * attention)
 
 
 def test_memory_counts_the_text_embedding_head_mlp_and_prompt_cache(hub, offline, tmp_path):
