@@ -56,13 +56,14 @@ def forward_flops(config: BackboneConfig, length: int | None = None, context: in
         linear += 2 * (256 * w + w * w)
     if config.input == "patches":
         linear += 2 * image_q * config.patch_size ** 2 * config.in_channels * w
-    if config.token_embed_dim:  # narrow code embeddings lifted by the aligner MLP (Janus-Pro)
-        linear += 2 * image_q * (config.token_embed_dim * w + w * w)
     head_rows = q if config.causal else image_q
+    if config.token_embed_dim:
+        # the aligner lifts image tokens only; a text prefix's rows are the caller's to leave
+        # out of image_q (this function does not know a prompt's length: see _text_prefill)
+        linear += 2 * image_q * (config.token_embed_dim * w + w * w)
     if config.head_hidden:  # a head MLP (Janus-Pro's gen_head)
-        linear += 2 * head_rows * (w * config.head_hidden + config.head_hidden * config.output_dims)
-    else:
-        linear += 2 * head_rows * w * config.output_dims
+        linear += 2 * head_rows * w * config.head_hidden
+    linear += 2 * head_rows * (config.head_hidden or w) * config.output_dims
     return Flops(float(linear), float(attention))
 
 

@@ -184,3 +184,18 @@ def test_torch_mirror_runs_the_text_prefixed_backbone_as_mlx(folders):
     assert relative_max_error(full, expected) < 1e-4
     assert relative_max_error(torch.stack([prefill, step], 1).numpy(),
                               expected[:, PROMPT - 1:PROMPT + 1]) < 1e-4
+
+
+def test_decode_step_flops_count_the_aligner_and_the_head_mlp():
+    """A decode step of one image token: every Linear once (text_embed is a lookup), plus
+    attention over the context."""
+    from mlx_imgen.flops import forward_flops
+    from mlx.utils import tree_flatten
+
+    cfg = JANUS.config_for("1B", 384)
+    model = Transformer(cfg)  # lazy parameters: shapes only
+    linear = sum(2 * v.shape[0] * v.shape[1] for k, v in tree_flatten(model.parameters())
+                 if k.endswith(".weight") and v.ndim == 2 and not k.endswith("_embed.weight"))
+    context = 100
+    attention = cfg.depth * 2 * 2 * context * cfg.heads * cfg.dims_per_head
+    assert forward_flops(cfg, 1, context).total == linear + attention
