@@ -16,6 +16,7 @@ Generation, config.json with `text_config` and `vq_config`).
 import re
 
 from mlx_imgen.backbone import BackboneConfig
+from mlx_imgen.text.janus import JanusPrompts
 from mlx_imgen.weights.keymap import KeyMap, Rule, concatenate_rows, count_blocks
 
 from .base import TOKEN_STRIDE, Family, Layout, grid_from_image_size
@@ -207,4 +208,4 @@ JANUS = Family(
     license="code MIT; weights DeepSeek Model License (use restrictions)",
     layouts=(_layout("original", ORIGINAL), _layout("transformers", TRANSFORMERS)),
     sizes=SIZES, config_for=config_for, preset_table="janus", samples_from=("model", "ema"),
-    heads_by_width=HEADS_BY_WIDTH, condition="text")
+    heads_by_width=HEADS_BY_WIDTH, condition="text", prompting=JanusPrompts.from_folder)
