@@ -17,17 +17,31 @@ console = Console()
 
 def models():
     """List the known model aliases."""
-    table = Table(title="mlx-imgen models")
+    table = Table(title="mlx-imgen models (class-conditional: ImageNet classes)")
     table.add_column("alias", no_wrap=True)  # what the user types: never cut
     for column in ("paradigm", "params", "resolution", "FID", "license", "source"):
         table.add_column(column)
     for card in CARDS.values():
+        if card.condition != "class":
+            continue
         table.add_row(card.alias, card.paradigm, card.parameters,
                       f"{card.image_size}px", f"{card.fid}" if card.fid else "-", card.license,
-                      (f"{card.transformer.repo}/{card.transformer.filename}" if card.transformer.repo
-                       else f"local file {card.transformer.filename}")
-                      + ("" if card.confirmed else " (unconfirmed)"))
+                      _source(card))
     console.print(table)
+    text_cards = [card for card in CARDS.values() if card.condition == "text"]
+    benchmarks = list(dict.fromkeys(b for card in text_cards for b in card.benchmarks))
+    texts = Table(title="text-to-image models (condition: text prompts; scores as published)")
+    texts.add_column("alias", no_wrap=True)
+    texts.add_column("paradigm")
+    for column in ("params", "resolution", *benchmarks):
+        texts.add_column(column, min_width=len(column))  # figures and their names never cut
+    for column in ("license", "source"):
+        texts.add_column(column)
+    for card in text_cards:
+        texts.add_row(card.alias, card.paradigm, card.parameters, f"{card.image_size}px",
+                      *(f"{card.benchmarks[b]:g}" if b in card.benchmarks else "-"
+                        for b in benchmarks), card.license, _source(card))
+    console.print(texts)
     scorers = Table(title="scorers (mlx-imgen score; not image generators)")
     scorers.add_column("alias", no_wrap=True)
     for column in ("kind", "params", "resolution", "license", "source"):
@@ -36,6 +50,12 @@ def models():
         scorers.add_row(card.alias, card.kind.upper(), card.parameters, f"{card.image_size}px",
                         card.license, card.repo)
     console.print(scorers)
+
+
+def _source(card) -> str:
+    return ((f"{card.transformer.repo}/{card.transformer.filename}" if card.transformer.repo
+             else f"local file {card.transformer.filename}")
+            + ("" if card.confirmed else " (unconfirmed)"))
 
 
 def check_convert_options(dtype: str | None, config: str | None, quantize: int | None,
@@ -114,8 +134,10 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
             return
         table = Table(title=str(folder), show_header=False)
         quant = index.get("quantization")
-        for key in ("alias", "family", "paradigm", "license", "dtype", "weights", "created"):
-            table.add_row(key, str(index.get(key)))
+        for key in ("alias", "family", "paradigm", "condition", "license", "dtype", "weights",
+                    "created"):
+            if key != "condition" or key in index:
+                table.add_row(key, str(index.get(key)))
         table.add_row("quantization", f"{quant['bits']}-bit, group size {quant['group_size']}, "
                       f"{len(quant['modules'])} layers" if quant else "none (float)")
         table.add_row("sampling", json.dumps(index.get("sampling")))
@@ -135,6 +157,13 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
                              f"({config['store']['files']})" if config.get("store") else ""))
             shape = config.get("backbone") or config.get("config")
             table.add_row(f"{name} config", json.dumps(shape))
+        if (folder / "tokenizer").is_dir():
+            table.add_row("tokenizer", ", ".join(sorted(p.name for p in
+                                                        (folder / "tokenizer").iterdir())))
+        if index.get("left_out"):
+            table.add_row("left out", "; ".join(
+                f"{part['part']} ({part['tensors']} tensors, "
+                f"{part['parameters'] / 1e6:.1f}M parameters)" for part in index["left_out"]))
         console.print(table)
         if check:
             if quant:

@@ -35,6 +35,11 @@ def grid_workloads(sizes: list[str], paradigms: list[str], image_size: int,
                        latent_shape=latent_shape(cfg) if cfg.input == "patches" else None)
 
 
+# a text model is profiled on stand-in prompts this long: upstream's template, BOS and
+# <begin_of_image> (about 12 tokens) around a prompt of about 20
+PROFILE_PROMPT_TOKENS = 32
+
+
 def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
                     steps: int | None) -> Iterator[Workload]:
     """Named models (aliases or converted folders) with their decoders, one at a time."""
@@ -56,8 +61,21 @@ def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
                        latent_shape=latent_shape(cfg) if cfg.input == "patches" else None,
                        decode=pipe.decode_samples, autoencoder=pipe.autoencoder,
                        decode_flops_per_image=pipe.decode_flops_per_image(),
+                       prompt_tokens=PROFILE_PROMPT_TOKENS if cfg.conditioning == "text" else 0,
                        extra={"random_weights": random_weights,
                               "quantization": pipe.index.get("quantization")})
+
+
+def _check_reference_covers(models: list[str], random_weights: bool) -> None:
+    """The torch reference's samplers take class labels only: a text-prefixed model is refused
+    before anything runs."""
+    from mlx_imgen.memory import model_shape
+
+    for name in models:
+        if model_shape(name, "float32").config.conditioning == "text":
+            raise ValueError(f"--reference torch does not cover the text-to-image model {name} "
+                             "yet (the torch mirror's next-token sampler takes class labels "
+                             "only); drop --reference")
 
 
 def _check_output(path: Path | None) -> None:
@@ -159,6 +177,7 @@ def profile(
         if reference:
             from mlx_imgen.reference import require_torch
             require_torch()
+            _check_reference_covers(models or [], random_weights)
         if plot:
             from mlx_imgen.plots import require_matplotlib
             require_matplotlib()

@@ -58,10 +58,13 @@ def store_key(sha256: str, config_json: dict | None) -> str:
     return "-".join([*parts, DTYPE, f"v{FORMAT_VERSION}"])
 
 
-def convert_state(kind: str, path: Path, config_json: dict | None) -> tuple[dict, dict]:
-    """(config dict, weights) of an upstream autoencoder checkpoint, checked against the model."""
+def convert_state(kind: str, path: Path, config_json: dict | None,
+                  state: dict | None = None) -> tuple[dict, dict]:
+    """(config dict, weights) of an upstream autoencoder checkpoint, checked against the model;
+    `state` is its state dict where the caller has it already (a tokenizer inside a larger
+    checkpoint, such as Janus's)."""
     ae = AUTOENCODERS[kind]
-    state = read_state_dict(path)
+    state = read_state_dict(path) if state is None else state
     config = ae.infer_config(state) if config_json is None else \
         ae.infer_config(state, config=config_json)
     deferred = ae.weights_from_upstream(state, lazy=True)
@@ -72,8 +75,9 @@ def convert_state(kind: str, path: Path, config_json: dict | None) -> tuple[dict
 
 
 def stored(kind: str, path: Path, sha256: str, source_record: dict,
-           config_json: dict | None, settings: dict) -> StoredAutoencoder:
-    """The store's entry for this autoencoder file, converted and added on first use."""
+           config_json: dict | None, settings: dict, state: dict | None = None) -> StoredAutoencoder:
+    """The store's entry for this autoencoder file, converted and added on first use (from
+    `state` where given: its key must then name those tensors, not the whole file)."""
     folder = store_root() / store_key(sha256, config_json)
     if (folder / "config.json").is_file():
         config = read_json(folder / "config.json", f"delete {folder} and convert again")
@@ -82,7 +86,7 @@ def stored(kind: str, path: Path, sha256: str, source_record: dict,
                              f"not {kind}; pass the family's own tokenizer or VAE")
         # the same bytes may come from another repo or path: record this conversion's
         return StoredAutoencoder(folder, {**config, "source": source_record}, reused=True)
-    ae_config, weights = convert_state(kind, path, config_json)
+    ae_config, weights = convert_state(kind, path, config_json, state)
     config = {"kind": kind, "config": ae_config, "source": source_record, **settings,
               "dtype": DTYPE, "quantization": None}
     store_root().mkdir(parents=True, exist_ok=True)

@@ -5,26 +5,22 @@ import datetime
 import json
 from pathlib import Path
 
-import mlx.core as mx
-from mlx.utils import tree_flatten
-
 from mlx_imgen import families
-from mlx_imgen.backbone import BackboneConfig, Transformer
+from mlx_imgen.backbone import BackboneConfig
 from mlx_imgen.pipeline import INDEX_FILE
-from mlx_imgen.quantize import (apply_structure, check_settings, quantizable_layers,
-                                quantization_record, quantize_weight)
+from mlx_imgen.quantize import check_settings
 from mlx_imgen.registry import (AUTOENCODER_SOURCES, CARDS, DEFAULT_AUTOENCODERS, ModelCard, Source,
                                 card_for_file, get_card)
 from mlx_imgen.version import __version__
-from mlx_imgen.weights.dtypes import cast, default_dtype, resolve_dtype
+from mlx_imgen.weights.dtypes import default_dtype, resolve_dtype
 from mlx_imgen.weights.jsonfile import read_json
-from mlx_imgen.weights.keymap import KeyMismatchError, as_mlx, check_shapes, check_weights, shape_of
 from mlx_imgen.weights.readers import CHECKPOINT_SUFFIXES, read_checkpoint
 from mlx_imgen.weights.shards import load_weights
 
 from . import autoencoder_store as store
-from . import clip, upstream_config
+from . import clip, janus, upstream_config
 from .hub import fetch, require
+from .streaming import stream_weights
 from .writer import holding_lock_on, sha256_of, write_pipeline
 
 
@@ -110,46 +106,22 @@ def _check_family(family, state: dict, path: Path) -> None:
                          f"{', '.join(family.signature)}, found keys like {found}")
 
 
-def stream_weights(backbone: BackboneConfig, sources: dict, dtype: str | None,
-                   quantize: int | None, group_size: int, what: str = "checkpoint"):
-    """(weights, quantization record) of the transformer, loaded one tensor at a time.
-
-    `sources` maps keys to tensors or to zero-argument callables that load them (a lazy key
-    map); it is emptied as it goes, so each float tensor is freed once it is cast to `dtype`
-    (None keeps it) and, for the layers quantize_model would quantize, quantized. The float
-    model and the quantized one never coexist. Keys and shapes are checked before anything
-    loads.
-    """
-    model = Transformer(backbone)  # structure only: MLX initialises parameters lazily
-    expected = {k: v.shape for k, v in tree_flatten(model.parameters())}
-    # the key-and-shape pass: a file that does not fit fails before any tensor is read
-    check_shapes(model, {k: shape_of(v) for k, v in sources.items()}, what)
-    record, layers = None, set()
-    if quantize:
-        record = quantization_record(quantize, group_size,
-                                     quantizable_layers(model, quantize, group_size))
-        layers = {f"{path}.weight" for path in record["modules"]}
-    weights = {}
-    for key in list(sources):
-        array = as_mlx(sources.pop(key))
-        array = cast(array, dtype)
-        if array.shape != expected[key]:  # a lying file: its data disagree with its header
-            raise KeyMismatchError(f"The {what} does not fit the model: {key} loads as "
-                                   f"{tuple(array.shape)}, not {tuple(expected[key])}")
-        if key in layers:
-            parts = quantize_weight(array, quantize, group_size)
-            new = {key[: -len("weight")] + name: v for name, v in parts.items()}
-        else:
-            new = {key: array}
-        mx.eval(new)
-        weights.update(new)
-        del array, new
-    if not quantize:
-        return weights, None
-    apply_structure(model, record)
-    check_weights(model, weights, what)
-    # the order the in-memory quantized model lists its parameters in
-    return {k: weights[k] for k, _ in tree_flatten(model.parameters())}, record
+def _convert_janus(source: str, out: Path, *, family, dtype, config, autoencoder, weights,
+                   quantize, group_size, revision, force) -> Path:
+    """Janus-Pro converts from its repo's files alone: the tokenizer and the VQ come from the
+    same checkpoint, and config.json says what shapes cannot."""
+    card = CARDS.get(source)
+    if card is not None and card.family != janus.FAMILY:
+        raise ValueError(f"{source} is a {card.family} model, not janus; leave out --family")
+    if family not in (None, janus.FAMILY):
+        raise ValueError(f"{source} is a Janus-Pro model, not {family}; leave out --family")
+    extra = [name for name, value in (("--config", config), ("--autoencoder", autoencoder),
+                                      ("--weights", weights)) if value]
+    if extra:
+        raise ValueError(f"{source} is a Janus-Pro model, which converts from its repo's own "
+                         f"files (its VQ tokenizer included); leave out {', '.join(extra)}")
+    return janus.convert_janus(source, out, dtype=dtype, quantize=quantize,
+                               group_size=group_size, revision=revision, force=force)
 
 
 def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: bool) -> Path:
@@ -166,10 +138,14 @@ def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: b
     ae_config = read_json(folder / "autoencoder" / "config.json")
     ae_folder = store.StoredAutoencoder(folder / "autoencoder", ae_config)
     index = {**index, "quantization": record}
-    return write_pipeline(out, index, {
+    components = {
         "transformer": ({**t_config, "quantization": record}, weights),
         "autoencoder": (ae_config, store.linker(ae_folder, ae_config)),
-    }, force=force)
+    }
+    if (folder / "tokenizer").is_dir():  # a text model's tokenizer files travel unchanged
+        components["tokenizer"] = (None, clip.copied(
+            {p.name: p for p in sorted((folder / "tokenizer").iterdir()) if p.is_file()}))
+    return write_pipeline(out, index, components, force=force)
 
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -263,6 +239,10 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
         if not quantize:
             raise ValueError(f"{path} is a converted CLIP folder; to quantize it pass --quantize")
         return clip.requantize_clip(path, out, quantize, group_size, force)
+    if janus.is_janus_source(source) or family == janus.FAMILY:
+        return _convert_janus(source, out, family=family, dtype=dtype, config=config,
+                              autoencoder=autoencoder, weights=weights, quantize=quantize,
+                              group_size=group_size, revision=revision, force=force)
     standalone = _standalone_autoencoder(source, path)
     # a diffusers pipeline folder (transformer/ and vae/) or one component folder of it
     diffusers_weights = (_diffusers_component(path / "transformer") or _diffusers_component(path)) \
@@ -313,6 +293,10 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
             return convert_autoencoder("vq", None, transformer_path, out, force=force)
         raise ValueError(f"{transformer_path.name} matches no known family; pass --family "
                          f"(one of {', '.join(families.FAMILIES)})")
+    if family_name == janus.FAMILY:  # a Janus weights file named on its own
+        return _convert_janus(source, out, family=family, dtype=dtype, config=config,
+                              autoencoder=autoencoder, weights=weights, quantize=quantize,
+                              group_size=group_size, revision=revision, force=force)
     fam = families.get(family_name)
     if weights is None:
         checkpoint.select(None, fam.samples_from)

@@ -59,22 +59,51 @@ def forward_flops(config: BackboneConfig, length: int | None = None, context: in
     head_rows = q if config.causal else image_q
     if config.token_embed_dim:
         # the aligner lifts image tokens only; a text prefix's rows are the caller's to leave
-        # out of image_q (this function does not know a prompt's length)
+        # out of image_q (this function does not know a prompt's length: see _text_prefill)
         linear += 2 * image_q * (config.token_embed_dim * w + w * w)
-    if config.head_hidden:
+    if config.head_hidden:  # a head MLP (Janus-Pro's gen_head)
         linear += 2 * head_rows * w * config.head_hidden
     linear += 2 * head_rows * (config.head_hidden or w) * config.output_dims
     return Flops(float(linear), float(attention))
 
 
-def _token_by_token(config: BackboneConfig, plan: NextTokenPlan) -> Flops:
-    """A prefill over the prefix, then one pass per sampled token but the last, each
-    attending to the cache so far."""
-    prefix = config.prefix_tokens
-    total = forward_flops(config, prefix, prefix)
+def _token_by_token(config: BackboneConfig, plan: NextTokenPlan, prompt_length: int = 0) -> Flops:
+    """A prefill over the prefix (a text model's prompt of `prompt_length` tokens: its head runs
+    at the last position only, whose logits give the first image token), then one pass per
+    sampled token but the last, each attending to the cache so far."""
+    if prompt_length:
+        total = _text_prefill(config, prompt_length)
+        prefix = prompt_length
+    else:
+        prefix = config.prefix_tokens
+        total = forward_flops(config, prefix, prefix)
     for i in range(1, plan.num_tokens):
         total = total + forward_flops(config, 1, prefix + i)
     return total
+
+
+def _text_prefill(config: BackboneConfig, length: int) -> Flops:
+    """The blocks over a prompt of `length` tokens (embedded by lookup), and the head at its
+    last position."""
+    w = config.width
+    blocks = forward_flops(config, length, length)
+    # forward_flops counts the head (and the code aligner) at every row: keep the blocks only
+    per_row = forward_flops(config, 1, 1)
+    head_and_aligner = per_row.linear - _block_linear(config)
+    return Flops(blocks.linear - length * head_and_aligner + _head_linear(config, w),
+                 blocks.attention)
+
+
+def _block_linear(config: BackboneConfig) -> float:
+    w, inner = config.width, config.heads * config.dims_per_head
+    matrices = 3 if config.mlp == "swiglu" else 2
+    return float(config.depth * 2 * (w * 3 * inner + inner * w + matrices * w * config.hidden))
+
+
+def _head_linear(config: BackboneConfig, w: int) -> float:
+    if config.head_hidden:
+        return 2.0 * (w * config.head_hidden + config.head_hidden * config.output_dims)
+    return 2.0 * w * config.output_dims
 
 
 def _full_passes(config: BackboneConfig, plan) -> Flops:
@@ -88,10 +117,13 @@ PLAN_FLOPS = {NextTokenPlan: _token_by_token, MaskedTokenPlan: _full_passes,
               **{plan: _full_passes for plan in diffusion.PLANS}}
 
 
-def plan_flops(config: BackboneConfig, plan) -> Flops:
-    """FLOPs of the transformer passes that sample one image, CFG included."""
+def plan_flops(config: BackboneConfig, plan, prompt_length: int = 0) -> Flops:
+    """FLOPs of the transformer passes that sample one image, CFG included; a text model's
+    prompt (template and BOS included) is `prompt_length` tokens long."""
     guidance = 2 if plan.cfg_scale != 1.0 else 1
     for kind in type(plan).__mro__:
         if kind in PLAN_FLOPS:
+            if prompt_length:
+                return PLAN_FLOPS[kind](config, plan, prompt_length) * guidance
             return PLAN_FLOPS[kind](config, plan) * guidance
     raise TypeError(f"no FLOPs rule for plan {type(plan).__name__}")

@@ -10,6 +10,8 @@ The estimate is deliberately simple, an upper-end figure rather than a measureme
 - sampling, for a batch of B images, guided (2B rows through the transformer) with width D,
   MLP width F, H heads, depth L, T tokens of a forward pass, b bytes per activation value:
     next-token:   KV cache 2 * L * 2B * T * D * b, plus one token's activations and logits
+                  (a text model's T is its prompt, TEXT_PREFIX_TOKENS unless known, plus
+                  the image tokens: 576 for Janus-Pro at 384 px)
     masked-token: 2B * T * (8D + 2F) * b + 2B * H * T^2 * 4 (attention scores, float32)
                   + 2B * T * V * 4 (float32 logits over the V codes)
     diffusion:    as masked-token with the patch outputs instead of the logits
@@ -70,14 +72,32 @@ def transformer_parameters(cfg) -> int:
     attention = 4 * d * d
     mlp = (3 if cfg.mlp == "swiglu" else 2) * d * f
     adaln = 6 * d * d if cfg.conditioning == "adaln" else 0
-    inputs = (cfg.vocab_size + 1) * d if cfg.input == "tokens" else \
-        cfg.patch_size ** 2 * cfg.in_channels * d
-    return cfg.depth * (attention + mlp + adaln) + inputs + (cfg.num_classes + 1) * d + \
-        d * cfg.output_dims + cfg.num_tokens * d
+    if cfg.input == "tokens" and cfg.token_embed_dim:  # narrow codes and their aligner MLP
+        e = cfg.token_embed_dim
+        inputs = (cfg.vocab_size + 1) * e + e * d + d * d
+    elif cfg.input == "tokens":
+        inputs = (cfg.vocab_size + 1) * d
+    else:
+        inputs = cfg.patch_size ** 2 * cfg.in_channels * d
+    condition = cfg.text_vocab_size * d if cfg.conditioning == "text" else \
+        (cfg.num_classes + 1) * d
+    head = d * cfg.head_hidden + cfg.head_hidden * cfg.output_dims if cfg.head_hidden else \
+        d * cfg.output_dims
+    return cfg.depth * (attention + mlp + adaln) + inputs + condition + head + cfg.num_tokens * d
 
 
-def sampling_bytes(cfg, paradigm: str, batch: int, activation_bytes: int) -> float:
+# the prompt length a text model's estimate assumes when the caller knows no better: the
+# template and BOS (about 12 tokens) and a long prompt
+TEXT_PREFIX_TOKENS = 256
+
+
+def sampling_bytes(cfg, paradigm: str, batch: int, activation_bytes: int,
+                   prompt_tokens: int | None = None) -> float:
+    """`prompt_tokens`: a text model's longest prompt in tokens (template included), which its
+    KV cache holds beside the image tokens; TEXT_PREFIX_TOKENS where not given."""
     rows, t, d, b = 2 * batch, cfg.seq_len, cfg.width, activation_bytes
+    if cfg.conditioning == "text":
+        t += TEXT_PREFIX_TOKENS if prompt_tokens is None else prompt_tokens
     if paradigm == "next-token":
         kv_cache = 2 * cfg.depth * rows * t * d * b
         return kv_cache + rows * ((8 * d + 2 * cfg.hidden) * b + cfg.output_dims * 4)
@@ -164,10 +184,11 @@ def model_shape(model: str, dtype: str) -> ModelShape:
     return _card_shape(model, dtype)
 
 
-def generation_estimate(shape: ModelShape, count: int, batch: int, decode_batch: int) -> Estimate:
+def generation_estimate(shape: ModelShape, count: int, batch: int, decode_batch: int,
+                        prompt_tokens: int | None = None) -> Estimate:
     return Estimate(weights=shape.weight_bytes,
                     sampling=sampling_bytes(shape.config, shape.paradigm, batch,
-                                            shape.activation_bytes),
+                                            shape.activation_bytes, prompt_tokens),
                     decoding=decoding_bytes(shape.image_size, decode_batch),
                     kept=kept_bytes(shape.config, count, shape.image_size))
 

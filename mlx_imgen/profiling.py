@@ -24,6 +24,7 @@ from . import blas
 from .devices import cpu_name, datasheet_peak, measured_cpu_peak
 from .flops import plan_flops
 from .paradigms import iterate, paradigm_of
+from .paradigms.next_token import TextPrefix
 
 SCHEMA_VERSION = 1  # bump on any incompatible change of the report layout (see README)
 # The report layout (schema_version 1); README "Report schema" documents each field.
@@ -50,6 +51,9 @@ class Workload:
     decode_flops_per_image: float = 0.0
     autoencoder: nn.Module | None = None              # lets the torch reference mirror decode
     extra: dict = field(default_factory=dict)
+    # a text-prefixed model's prompt length in tokens (template and BOS included): each image
+    # is conditioned on a stand-in prompt of this length; 0 for class-conditioned models
+    prompt_tokens: int = 0
 
     @property
     def paradigm(self) -> str:
@@ -127,10 +131,16 @@ class MLXFramework(Framework):
     def __init__(self, work: Workload, memory_limit: int | None):
         self.work, self.memory_limit, self.decodes = work, memory_limit, work.decode is not None
 
-    def labels(self, batch_size: int) -> mx.array:
-        return mx.arange(batch_size, dtype=mx.int32) % self.work.model.config.num_classes
+    def labels(self, batch_size: int):
+        config = self.work.model.config
+        if self.work.prompt_tokens:
+            return stand_in_prompts(config, batch_size, self.work.prompt_tokens)
+        return mx.arange(batch_size, dtype=mx.int32) % config.num_classes
 
-    def embed(self, labels: mx.array) -> mx.array:
+    def embed(self, labels):
+        # a text prefix is embedded by the loop's prefill (its first step): nothing to time here
+        if isinstance(labels, TextPrefix):
+            return labels.ids
         return self.work.model.class_embed(labels)
 
     def sampling(self, labels: mx.array, seed: int) -> Callable[[], Iterator]:
@@ -169,6 +179,19 @@ class MLXFramework(Framework):
         mx.clear_cache()
 
 
+def stand_in_prompts(config, batch_size: int, length: int) -> TextPrefix:
+    """`batch_size` distinct prompts of `length` text token ids (fixed, spread over the
+    vocabulary) and unconditional rows of the same length: what a profile conditions on."""
+    rows = mx.arange(batch_size, dtype=mx.int32)[:, None] * 7919
+    ids = (rows + mx.arange(length, dtype=mx.int32)[None] * 104729) % config.text_vocab_size
+    return TextPrefix(ids, mx.zeros_like(ids))
+
+
+def condition_batch(labels) -> int:
+    """The number of images a profile's condition (class labels or a TextPrefix) asks for."""
+    return labels.batch if isinstance(labels, TextPrefix) else labels.shape[0]
+
+
 def check_sizes(batch_size: int, trials: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -200,7 +223,7 @@ def record_identity(work: Workload, batch_size: int, *, plan=None,
     """The record's fields that do not depend on timing; `plan` stands in for the workload's
     (a torch run's own adaptive counts), `decode` says whether the decode stage is timed."""
     plan = plan or work.plan
-    flops = plan_flops(work.model.config, plan)
+    flops = plan_flops(work.model.config, plan, work.prompt_tokens)
     decoding = work.decode is not None if decode is None else decode
     decode_flops = work.decode_flops_per_image if decoding else 0.0
     return {
@@ -209,6 +232,7 @@ def record_identity(work: Workload, batch_size: int, *, plan=None,
         "batch_size": batch_size, "steps": plan.steps,
         "forward_passes_per_image": plan.forward_passes() * (2 if plan.cfg_scale != 1.0 else 1),
         "cfg_scale": plan.cfg_scale,
+        **({"prompt_tokens": work.prompt_tokens} if work.prompt_tokens else {}),
         "gflops_per_image": (flops.total + decode_flops) / 1e9,
         "gflops_breakdown": {"transformer_linear": flops.linear / 1e9,
                              "transformer_attention": flops.attention / 1e9,
@@ -263,7 +287,7 @@ def _run_once(framework, work: Workload, labels, max_steps: int, seed: int) -> d
         # decoding costs the same whatever the codes are, so a loop cut short by the step
         # budget still times the decode of a full-size batch
         samples = last if work.latent_shape else \
-            framework.zero_codes((labels.shape[0], work.model.config.num_tokens))
+            framework.zero_codes((condition_batch(labels), work.model.config.num_tokens))
         t2 = time.perf_counter()
         framework.sync(framework.decode(samples))
         decode_s = time.perf_counter() - t2
@@ -335,6 +359,12 @@ def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_p
     latencies = [r["conditioning_s"] + loop + r["decode_s"] for r, loop in zip(runs, loops)]
     latency, loop = statistics.median(latencies), statistics.median(loops)
     steps = [t for r in runs for t in r["step_times"]]
+    # a next-token loop's first step is the prefill over the prefix (and the first token's
+    # sampling), every later one a decode pass over one token: reported apart
+    later = [t for r in runs for t in r["step_times"][1:]]
+    token_stages = {"prefill": statistics.median(r["step_times"][0] for r in runs),
+                    "per_token_decode": statistics.median(later) if later else None} \
+        if num_tokens else {}
     return {
         "measured_steps": measured, "extrapolated": measured < total_steps,
         "step_s": {"min": min(steps), "median": statistics.median(steps), "max": max(steps),
@@ -348,6 +378,7 @@ def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_p
             "per_step": loop / total_steps,
             "per_token": loop / num_tokens if num_tokens else None,
             "decode": statistics.median(r["decode_s"] for r in runs) if has_decode else None,
+            **token_stages,
         },
     }
 

@@ -3,7 +3,7 @@
 import difflib
 from dataclasses import dataclass, field
 
-from .families import DIT, LLAMAGEN, MASKGIT, SIT
+from .families import DIT, JANUS, LLAMAGEN, MASKGIT, SIT
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class ModelCard:
     hints: dict = field(default_factory=dict)  # what shapes cannot tell (heads, image size)
     local_files: tuple[str, ...] = ()   # names of the upstream files that users download themselves
     confirmed: bool = True              # False: upstream documents no such file (a guessed name)
+    condition: str = "class"            # what an image is asked for by: "class" or "text"
+    # published text-to-image scores (benchmark -> score), from the model's own report
+    benchmarks: dict = field(default_factory=dict)
 
 
 # the tokenizer each family decodes with when a local transformer file comes without one
@@ -138,6 +141,32 @@ def _sit() -> ModelCard:
 
 
 CARDS.update({card.alias: card for card in [_dit(256, 2.27), _dit(512, 3.04), _sit()]})
+
+
+# Janus-Pro (deepseek-ai): the generation path of a multimodal Llama; its VQ-16 tokenizer sits
+# in the same checkpoint, so the card's autoencoder is the transformer's own file
+JANUS_LICENSE = JANUS.license
+
+
+def _janus(size: str, parameters: str, weights: str, geneval: float, dpg: float) -> ModelCard:
+    repo = Source(f"deepseek-ai/Janus-Pro-{size}", weights, config="config.json")
+    return ModelCard(
+        alias=f"janus-pro-{size.lower()}", family="janus", paradigm="next-token", size=size,
+        image_size=384, parameters=parameters, transformer=repo, autoencoder=repo,
+        license=JANUS_LICENSE,
+        published="Janus-Pro technical report (published figures): GenEval overall, DPG-Bench",
+        # no hints: heads, image size and RoPE come from the repo's config.json
+        sampling=JANUS.sampling, condition="text",
+        benchmarks={"GenEval": geneval, "DPG-Bench": dpg})
+
+
+# parameters: the converted generation path (language model, gen_embed/aligner/head) and the
+# VQ; the SigLIP tower and lm_head are not converted. 1B: one pytorch_model.bin (bf16); 7B: two
+# .bin shards and their index (file names unconfirmed from here: the hub is not reachable)
+CARDS.update({card.alias: card for card in [
+    _janus("1B", "1.5B+72M VQ", "pytorch_model.bin", 0.73, 82.63),
+    _janus("7B", "6.6B+72M VQ", "pytorch_model.bin.index.json", 0.80, 84.19),
+]})
 
 
 @dataclass(frozen=True)
