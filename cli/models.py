@@ -39,7 +39,7 @@ def models():
         texts.add_column(column)
     for card in text_cards:
         texts.add_row(card.alias, card.paradigm, card.parameters, f"{card.image_size}px",
-                      *(f"{card.benchmarks[b]:g}" if b in card.benchmarks else "-"
+                      *(f"{card.benchmarks[b]:.2f}" if b in card.benchmarks else "-"
                         for b in benchmarks), card.license, _source(card))
     console.print(texts)
     scorers = Table(title="scorers (mlx-imgen score; not image generators)")
