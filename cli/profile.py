@@ -66,18 +66,6 @@ def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
                               "quantization": pipe.index.get("quantization")})
 
 
-def _check_reference_covers(models: list[str], random_weights: bool) -> None:
-    """The torch reference's samplers take class labels only: a text-prefixed model is refused
-    before anything runs."""
-    from mlx_imgen.memory import model_shape
-
-    for name in models:
-        if model_shape(name, "float32").config.conditioning == "text":
-            raise ValueError(f"--reference torch does not cover the text-to-image model {name} "
-                             "yet (the torch mirror's next-token sampler takes class labels "
-                             "only); drop --reference")
-
-
 def _check_output(path: Path | None) -> None:
     if path is None:
         return
@@ -177,7 +165,6 @@ def profile(
         if reference:
             from mlx_imgen.reference import require_torch
             require_torch()
-            _check_reference_covers(models or [], random_weights)
         if plot:
             from mlx_imgen.plots import require_matplotlib
             require_matplotlib()

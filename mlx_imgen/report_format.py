@@ -5,7 +5,7 @@ from rich.table import Table
 COLUMNS = ["paradigm", "model", "quant", "params", "batch", "steps", "passes/img", "GFLOPs/img",
            "latency", "images/s", "peak mem", "GFLOP/s", "% peak"]
 REFERENCE_COLUMNS = ["paradigm", "model", "batch", "MLX loop", "torch loop", "torch device",
-                     "torch/MLX", "passes/img (MLX, torch)"]
+                     "torch/MLX", "passes/img (MLX, torch)", "prefill, per token (MLX; torch)"]
 DECODE_COLUMNS = ["model", "quant", "batch", "prompt tokens", "prefill", "s/token",
                   "weights/token", "bound s/token", "% of bound"]
 CLAIMS = {"fewest_flops": "fewest FLOPs per image",
@@ -27,6 +27,17 @@ def _row(r: dict) -> list[str]:
                    f"{r['peak_memory_gb']:.2f} GB", f"{r['achieved_gflops_per_s']:.1f}", share]
 
 
+def _token_stages(mlx: dict, torch: dict) -> str:
+    """Next-token records' prefill and median decode pass in ms, MLX's then torch's ("-" for
+    other loops)."""
+    def stages(r: dict) -> str:
+        prefill, token = r["stages_s"].get("prefill"), r["stages_s"].get("per_token_decode")
+        return f"{prefill * 1e3:.3g}, " + ("-" if token is None else f"{token * 1e3:.3g}")
+    if mlx["stages_s"].get("prefill") is None:
+        return "-"
+    return f"{stages(mlx)}; {stages(torch)} ms"
+
+
 def _reference_rows(report: dict) -> list[list[str]]:
     mlx = {(r["model"], r["batch_size"]): r for r in report["results"] if r.get("status") == "ok"}
     rows = []
@@ -39,7 +50,8 @@ def _reference_rows(report: dict) -> list[list[str]]:
                      f"{mlx_loop:.2f} s", f"{torch_loop:.2f} s",
                      t.get("label") or f"{t['device']} ({t.get('torch_threads')} threads)",
                      f"{torch_loop / mlx_loop:.2f}x",
-                     f"{m['forward_passes_per_image']}, {t['forward_passes_per_image']}"])
+                     f"{m['forward_passes_per_image']}, {t['forward_passes_per_image']}",
+                     _token_stages(m, t)])
     return rows
 
 

@@ -380,12 +380,3 @@ def test_profile_reports_prefill_and_time_per_token_of_a_converted_folder(hub, o
         assert r["gflops_per_image"] == pytest.approx(expected / 1e9)
         assert r["stages_s"]["prefill"] > 0 and r["stages_s"]["per_token_decode"] > 0
         assert r["measured_steps"] == cfg.num_tokens and not r["extrapolated"]
-
-
-def test_the_torch_reference_is_refused_for_a_text_model_in_one_sentence(hub, offline,
-                                                                          tmp_path):
-    folder, _ = _tiny_backbone(hub, offline, tmp_path)
-    result = runner.invoke(app, ["profile", str(folder), "--reference", "torch"])
-    message = " ".join(result.output.split())
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "--reference torch does not cover the text-to-image model" in message

@@ -15,12 +15,16 @@ class GeluMLP(nn.Module):
     def __init__(self, dims: int, hidden: int, bias: bool = True, activation: str = "gelu_tanh",
                  out_dims: int | None = None):
         super().__init__()
-        self.activation = GELUS[activation]
+        if activation not in GELUS:
+            raise ValueError(f"unknown GELU {activation!r}; use one of {', '.join(GELUS)}")
+        # the name, not the function: mlx.nn.gelu is a compiled function, which does not pickle,
+        # and the torch reference's child process receives the model pickled
+        self.activation = activation
         self.fc1 = nn.Linear(dims, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, out_dims or dims, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(self.activation(self.fc1(x)))
+        return self.fc2(GELUS[self.activation](self.fc1(x)))
 
 
 class SwiGLU(nn.Module):

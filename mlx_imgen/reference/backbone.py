@@ -323,9 +323,11 @@ class TorchTransformer(nn.Module):
             c = c + self.time_embed(timesteps).to(c.dtype)
         return F.silu(c)
 
-    def forward(self, x, labels=None, timesteps=None, *, prefix=None, context=None, cache=None):
+    def forward(self, x, labels=None, timesteps=None, *, prefix=None, prefix_mask=None,
+                context=None, cache=None):
         return self.output(self.hidden_states(x, labels, timesteps, prefix=prefix,
-                                              context=context, cache=cache))
+                                              prefix_mask=prefix_mask, context=context,
+                                              cache=cache))
 
     def output(self, h):
         if self.head_proj is not None:
@@ -335,8 +337,10 @@ class TorchTransformer(nn.Module):
             out = self.unpatchify(out)
         return out
 
-    def hidden_states(self, x, labels=None, timesteps=None, *, prefix=None, context=None,
-                      cache=None):
+    def hidden_states(self, x, labels=None, timesteps=None, *, prefix=None, prefix_mask=None,
+                      context=None, cache=None):
+        """`prefix_mask` (B, P) marks a left-padded text prefix's real tokens; every call of
+        the sequence passes it, as in MLX."""
         cfg = self.config
         offset = cache[0].offset if cache else 0
         if cfg.input == "tokens":
@@ -369,6 +373,8 @@ class TorchTransformer(nn.Module):
         mask = None
         if cfg.causal and length > 1:
             mask = "causal" if offset == 0 else _causal_mask(offset, length, h.device)
+        if prefix_mask is not None:
+            mask = _padded_causal_mask(prefix_mask, offset, length)
         cond = self.condition(labels, timesteps)
         for i, block in enumerate(self.blocks):
             h = block(h, cond, mask=mask, rope=rope, cache=cache[i] if cache else None,
@@ -398,6 +404,18 @@ def _causal_mask(offset: int, length: int, device=None):
     queries = torch.arange(offset, offset + length, device=device)[:, None]
     keys = torch.arange(offset + length, device=device)[None]
     return keys <= queries
+
+
+def _padded_causal_mask(prefix_mask, offset: int, length: int):
+    """(B, 1, L, offset + L) boolean mask: causal, and no query sees a padded prefix position
+    but that position itself (a query that sees nothing would give NaN, as in MLX)."""
+    device, total = prefix_mask.device, offset + length
+    queries = torch.arange(offset, total, device=device)[:, None]
+    keys = torch.arange(total, device=device)[None]
+    rest = torch.ones(prefix_mask.shape[0], total - prefix_mask.shape[1], dtype=torch.bool,
+                      device=device)
+    real = torch.cat([prefix_mask.to(torch.bool), rest], dim=1)[:, None]
+    return ((keys <= queries)[None] & (real | (keys == queries)[None]))[:, None]
 
 
 def load_from_mlx(torch_model: TorchTransformer, mlx_model) -> TorchTransformer:

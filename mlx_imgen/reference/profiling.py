@@ -13,11 +13,12 @@ from typing import Callable
 
 from mlx_imgen.paradigms import diffusion
 from mlx_imgen.devices import cpu_name
-from mlx_imgen.profiling import Framework, Workload, check_sizes, measure
+from mlx_imgen.paradigms.next_token import TextPrefix
+from mlx_imgen.profiling import Framework, Workload, check_sizes, measure, stand_in_prompts
 
 from . import pick_device, require_torch
 from .backbone import from_mlx
-from .samplers import iterate, replay_mlx_noise
+from .samplers import condition_on, iterate, replay_mlx_noise
 
 torch = require_torch()
 
@@ -32,9 +33,18 @@ class TorchFramework(Framework):
         self._decode, self.decodes = decode, decode is not None
 
     def labels(self, batch_size: int):
-        return torch.arange(batch_size, device=self.device) % self.model.config.num_classes
+        """MLX's labels, or a text model's stand-in prompts (`profiling.stand_in_prompts`, the
+        same ids as the MLX run's), on the device."""
+        config = self.model.config
+        if self.work.prompt_tokens:
+            prompts = stand_in_prompts(config, batch_size, self.work.prompt_tokens)
+            return condition_on(prompts, self.device)
+        return torch.arange(batch_size, device=self.device) % config.num_classes
 
     def embed(self, labels):
+        # a text prefix is embedded by the loop's prefill (its first step), as in MLX
+        if isinstance(labels, TextPrefix):
+            return labels.ids
         with torch.inference_mode():
             return self.model.class_embed(labels)
 

@@ -63,6 +63,26 @@ def _tensor(value, device):
     return value.to(device)
 
 
+def _ids_or_flags(value, device):
+    """An id or flag array as a torch tensor on `device`: integers as torch.long (the loops'
+    `xp.ids`), booleans as they are."""
+    tensor = _tensor(value, device)
+    return tensor if tensor.dtype == torch.bool else tensor.long()
+
+
+def condition_on(condition, device):
+    """Class labels, or a condition object of `next_token` (ClassPrefix, TextPrefix), with
+    every array it holds (ids, masks, image rows) as a torch tensor on `device`; the loop
+    asks the copy for its prefill and step arguments as it asks the MLX one."""
+    if not isinstance(condition, (next_token.ClassPrefix, next_token.TextPrefix)):
+        return _ids_or_flags(condition, device)
+    copied = copy.copy(condition)
+    for name, value in vars(condition).items():
+        if value is not None and not isinstance(value, (int, float, str, bool)):
+            setattr(copied, name, _ids_or_flags(value, device))
+    return copied
+
+
 class GeneratorDraws:
     """Every random number of a torch run from one seeded torch.Generator, with the methods
     of MLX's next_token.TokenDraws, masked_token.Draws and diffusion.Noise."""
@@ -121,12 +141,13 @@ class ReplayedSteps:
 # ---------------------------------------------------------------- one run per paradigm
 
 def _token_run(loop):
-    """A next- or masked-token run of `loop`; `draws` (e.g. MLX's TokenDraws or Draws, see
-    `replay_mlx_draws`) replaces the generator's random numbers."""
+    """A next- or masked-token run of `loop` on class labels or (next-token) a ClassPrefix or
+    TextPrefix; `draws` (e.g. MLX's TokenDraws or Draws, see `replay_mlx_draws`) replaces the
+    generator's random numbers."""
     def run(model, labels, plan, *, seed=None, draws=None):
         device = model.head.weight.device
         draws = GeneratorDraws(device, seed) if draws is None else OnDevice(draws, device)
-        given = _tensor(labels, device).long()
+        given = condition_on(labels, device)
         return Sampling(model, plan, lambda m, p: loop(m, given, p, draws, TorchArrays(device)))
     return run
 
