@@ -227,6 +227,11 @@ def condition_batch(labels) -> int:
     return labels.batch if isinstance(labels, TextPrefix) else labels.shape[0]
 
 
+# a next-token loop cut short by the step budget is timed over at least its prefill and this
+# many decode steps, so that the time per token it is extrapolated from is a decode step's
+NEXT_TOKEN_MIN_DECODE_STEPS = 5
+
+
 def check_sizes(batch_size: int, trials: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -345,6 +350,8 @@ def measure(framework: Framework, work: Workload, batch_size: int, trials: int,
     that runs out of memory gives a record with status "out_of_memory" instead of raising."""
     plan = work.plan
     adaptive = hasattr(plan, "passes_used")
+    if work.paradigm == "next-token":
+        min_steps = max(min_steps, 1 + NEXT_TOKEN_MIN_DECODE_STEPS)
 
     def after_warmup():
         framework.check_memory()
@@ -391,6 +398,15 @@ def _peak_note(framework: Framework, peak: float | None) -> dict:
     return {} if peak is not None else {"peak_memory_note": framework.peak_memory_note}
 
 
+def _full_loop(step_times: list[float], total_steps: int, prefilled: bool) -> float:
+    """The time of the whole loop from its first timed steps. A next-token loop's first step
+    is the prefill, paid once: only the decode steps after it are scaled to the rest."""
+    measured = len(step_times)
+    if prefilled and 1 < measured < total_steps:
+        return step_times[0] + sum(step_times[1:]) * (total_steps - 1) / (measured - 1)
+    return sum(step_times) * total_steps / measured
+
+
 def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_per_image: float,
                    *, num_tokens: int | None = None, has_decode: bool = False) -> dict:
     """Latency (median, min, max), throughput, achieved FLOP/s and stage times of timed runs
@@ -398,7 +414,7 @@ def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_p
     `total_steps` is scaled to the full plan and marked as extrapolated. `step_s` spreads every
     timed step of every trial (a next-token loop's first step includes the prefix pass)."""
     measured = len(runs[0]["step_times"])
-    loops = [sum(r["step_times"]) * total_steps / measured for r in runs]
+    loops = [_full_loop(r["step_times"], total_steps, prefilled=bool(num_tokens)) for r in runs]
     latencies = [r["conditioning_s"] + loop + r["decode_s"] for r, loop in zip(runs, loops)]
     latency, loop = statistics.median(latencies), statistics.median(loops)
     steps = [t for r in runs for t in r["step_times"]]
