@@ -83,7 +83,8 @@ def main() -> None:
                         help="time at least this many steps per trial, whatever the budget")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--no-janus", action="store_true",
-                        help="skip the Janus-Pro-1B rows (about 7 minutes on a 2-core CPU)")
+                        help="skip the Janus-Pro-1B rows (about 7.5 minutes on a 2-core "
+                        "CPU, the torch row included)")
     parser.add_argument("--clip-repeats", type=int, default=3,
                         help="repeats of the CLIP ViT-L/14 tower rows (0: none)")
     args = parser.parse_args()

@@ -8,11 +8,14 @@ tokens; per row the prefill, the time per image token, images/s, peak memory, FL
 (prefill over the prompt, decode with the KV cache, gen_aligner and gen_head, VQ decode) and, at
 batch 1, the achieved fraction of the decode's weight-bandwidth bound (the report's "Next-token
 decode" table). Float rows at each batch size, 8-bit and 4-bit rows of the language model at
-batch 1. Each loop is timed over at least --min-steps of its 576 tokens and extrapolated.
+batch 1. Each loop is timed over its prefill and at least 5 of its 575 decode steps, and only
+the decode steps are extrapolated.
 
-On the 2-core CPU of the README (fp32 1B, 6.1 GB of weights, 5.1 GB read per token), a token
-takes about 1 s at batch 1 and the VQ decode about 15 s per image: some 10 minutes per image.
-So the decode is timed on one image per run and scaled to the batch (`decode_images`).
+On the README's 2-core EPYC VM (fp32 1B: 5.9 GB of weights, 5.1 GB read per token), a token
+takes about 1.0 s at batch 1 (and at batch 16), the prefill 4 s (32 s at batch 16) and the VQ
+decode about 15 s per image: some 10.5 minutes per image at batch 1, 48 s at batch 16. So the
+decode is timed on one image per run and scaled to the batch (`decode_images`), and these rows
+with the torch one take about 7.5 minutes of `make bench`.
 """
 
 import argparse
@@ -26,6 +29,7 @@ from mlx_imgen.cli.profile import PROFILE_PROMPT_TOKENS
 from mlx_imgen.io import atomic_write_text
 from mlx_imgen.pipeline import Pipeline
 from mlx_imgen.profiling import Workload, profile_workload, report
+from mlx_imgen.quantize import weight_bytes
 from mlx_imgen.report_format import markdown
 from mlx_imgen.weights.dtypes import resolve_dtype
 
@@ -36,10 +40,7 @@ ROWS = ((None, (1, 16)), (8, (1,)), (4, (1,)))
 def random_pipeline(alias: str, dtype: str) -> Callable[[int | None], Pipeline]:
     """Builds the alias with random weights, its language model quantized to `bits` if given."""
     def build(bits: int | None) -> Pipeline:
-        pipe = Pipeline.random(alias, dtype)
-        if bits:
-            pipe.quantize(bits)
-        return pipe
+        return Pipeline.random(alias, dtype, bits)
     return build
 
 
@@ -51,29 +52,49 @@ def workload(pipe: Pipeline, name: str, decode_images: int | None = 1) -> Worklo
                     decode_flops_per_image=pipe.decode_flops_per_image(),
                     prompt_tokens=PROFILE_PROMPT_TOKENS, decode_images=decode_images,
                     extra={"random_weights": bool(pipe.index.get("random_weights")),
-                           "quantization": pipe.index.get("quantization")})
+                           "quantization": pipe.index.get("quantization"),
+                           # what the model holds: language model, then the VQ decoder
+                           "weight_bytes": {"transformer": weight_bytes(pipe.transformer),
+                                            "autoencoder": weight_bytes(pipe.autoencoder)}})
 
 
 def measure(build: Callable[[int | None], Pipeline], name: str, rows=ROWS, *, trials: int,
             step_budget: float | None, min_steps: int, decode_images: int | None = 1,
-            reference: list | None = None) -> list[dict]:
+            reference: list | None = None, reference_rows=((None, 1),)) -> list[dict]:
     """Profile records of each (bits, batch sizes) row, one model in memory at a time; with
-    `reference` a list, the torch reference's records of the same rows are appended to it."""
+    `reference` a list, the torch reference's records of the `reference_rows` (bits, batch)
+    are appended to it (by default the float model at batch 1: the reference has no quantized
+    layers, and on a 2-core CPU each torch row takes minutes)."""
     results = []
-    for bits, batches in rows:
-        work = workload(build(bits), name, decode_images)
-        for batch in batches:
-            print(f"profiling {work.name} at batch {batch}", flush=True)
-            results.append(profile_workload(work, batch, trials=trials,
-                                            step_budget_s=step_budget, min_steps=min_steps))
-            if reference is not None and results[-1]["status"] == "ok":
-                from mlx_imgen.reference.child import profile_reference_in_child
+    # MLX keeps freed buffers for reuse; at batch 16 (6.2 GB of fp32 weights, a 7.6 GB KV
+    # cache) they took the process past 17 GB and the machine's memory: give them back
+    cache_limit = mx.set_cache_limit(0)
+    try:
+        for bits, batches in rows:
+            results += _rows(build, name, bits, batches, trials, step_budget, min_steps,
+                             decode_images, reference, reference_rows)
+    finally:
+        mx.set_cache_limit(cache_limit)
+    return results
 
-                reference.append(profile_reference_in_child(
-                    work, batch, trials=trials, step_budget_s=step_budget,
-                    min_steps=min_steps))
-        work.model = work.decode = work.autoencoder = None
-        mx.clear_cache()
+
+def _rows(build, name, bits, batches, trials, step_budget, min_steps, decode_images, reference,
+          reference_rows) -> list[dict]:
+    """One model's rows (see `measure`); its weights are freed before the next is built."""
+    work, results = workload(build(bits), name, decode_images), []
+    for batch in batches:
+        print(f"profiling {work.name} at batch {batch}", flush=True)
+        results.append(profile_workload(work, batch, trials=trials, step_budget_s=step_budget,
+                                        min_steps=min_steps))
+        if reference is not None and results[-1]["status"] == "ok" and \
+                (bits, batch) in reference_rows:
+            from mlx_imgen.reference.child import profile_reference_in_child
+
+            print(f"profiling {work.name} at batch {batch} in torch", flush=True)
+            reference.append(profile_reference_in_child(
+                work, batch, trials=trials, step_budget_s=step_budget, min_steps=min_steps))
+    work.model = work.decode = work.autoencoder = None
+    mx.clear_cache()
     return results
 
 
@@ -81,7 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="1B", choices=("1B", "7B"))
-    parser.add_argument("--batch-sizes", default="1,16", help="the float rows' batch sizes")
+    parser.add_argument("--batch-sizes", default="1,16",
+                        help="the float rows' batch sizes ('' for none)")
     parser.add_argument("--bits", default="8,4", help="quantized rows at batch 1 ('' for none)")
     parser.add_argument("--dtype", default=None, help="float rows' dtype (default: float16 on "
                         "a GPU, float32 on the CPU)")
@@ -95,7 +117,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     alias = f"janus-pro-{args.size.lower()}"
-    rows = [(None, tuple(int(b) for b in args.batch_sizes.split(",")))]
+    batches = tuple(int(b) for b in args.batch_sizes.split(",") if b)
+    rows = [(None, batches)] if batches else []
     rows += [(int(b), (1,)) for b in args.bits.split(",") if b]
     reference = [] if args.reference else None
     results = measure(random_pipeline(alias, resolve_dtype(args.dtype)), alias, rows,

@@ -123,3 +123,24 @@ def test_a_cut_short_next_token_loop_scales_its_decode_steps_not_its_prefill():
     assert _full_loop([6.0] + [1.0] * 5, 576, prefilled=True) == pytest.approx(581.0)
     assert _full_loop([2.0] * 4, 40, prefilled=False) == pytest.approx(80.0)
     assert _full_loop([3.0, 1.0], 2, prefilled=True) == pytest.approx(4.0)   # not cut short
+
+
+def test_a_random_quantized_pipeline_never_holds_its_float_weights():
+    """Pipeline.random(bits=4) quantizes before any weight is computed: Janus-Pro-7B in float32
+    (30 GB) could not be built on a 16 GB machine otherwise."""
+    import mlx.core as mx
+
+    from mlx_imgen.profiling import parameter_count
+    from mlx_imgen.quantize import weight_bytes
+
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    pipe = Pipeline.random("llamagen-c2i-b-256", "float32", bits=4)
+    built = mx.get_peak_memory() - before
+    held = weight_bytes(pipe.transformer) + weight_bytes(pipe.autoencoder)
+    float_bytes = 4 * parameter_count(pipe.transformer)
+    assert pipe.index["quantization"]["bits"] == 4
+    assert weight_bytes(pipe.transformer) < float_bytes / 4
+    # a float copy of the transformer, built and then quantized, would have peaked above this
+    assert built < held + float_bytes / 2
