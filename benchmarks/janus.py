@@ -11,11 +11,13 @@ decode" table). Float rows at each batch size, 8-bit and 4-bit rows of the langu
 batch 1. Each loop is timed over its prefill and at least 5 of its 575 decode steps, and only
 the decode steps are extrapolated.
 
-On the README's 2-core EPYC VM (fp32 1B: 5.9 GB of weights, 5.1 GB read per token), a token
-takes about 1.0 s at batch 1 (and at batch 16), the prefill 4 s (32 s at batch 16) and the VQ
-decode about 15 s per image: some 10.5 minutes per image at batch 1, 48 s at batch 16. So the
-decode is timed on one image per run and scaled to the batch (`decode_images`), and these rows
-with the torch one take about 7.5 minutes of `make bench`.
+On the README's 2-core EPYC VM, quiet (fp32 1B: 5.9 GB of weights, 5.1 GB read per token), a
+token takes 0.53 s at batch 1 (about 1 s with other work on the machine) and 0.97 s at batch 16,
+the prefill 2 s (20 s at batch 16), the VQ decode 10 to 11 s per image: 5.3 minutes per image
+at batch 1, 47 s at batch 16; the 8-bit and 4-bit models decode at 2.2 s per token (MLX's CPU
+quantized matmul at 2 rows). So the decode is timed on one image per run and scaled to the
+batch (`decode_images`), and these rows with the torch one take 6.5 minutes of `make bench`
+(7.7 with other work on the machine).
 """
 
 import argparse

@@ -290,8 +290,9 @@ def timed_runs(run_once: Callable[[int], dict], total_steps: int, trials: int,
                min_steps: int = 1) -> tuple[list[dict], int]:
     """A warm-up run (allocations, kernel set-up; not reported), then `trials` runs of
     `run_once(max_steps)`, each returning conditioning_s, step_times and decode_s; with the
-    plan's step count, or fewer that fit in `step_budget_s` (found by the first trial, reused
-    by the others) but never fewer than `min_steps`. An adaptive solver learns its step count only by finishing, so it warms up
+    plan's step count, or fewer that fit in `step_budget_s` (sized by one step run without the
+    decode, found by the first trial, reused by the others) but never fewer than `min_steps`.
+    An adaptive solver learns its step count only by finishing, so it warms up
     with a full run and is never cut short; its loop yields accepted steps only. Returns the
     runs and the number of steps a full loop takes. MLX and the torch reference share it."""
     warm = run_once(1 << 30 if adaptive else 1)
