@@ -171,3 +171,25 @@ def test_profile_with_the_torch_reference_reports_both_frameworks(janus_folder, 
     prefill = [r["stages_s"]["prefill"] * 1e3 for r in (mlx_row, torch_row)]
     token = [r["stages_s"]["per_token_decode"] * 1e3 for r in (mlx_row, torch_row)]
     assert cells[8] == f"{prefill[0]:.3g}, {token[0]:.3g}; {prefill[1]:.3g}, {token[1]:.3g} ms"
+
+
+def test_the_child_receives_the_weights_beside_the_pickle_and_the_parent_keeps_them(
+        pipe_and_mirror, tmp_path):
+    import pickle
+
+    from mlx.utils import tree_flatten
+
+    from mlx_imgen.reference.child import attach_weights, detached_weights
+    pipe, _ = pipe_and_mirror
+    model = pipe.transformer
+    before = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    path = str(tmp_path / "weights.safetensors")
+    with detached_weights(model, path):
+        blob = pickle.dumps(model)
+    assert len(blob) < sum(v.nbytes for v in before.values()) / 10  # the structure alone
+    after = dict(tree_flatten(model.parameters()))
+    received = pickle.loads(blob)
+    attach_weights(received, path)
+    for name, value in tree_flatten(received.parameters()):
+        np.testing.assert_array_equal(np.array(value), before[name])
+        np.testing.assert_array_equal(np.array(after[name]), before[name])

@@ -69,21 +69,25 @@ def load_mlx_weights(torch_model, mlx_model, *, rename=None, keep=None) -> None:
     source = mlx_model.upstream_layout() if hasattr(mlx_model, "upstream_layout") else \
         dict(tree_flatten(mlx_model.parameters()))
     target = torch_model.state_dict()
-    weights = {}
-    for name, value in source.items():
-        if keep is not None and not keep(name):
-            continue
-        name, tensor = rename(name) if rename else name, to_torch(value)
-        if tensor.ndim == 4:  # conv: (O, kH, kW, I) -> (O, I, kH, kW)
-            tensor = tensor.permute(0, 3, 1, 2)
-            if name in target and target[name].ndim == 2:
-                tensor = tensor.reshape(target[name].shape)
-        weights[name] = tensor
-    shapes = {name: tuple(tensor.shape) for name, tensor in weights.items()}
+    arrays = {(rename(name) if rename else name): value for name, value in source.items()
+              if keep is None or keep(name)}
+
+    def torch_shape(name: str, shape: tuple) -> tuple:
+        if len(shape) != 4:
+            return shape
+        if name in target and target[name].ndim == 2:  # a 1x1 conv into a linear
+            return tuple(target[name].shape)
+        return (shape[0], shape[3], shape[1], shape[2])  # conv: OHWI -> OIHW
+
+    shapes = {name: torch_shape(name, tuple(value.shape)) for name, value in arrays.items()}
     check_names({name: tuple(t.shape) for name, t in target.items()}, shapes, "MLX model",
                 "torch mirror")
+    # one tensor at a time: a copy of the whole model beside both would double the peak
     with torch.no_grad():
-        for name, tensor in weights.items():
+        for name, value in arrays.items():
+            tensor = to_torch(value)
+            if tensor.ndim == 4:
+                tensor = tensor.permute(0, 3, 1, 2).reshape(shapes[name])
             target[name].copy_(tensor.to(target[name].dtype))
 
 

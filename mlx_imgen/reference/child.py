@@ -2,12 +2,14 @@
 
 `mlx-imgen` re-executes itself with OpenBLAS preloaded and a `g++` wrapper for MLX's runtime
 compiler (`mlx_imgen.blas`). Torch in that process would share the preloaded BLAS and its thread
-pool, so `profile_reference_in_child` hands the workload (its MLX weights and plan, pickled into a
-temporary folder) to `python -m mlx_imgen.reference.child` started without what the re-exec added.
+pool, so `profile_reference_in_child` hands the workload (its plan, a text model's prompt length
+and the model pickled into a temporary folder, the transformer's weights beside it as
+safetensors) to `python -m mlx_imgen.reference.child` started without what the re-exec added.
 On the CPU the child times a few steps at one thread and at all cores, keeps the faster and says
 so in the record's `label`; on CUDA and MPS threads do not matter and it runs as asked.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,6 +18,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mlx_imgen import blas
 from mlx_imgen.profiling import Workload
@@ -44,6 +49,30 @@ def clean_environment(env: dict) -> dict:
     return env
 
 
+WEIGHTS_FILE = "transformer.safetensors"
+
+
+@contextlib.contextmanager
+def detached_weights(model, path: str):
+    """Write `model`'s parameters to the safetensors file `path` and, while the block runs,
+    leave empty arrays in their place: the pickled request then holds the model's structure
+    only. Pickling the weights themselves would copy every array to numpy and keep each copy
+    until the dump ends (the pickler's memo), twice the model in the parent (a Janus-Pro-1B in
+    float32 ran a 24 GB machine out of memory so)."""
+    parameters = model.parameters()
+    mx.save_safetensors(path, dict(tree_flatten(parameters)))
+    model.update(tree_map(lambda _: mx.zeros((0,)), parameters))
+    try:
+        yield
+    finally:
+        model.update(parameters)
+
+
+def attach_weights(model, path: str) -> None:
+    """Put the parameters `detached_weights` wrote back into the unpickled `model`."""
+    model.update(tree_unflatten(list(mx.load(path).items())))
+
+
 def profile_reference_in_child(work: Workload, batch_size: int, *, trials: int = 3,
                                step_budget_s: float | None = None, seed: int = 0,
                                device: str | None = None, threads: int | None = None,
@@ -58,8 +87,10 @@ def profile_reference_in_child(work: Workload, batch_size: int, *, trials: int =
                "threads": threads, "autoencoder_kind": autoencoder_kind, "min_steps": min_steps}
     with tempfile.TemporaryDirectory(prefix="mlx-imgen-reference-") as folder:
         request_path, result_path = Path(folder) / "request.pkl", Path(folder) / "record.json"
-        with open(request_path, "wb") as f:
-            pickle.dump(request, f, protocol=pickle.HIGHEST_PROTOCOL)
+        request["weights"] = str(Path(folder) / WEIGHTS_FILE)
+        with detached_weights(work.model, request["weights"]):
+            with open(request_path, "wb") as f:
+                pickle.dump(request, f, protocol=pickle.HIGHEST_PROTOCOL)
         env = clean_environment(os.environ)
         done = subprocess.run([sys.executable, "-m", "mlx_imgen.reference.child",
                                str(request_path), str(result_path)],
@@ -114,6 +145,7 @@ def run_request(request: dict) -> dict:
     from .profiling import TorchFramework, profile_reference
 
     work, batch_size = request["work"], request["batch_size"]
+    attach_weights(work.model, request["weights"])
     device = request["device"] or pick_device()
     model = from_mlx(work.model, device)
     threads, per_step = request["threads"], None
