@@ -2,10 +2,12 @@
 
 The controlled grid (sizes S and B, all three paradigms, batch sizes 1 and 4) in MLX and in the
 PyTorch reference on the same weights and plans; 8-bit and 4-bit rows for one model of each
-paradigm; the BLAS that MLX's CPU backend runs on, against numpy and torch. The reference runs
-in a child process without the BLAS preloaded for MLX, at its faster thread count
-(`mlx_imgen.reference.child`). Every row times at least --min-steps steps per trial (a step
-budget never cuts a loop below that) and bench.md gives each row's min/median/max step.
+paradigm; Janus-Pro-1B with random weights (benchmarks/janus.py: prefill, time per image token,
+the decode's fraction of its weight-bandwidth bound; `--no-janus` skips it); the BLAS that MLX's
+CPU backend runs on, against numpy and torch. The reference runs in a child process without
+the BLAS preloaded for MLX, at its faster thread count (`mlx_imgen.reference.child`). Every row
+times at least --min-steps steps per trial (a step budget never cuts a loop below that) and
+bench.md gives each row's min/median/max step.
 """
 
 import argparse
@@ -23,6 +25,7 @@ from mlx_imgen.plots import write_plots
 from mlx_imgen.profiling import Workload, profile_workload, report
 from mlx_imgen.quantize import quantization_record, quantize_model, weight_bytes
 from mlx_imgen.report_format import markdown
+from mlx_imgen.weights.dtypes import resolve_dtype
 
 sys.path.insert(0, str(Path(__file__).parent))
 from blas import blas_table  # noqa: E402
@@ -39,6 +42,19 @@ def grid_work(paradigm: str, size: str, bits: int | None = None) -> Workload:
     return Workload(name=name, size=size, model=model, plan=default_plan(paradigm, cfg),
                     latent_shape=latent_shape(cfg) if cfg.input == "patches" else None,
                     extra=extra)
+
+
+def janus_rows(args, reference: list | None, build=None, name: str = "janus-pro-1b") -> list[dict]:
+    """Janus-Pro-1B with random weights in float32 (float16 on a GPU) at batch 1 and 16, and its
+    8-bit and 4-bit language models at batch 1 (janus.ROWS), the torch reference of the float
+    model at batch 1; one trial each (the harness times a next-token loop's prefill and at least
+    5 decode steps), the VQ decode timed on one image: a 1.5B model decoding 576 tokens takes
+    5 to 10 minutes per image on a 2-core CPU. `build` and `name` stand in a smaller model."""
+    import janus  # beside this script
+
+    build = build or janus.random_pipeline(name, resolve_dtype(None))
+    return janus.measure(build, name, trials=1, step_budget=args.step_budget,
+                         min_steps=args.min_steps, reference=reference)
 
 
 def weight_memory(size: str) -> list[dict]:
@@ -68,6 +84,9 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=5,
                         help="time at least this many steps per trial, whatever the budget")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--no-janus", action="store_true",
+                        help="skip the Janus-Pro-1B rows (6.5 to 8 minutes on a 2-core CPU, "
+                        "the torch row included)")
     parser.add_argument("--clip-repeats", type=int, default=3,
                         help="repeats of the CLIP ViT-L/14 tower rows (0: none)")
     args = parser.parse_args()
@@ -98,6 +117,8 @@ def main() -> None:
             results.append(profile_workload(work, 1, trials=args.trials,
                                             step_budget_s=args.step_budget,
                                             min_steps=args.min_steps))
+    if not args.no_janus:
+        results += janus_rows(args, reference)
     rep = report(results, settings=vars(args) | {"out": str(args.out)}, reference=reference)
     rep["blas"] = blas_table()
     rep["weight_memory"] = weight_memory(quant_size)

@@ -21,14 +21,14 @@ import tempfile
 import time
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
 
 from mlx_imgen import quantize
-from mlx_imgen.devices import cpu_description
+from mlx_imgen.devices import copy_bandwidth, cpu_description
 from mlx_imgen.backbone import Transformer
 from mlx_imgen.grid import default_plan, grid_config
 from mlx_imgen.paradigms import next_token
 from mlx_imgen.paradigms.guidance import doubled, guide, with_null
+from mlx_imgen.profiling import decode_weight_bytes
 
 
 def machine() -> str:
@@ -37,34 +37,6 @@ def machine() -> str:
 
 def summary(times: list[float]) -> str:
     return f"min {min(times) * 1e3:8.2f} ms  median {statistics.median(times) * 1e3:8.2f} ms"
-
-
-def copy_bandwidth(megabytes: int = 512, repeats: int = 7) -> float:
-    """Bytes per second of an out-of-place copy of a large array (read plus written)."""
-    x = mx.random.uniform(shape=(megabytes * 2 ** 18,)) + 0.0
-    mx.eval(x)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        # x alone holds its buffer, so MLX writes the result into it: no fresh pages to fault
-        # in, one read and one write of every byte
-        x = x + 0.0
-        mx.eval(x)
-        best = min(best, time.perf_counter() - start)
-    return 2 * x.nbytes / best
-
-
-def token_weight_bytes(model) -> int:
-    """Bytes of parameters one decode pass reads: all but the embedding tables, of which a
-    token reads one row (the label's prefix was embedded at the prefill)."""
-    total = 0
-    for path, value in tree_flatten(model.parameters()):
-        if path.startswith(("token_embed.", "class_embed.")):
-            total += value.nbytes // value.shape[0] if path.endswith(("weight", "scales",
-                                                                        "biases")) else 0
-        else:
-            total += value.nbytes
-    return total
 
 
 def step_ops(model, rows: int) -> tuple[int, str]:
@@ -131,7 +103,7 @@ def decode_section(tokens: int, repeats: int, bandwidth: float) -> None:
     print("\n## Next-token decode per token (grid models, guidance on: 2 rows per image)")
     for size in ("S", "B"):
         model = grid_model("next-token", size)
-        weights = token_weight_bytes(model)
+        weights = decode_weight_bytes(model)
         bound = weights / bandwidth
         cases = {batch: (lambda b=batch: decode_times(model, b, tokens)) for batch in (1, 4)}
         times = interleaved(cases, repeats)

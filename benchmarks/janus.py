@@ -1,19 +1,29 @@
-"""Janus-Pro benchmark (not part of `make bench`: a 1.5B-parameter language model decoding 576
-tokens per image is hours per image on a 2-core CPU). Run it on a GPU or Apple silicon:
+"""Janus-Pro rows: `make bench` runs them (benchmarks/bench.py imports this file; `--no-janus`
+skips them), and this script runs them alone, e.g. the 7B on a GPU or Apple silicon:
 
-    python benchmarks/janus.py --size 1B --batch-sizes 1,16 --out out/janus
+    python benchmarks/janus.py --size 7B --batch-sizes 1,16 --out out/janus
 
-Random weights of the published shape (no download); per row: prefill time, time per image
-token, images/s, peak memory, FLOPs per image (prefill over a stand-in prompt, decode with the
-KV cache, gen_aligner and gen_head, VQ decode) and, where the device's memory bandwidth is
-known, how near the decode at batch 1 comes to its bound: the weight bytes one token reads
-(every weight but the text embedding, which only the prefill looks up) over the bandwidth.
-Float rows and 8-bit and 4-bit rows of the language model. Writes janus.json and janus.md.
+Random weights of the published shape (no download), conditioned on a stand-in prompt of 32
+tokens; per row the prefill, the time per image token, images/s, peak memory, FLOPs per image
+(prefill over the prompt, decode with the KV cache, gen_aligner and gen_head, VQ decode) and, at
+batch 1, the achieved fraction of the decode's weight-bandwidth bound (the report's "Next-token
+decode" table). Float rows at each batch size, 8-bit and 4-bit rows of the language model at
+batch 1. Each loop is timed over its prefill and at least 5 of its 575 decode steps, and only
+the decode steps are extrapolated.
+
+On the README's 2-core EPYC VM, quiet (fp32 1B: 5.9 GB of weights, 5.1 GB read per token), a
+token takes 0.53 s at batch 1 (about 1 s with other work on the machine) and 0.97 s at batch 16,
+the prefill 2 s (20 s at batch 16), the VQ decode 10 to 11 s per image: 5.3 minutes per image
+at batch 1, 47 s at batch 16; the 8-bit and 4-bit models decode at 2.2 s per token (MLX's CPU
+quantized matmul at 2 rows). So the decode is timed on one image per run and scaled to the
+batch (`decode_images`), and these rows with the torch one take 6.5 minutes of `make bench`
+(7.7 with other work on the machine).
 """
 
 import argparse
 import json
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 
@@ -22,99 +32,106 @@ from mlx_imgen.io import atomic_write_text
 from mlx_imgen.pipeline import Pipeline
 from mlx_imgen.profiling import Workload, profile_workload, report
 from mlx_imgen.quantize import weight_bytes
+from mlx_imgen.report_format import markdown
 from mlx_imgen.weights.dtypes import resolve_dtype
 
+# (bits, batch sizes): float at batch 1 and 16, each quantized language model at batch 1
+ROWS = ((None, (1, 16)), (8, (1,)), (4, (1,)))
 
-def workload(alias: str, dtype: str, bits: int | None) -> tuple[Workload, int]:
-    """The alias's random-weight workload, quantized to `bits` where given, and the bytes of
-    weights one decode step reads."""
-    pipe = Pipeline.random(alias, dtype)
-    if bits:
-        pipe.quantize(bits)
-    model = pipe.transformer
-    plan, _ = pipe.plan()
-    per_token = weight_bytes(model) - sum(v.nbytes for v in _leaves(model.text_embed))
-    work = Workload(name=alias + (f"-{bits}bit" if bits else ""), model=model, plan=plan,
-                    decode=pipe.decode_samples, autoencoder=pipe.autoencoder,
+
+def random_pipeline(alias: str, dtype: str) -> Callable[[int | None], Pipeline]:
+    """Builds the alias with random weights, its language model quantized to `bits` if given."""
+    def build(bits: int | None) -> Pipeline:
+        return Pipeline.random(alias, dtype, bits)
+    return build
+
+
+def workload(pipe: Pipeline, name: str, decode_images: int | None = 1) -> Workload:
+    bits = (pipe.index.get("quantization") or {}).get("bits")
+    return Workload(name=name + (f"-{bits}bit" if bits else ""), model=pipe.transformer,
+                    plan=pipe.plan()[0], decode=pipe.decode_samples,
+                    autoencoder=pipe.autoencoder,
                     decode_flops_per_image=pipe.decode_flops_per_image(),
-                    prompt_tokens=PROFILE_PROMPT_TOKENS,
-                    extra={"random_weights": True, "quantization": pipe.index.get("quantization"),
-                           "weight_bytes_per_token": per_token})
-    return work, per_token
+                    prompt_tokens=PROFILE_PROMPT_TOKENS, decode_images=decode_images,
+                    extra={"random_weights": bool(pipe.index.get("random_weights")),
+                           "quantization": pipe.index.get("quantization"),
+                           # what the model holds: language model, then the VQ decoder
+                           "weight_bytes": {"transformer": weight_bytes(pipe.transformer),
+                                            "autoencoder": weight_bytes(pipe.autoencoder)}})
 
 
-def _leaves(module) -> list[mx.array]:
-    from mlx.utils import tree_flatten
+def measure(build: Callable[[int | None], Pipeline], name: str, rows=ROWS, *, trials: int,
+            step_budget: float | None, min_steps: int, decode_images: int | None = 1,
+            reference: list | None = None, reference_rows=((None, 1),)) -> list[dict]:
+    """Profile records of each (bits, batch sizes) row, one model in memory at a time; with
+    `reference` a list, the torch reference's records of the `reference_rows` (bits, batch)
+    are appended to it (by default the float model at batch 1: the reference has no quantized
+    layers, and on a 2-core CPU each torch row takes minutes)."""
+    results = []
+    # MLX keeps freed buffers for reuse; at batch 16 (6.2 GB of fp32 weights, a 7.6 GB KV
+    # cache) they took the process past 17 GB and the machine's memory: give them back
+    cache_limit = mx.set_cache_limit(0)
+    try:
+        for bits, batches in rows:
+            results += _rows(build, name, bits, batches, trials, step_budget, min_steps,
+                             decode_images, reference, reference_rows)
+    finally:
+        mx.set_cache_limit(cache_limit)
+    return results
 
-    return [v for _, v in tree_flatten(module.parameters())]
 
+def _rows(build, name, bits, batches, trials, step_budget, min_steps, decode_images, reference,
+          reference_rows) -> list[dict]:
+    """One model's rows (see `measure`); its weights are freed before the next is built."""
+    work, results = workload(build(bits), name, decode_images), []
+    for batch in batches:
+        print(f"profiling {work.name} at batch {batch}", flush=True)
+        results.append(profile_workload(work, batch, trials=trials, step_budget_s=step_budget,
+                                        min_steps=min_steps))
+        if reference is not None and results[-1]["status"] == "ok" and \
+                (bits, batch) in reference_rows:
+            from mlx_imgen.reference.child import profile_reference_in_child
 
-def bandwidth_bound(record: dict, bandwidth_gbs: float | None) -> None:
-    """Add the decode's bound at batch 1 (weight bytes per token / bandwidth) and the ratio of
-    the measured time per token to it."""
-    per_token = (record.get("stages_s") or {}).get("per_token_decode")
-    if record.get("batch_size") != 1 or not bandwidth_gbs or not per_token:
-        return
-    bound = record["weight_bytes_per_token"] / (bandwidth_gbs * 1e9)
-    record["bandwidth_bound_s_per_token"] = bound
-    record["measured_over_bound"] = per_token / bound
-
-
-def render(rep: dict) -> str:
-    lines = ["# Janus-Pro benchmark", "",
-             f"Device: {rep['environment'].get('gpu') or rep['environment'].get('processor')} "
-             f"({rep['environment']['backend']}); MLX {rep['environment']['mlx_version']}.",
-             "", "| model | batch | prefill s | s/token | images/s | peak GB | GFLOPs/image "
-             "| weight MB/token | measured / bandwidth bound |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rep["results"]:
-        if r.get("status") != "ok":
-            lines.append(f"| {r['model']} | {r['batch_size']} | {r['status']} | | | | | | |")
-            continue
-        stages = r["stages_s"]
-        ratio = r.get("measured_over_bound")
-        lines.append(
-            f"| {r['model']} | {r['batch_size']} | {stages['prefill']:.3f} | "
-            f"{stages['per_token_decode'] or stages['per_token']:.4f} | {r['images_per_s']:.4f} | "
-            f"{r['peak_memory_gb']:.2f} | {r['gflops_per_image']:.0f} | "
-            f"{r['weight_bytes_per_token'] / 1e6:.0f} | "
-            f"{f'{ratio:.2f}' if ratio else 'bandwidth unknown'} |")
-    return "\n".join(lines) + "\n"
+            print(f"profiling {work.name} at batch {batch} in torch", flush=True)
+            reference.append(profile_reference_in_child(
+                work, batch, trials=trials, step_budget_s=step_budget, min_steps=min_steps))
+    work.model = work.decode = work.autoencoder = None
+    mx.clear_cache()
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="1B", choices=("1B", "7B"))
-    parser.add_argument("--batch-sizes", default="1,16")
-    parser.add_argument("--bits", default="float,8,4", help="float and/or 8, 4")
+    parser.add_argument("--batch-sizes", default="1,16",
+                        help="the float rows' batch sizes ('' for none)")
+    parser.add_argument("--bits", default="8,4", help="quantized rows at batch 1 ('' for none)")
     parser.add_argument("--dtype", default=None, help="float rows' dtype (default: float16 on "
                         "a GPU, float32 on the CPU)")
-    parser.add_argument("--trials", type=int, default=2)
-    parser.add_argument("--step-budget", type=float, default=5.0)
-    parser.add_argument("--min-steps", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=1)
+    parser.add_argument("--step-budget", type=float, default=2.0)
+    parser.add_argument("--min-steps", type=int, default=5)
+    parser.add_argument("--decode-images", type=int, default=1,
+                        help="images decoded per run, scaled to the batch (0: all)")
+    parser.add_argument("--reference", action="store_true", help="also the torch reference")
     parser.add_argument("--out", type=Path, default=Path("out/janus"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    alias, dtype = f"janus-pro-{args.size.lower()}", resolve_dtype(args.dtype)
-    batches = [int(b) for b in args.batch_sizes.split(",")]
-    results = []
-    for bits in [None if b == "float" else int(b) for b in args.bits.split(",")]:
-        work, _ = workload(alias, dtype, bits)
-        for batch in batches:
-            print(f"profiling {work.name} at batch {batch}", flush=True)
-            results.append(profile_workload(work, batch, trials=args.trials,
-                                            step_budget_s=args.step_budget,
-                                            min_steps=args.min_steps))
-        work.model = work.decode = work.autoencoder = None
-        mx.clear_cache()
-    rep = report(results, settings=vars(args) | {"out": str(args.out)})
-    bandwidth = (rep["environment"].get("peak") or {}).get("bandwidth_gbs")
-    for record in results:
-        bandwidth_bound(record, bandwidth)
+    alias = f"janus-pro-{args.size.lower()}"
+    batches = tuple(int(b) for b in args.batch_sizes.split(",") if b)
+    rows = [(None, batches)] if batches else []
+    rows += [(int(b), (1,)) for b in args.bits.split(",") if b]
+    reference = [] if args.reference else None
+    results = measure(random_pipeline(alias, resolve_dtype(args.dtype)), alias, rows,
+                      trials=args.trials, step_budget=args.step_budget,
+                      min_steps=args.min_steps, decode_images=args.decode_images or None,
+                      reference=reference)
+    rep = report(results, settings=vars(args) | {"out": str(args.out)}, reference=reference)
     atomic_write_text(args.out / "janus.json", json.dumps(rep, indent=2) + "\n")
-    atomic_write_text(args.out / "janus.md", render(rep))
-    print(render(rep))
+    text = markdown(rep, title="Janus-Pro benchmark")
+    atomic_write_text(args.out / "janus.md", text)
+    print(text)
 
 
 if __name__ == "__main__":

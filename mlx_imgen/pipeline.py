@@ -101,8 +101,10 @@ class Pipeline:
         _load_weights(self.autoencoder, self.folder / "autoencoder")
 
     @classmethod
-    def random(cls, alias: str, dtype: str = "float32") -> "Pipeline":
-        """The alias's architecture with random weights, to profile a model without a download."""
+    def random(cls, alias: str, dtype: str = "float32", bits: int | None = None) -> "Pipeline":
+        """The alias's architecture with random weights, to profile a model without a download;
+        with `bits`, its transformer quantized before any weight is computed, so that no float
+        copy of it is ever held (Janus-Pro-7B in float32 would need 30 GB)."""
         card = get_card(alias)
         pipe = cls.__new__(cls)
         pipe.folder = None
@@ -114,6 +116,8 @@ class Pipeline:
         pipe.config = pipe.family.config_for(card.size, card.image_size)
         pipe.transformer = Transformer(pipe.config)
         pipe.transformer.set_dtype(DTYPES[dtype])
+        if bits:
+            pipe.quantize(bits)
         pipe.autoencoder_kind = AUTOENCODERS[pipe.family.autoencoder]
         pipe.autoencoder_config = pipe.autoencoder_kind.config()
         pipe.autoencoder = pipe.autoencoder_kind.model(pipe.autoencoder_config)

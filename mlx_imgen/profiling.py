@@ -21,7 +21,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import blas
-from .devices import cpu_name, datasheet_peak, measured_cpu_peak
+from .devices import copy_bandwidth, cpu_name, datasheet_peak, measured_cpu_peak
 from .flops import plan_flops
 from .paradigms import iterate, paradigm_of
 from .paradigms.next_token import TextPrefix
@@ -54,6 +54,9 @@ class Workload:
     # a text-prefixed model's prompt length in tokens (template and BOS included): each image
     # is conditioned on a stand-in prompt of this length; 0 for class-conditioned models
     prompt_tokens: int = 0
+    # decode at most this many images per run and scale its time to the batch (a decode costs
+    # the same per image; a 384-px VQ decode takes 15 s on a 2-core CPU); None decodes all
+    decode_images: int | None = None
 
     @property
     def paradigm(self) -> str:
@@ -74,6 +77,38 @@ def parameter_count(model: nn.Module) -> int:
         elif leaf not in ("scales", "biases"):
             total += value.size
     return total
+
+
+def decode_weight_bytes(model: nn.Module) -> int:
+    """Bytes of parameters one next-token decode step reads: every weight in full, but of each
+    embedding table (image codes, text, class labels) one row only: a step looks up the one
+    code it feeds back, and the prefix was embedded by the prefill."""
+    tables = {path for path, m in model.named_modules()
+              if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))}
+    total = 0
+    for path, value in tree_flatten(model.parameters()):
+        module = path.rsplit(".", 1)[0] if "." in path else ""
+        total += value.nbytes // value.shape[0] if module in tables else value.nbytes
+    return total
+
+
+def add_bandwidth_bound(results: list[dict], bandwidth_gbs: float | None) -> None:
+    """For each next-token record at batch 1: the decode's bound (the weight bytes one token
+    reads over the memory bandwidth) and the achieved fraction of it (bound / measured time per
+    token; 1 would be a decode that does nothing but stream its weights once)."""
+    for r in results:
+        per_token = (r.get("stages_s") or {}).get("per_token_decode")
+        if (r.get("status") != "ok" or r["batch_size"] != 1 or not per_token
+                or not bandwidth_gbs or not r.get("weight_bytes_per_token")):
+            continue
+        bound = r["weight_bytes_per_token"] / (bandwidth_gbs * 1e9)
+        r["bandwidth_bound_s_per_token"] = bound
+        r["bandwidth_fraction"] = bound / per_token
+
+
+def _wants_bandwidth(results: list[dict]) -> bool:
+    return any(r.get("status") == "ok" and r["batch_size"] == 1 and r.get("weight_bytes_per_token")
+               for r in results)
 
 
 def model_dtype(model: nn.Module) -> str:
@@ -192,6 +227,11 @@ def condition_batch(labels) -> int:
     return labels.batch if isinstance(labels, TextPrefix) else labels.shape[0]
 
 
+# a next-token loop cut short by the step budget is timed over at least its prefill and this
+# many decode steps, so that the time per token it is extrapolated from is a decode step's
+NEXT_TOKEN_MIN_DECODE_STEPS = 5
+
+
 def check_sizes(batch_size: int, trials: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -233,6 +273,9 @@ def record_identity(work: Workload, batch_size: int, *, plan=None,
         "forward_passes_per_image": plan.forward_passes() * (2 if plan.cfg_scale != 1.0 else 1),
         "cfg_scale": plan.cfg_scale,
         **({"prompt_tokens": work.prompt_tokens} if work.prompt_tokens else {}),
+        **({"decode_images": work.decode_images} if decoding and work.decode_images else {}),
+        **({"weight_bytes_per_token": decode_weight_bytes(work.model)}
+           if work.paradigm == "next-token" else {}),
         "gflops_per_image": (flops.total + decode_flops) / 1e9,
         "gflops_breakdown": {"transformer_linear": flops.linear / 1e9,
                              "transformer_attention": flops.attention / 1e9,
@@ -247,8 +290,9 @@ def timed_runs(run_once: Callable[[int], dict], total_steps: int, trials: int,
                min_steps: int = 1) -> tuple[list[dict], int]:
     """A warm-up run (allocations, kernel set-up; not reported), then `trials` runs of
     `run_once(max_steps)`, each returning conditioning_s, step_times and decode_s; with the
-    plan's step count, or fewer that fit in `step_budget_s` (found by the first trial, reused
-    by the others) but never fewer than `min_steps`. An adaptive solver learns its step count only by finishing, so it warms up
+    plan's step count, or fewer that fit in `step_budget_s` (sized by one step run without the
+    decode, found by the first trial, reused by the others) but never fewer than `min_steps`.
+    An adaptive solver learns its step count only by finishing, so it warms up
     with a full run and is never cut short; its loop yields accepted steps only. Returns the
     runs and the number of steps a full loop takes. MLX and the torch reference share it."""
     warm = run_once(1 << 30 if adaptive else 1)
@@ -258,15 +302,17 @@ def timed_runs(run_once: Callable[[int], dict], total_steps: int, trials: int,
     if step_budget_s is None:
         first = run_once(total_steps)
     else:
-        per_step = max(run_once(1)["step_times"][0], 1e-6)
+        per_step = max(run_once(1, decode=False)["step_times"][0], 1e-6)
         fit = max(1, min_steps, int(step_budget_s / per_step))
         first = run_once(min(total_steps, fit))
     measured = len(first["step_times"])
     return [first] + [run_once(measured) for _ in range(trials - 1)], total_steps
 
 
-def _run_once(framework, work: Workload, labels, max_steps: int, seed: int) -> dict:
-    """One timed generation; the loop stops after `max_steps` steps."""
+def _run_once(framework, work: Workload, labels, max_steps: int, seed: int,
+              decode: bool = True) -> dict:
+    """One timed generation; the loop stops after `max_steps` steps; `decode` False leaves the
+    decode out (a run that only sizes the step budget)."""
     start_sampling = framework.sampling(labels, seed)  # whatever it draws, before the clock
     t0 = time.perf_counter()
     framework.sync(framework.embed(labels))
@@ -283,14 +329,16 @@ def _run_once(framework, work: Workload, labels, max_steps: int, seed: int) -> d
     if hasattr(run, "close"):
         run.close()  # a loop stopped early finishes its queued work here, off the clock
     decode_s = 0.0
-    if framework.decodes:
+    if framework.decodes and decode:
         # decoding costs the same whatever the codes are, so a loop cut short by the step
         # budget still times the decode of a full-size batch
-        samples = last if work.latent_shape else \
-            framework.zero_codes((condition_batch(labels), work.model.config.num_tokens))
+        images = condition_batch(labels)
+        count = min(images, work.decode_images or images)
+        samples = last[:count] if work.latent_shape else \
+            framework.zero_codes((count, work.model.config.num_tokens))
         t2 = time.perf_counter()
         framework.sync(framework.decode(samples))
-        decode_s = time.perf_counter() - t2
+        decode_s = (time.perf_counter() - t2) * images / count
     # a loop that counts its model calls (the torch reference's) gives them, MLX's give None
     return {"conditioning_s": t1 - t0, "step_times": step_times, "decode_s": decode_s,
             "forward_passes": getattr(run, "forward_passes", None),
@@ -303,6 +351,8 @@ def measure(framework: Framework, work: Workload, batch_size: int, trials: int,
     that runs out of memory gives a record with status "out_of_memory" instead of raising."""
     plan = work.plan
     adaptive = hasattr(plan, "passes_used")
+    if work.paradigm == "next-token":
+        min_steps = max(min_steps, 1 + NEXT_TOKEN_MIN_DECODE_STEPS)
 
     def after_warmup():
         framework.check_memory()
@@ -312,7 +362,8 @@ def measure(framework: Framework, work: Workload, batch_size: int, trials: int,
         labels = framework.labels(batch_size)
         framework.reset_peak()
         runs, total_steps = timed_runs(
-            lambda steps: _run_once(framework, work, labels, steps, seed), plan.steps, trials,
+            lambda steps, decode=True: _run_once(framework, work, labels, steps, seed, decode),
+            plan.steps, trials,
             step_budget_s, adaptive, after_warmup, min_steps)
         framework.check_memory()
     except (RuntimeError, MemoryError) as err:
@@ -348,6 +399,15 @@ def _peak_note(framework: Framework, peak: float | None) -> dict:
     return {} if peak is not None else {"peak_memory_note": framework.peak_memory_note}
 
 
+def _full_loop(step_times: list[float], total_steps: int, prefilled: bool) -> float:
+    """The time of the whole loop from its first timed steps. A next-token loop's first step
+    is the prefill, paid once: only the decode steps after it are scaled to the rest."""
+    measured = len(step_times)
+    if prefilled and 1 < measured < total_steps:
+        return step_times[0] + sum(step_times[1:]) * (total_steps - 1) / (measured - 1)
+    return sum(step_times) * total_steps / measured
+
+
 def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_per_image: float,
                    *, num_tokens: int | None = None, has_decode: bool = False) -> dict:
     """Latency (median, min, max), throughput, achieved FLOP/s and stage times of timed runs
@@ -355,7 +415,7 @@ def summarize_runs(runs: list[dict], total_steps: int, batch_size: int, gflops_p
     `total_steps` is scaled to the full plan and marked as extrapolated. `step_s` spreads every
     timed step of every trial (a next-token loop's first step includes the prefix pass)."""
     measured = len(runs[0]["step_times"])
-    loops = [sum(r["step_times"]) * total_steps / measured for r in runs]
+    loops = [_full_loop(r["step_times"], total_steps, prefilled=bool(num_tokens)) for r in runs]
     latencies = [r["conditioning_s"] + loop + r["decode_s"] for r, loop in zip(runs, loops)]
     latency, loop = statistics.median(latencies), statistics.median(loops)
     steps = [t for r in runs for t in r["step_times"]]
@@ -434,7 +494,14 @@ def report(results: list[dict], *, settings: dict | None = None,
            reference: list[dict] | None = None) -> dict:
     env = device_info()
     peak = device_peak(env)
+    if env["backend"] == "cpu" and _wants_bandwidth(results):
+        # measured after the runs, so the models' memory is already given back
+        peak = {**peak, "bandwidth_gbs": copy_bandwidth() / 1e9,
+                "bandwidth_source": "measured (copy of a 512 MiB array, bytes read + written)"}
+    elif peak and peak.get("bandwidth_gbs"):
+        peak = {**peak, "bandwidth_source": peak["source"]}
     add_peak_share(results, peak)
+    add_bandwidth_bound(results, (peak or {}).get("bandwidth_gbs"))
     rep = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -6,6 +6,8 @@ COLUMNS = ["paradigm", "model", "quant", "params", "batch", "steps", "passes/img
            "latency", "images/s", "peak mem", "GFLOP/s", "% peak"]
 REFERENCE_COLUMNS = ["paradigm", "model", "batch", "MLX loop", "torch loop", "torch device",
                      "torch/MLX", "passes/img (MLX, torch)", "prefill, per token (MLX; torch)"]
+DECODE_COLUMNS = ["model", "quant", "batch", "prompt tokens", "prefill", "s/token",
+                  "weights/token", "bound s/token", "% of bound"]
 CLAIMS = {"fewest_flops": "fewest FLOPs per image",
           "lowest_latency_batch_1": "lowest latency at batch 1",
           "highest_throughput": "highest throughput at the largest batch that fitted"}
@@ -53,6 +55,37 @@ def _reference_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def _decode_rows(report: dict) -> list[list[str]]:
+    """Next-token records: the prefill and the time per decoded token, apart, and at batch 1
+    how near the decode comes to the weight-bandwidth bound."""
+    rows = []
+    for r in report["results"]:
+        stages = r.get("stages_s") or {}
+        if r.get("status") != "ok" or not stages.get("per_token_decode"):
+            continue
+        quant = r.get("quantization")
+        fraction = r.get("bandwidth_fraction")
+        rows.append([r["size"] or r["model"],
+                     f"{quant['bits']}-bit" if isinstance(quant, dict) else "-",
+                     str(r["batch_size"]), str(r.get("prompt_tokens") or "-"),
+                     f"{stages['prefill']:.3f} s", f"{stages['per_token_decode']:.4f} s",
+                     f"{r['weight_bytes_per_token'] / 1e6:.0f} MB"
+                     if r.get("weight_bytes_per_token") else "-",
+                     f"{r['bandwidth_bound_s_per_token']:.4f} s" if fraction else "-",
+                     f"{100 * fraction:.0f}%" if fraction else "-"])
+    return rows
+
+
+def _decode_note(report: dict) -> str:
+    peak = report["environment"].get("peak") or {}
+    bandwidth = (f"{peak['bandwidth_gbs']:.1f} GB/s, {peak.get('bandwidth_source')}"
+                 if peak.get("bandwidth_gbs") else "no bandwidth known for this device")
+    return ("Prefill: the first step (the prefix of both CFG rows and the first token); s/token: "
+            "the median later step. Bound: the weight bytes one decode step reads (every weight, "
+            f"one row of each embedding table) over the memory bandwidth ({bandwidth}); "
+            "% of bound: bound / measured s/token, at batch 1.")
+
+
 def finding_lines(report: dict) -> list[str]:
     lines = []
     for f in report.get("findings", []):
@@ -79,6 +112,10 @@ def _footnotes(report: dict) -> list[str]:
                      "plan and scaled to the full step count (measured/total steps: "
                      + ", ".join(sorted({f"{r['paradigm']} {r['measured_steps']}/{r['steps']}"
                                          for r in extrapolated})) + ").")
+    scaled = sorted({r["decode_images"] for r in report["results"] if r.get("decode_images")})
+    if scaled:
+        notes.append(f"Decode timed on {', '.join(map(str, scaled))} image(s) per run where the "
+                     "batch is larger, and scaled to the batch.")
     if report.get("reference"):
         notes.append("The reference runs the same weights and sampling plan in PyTorch; the "
                      "comparison is of the sampling loop (decode excluded), and torch/MLX above 1 "
@@ -94,6 +131,15 @@ def rich_tables(report: dict) -> list[Table]:
     for r in report["results"]:
         table.add_row(*_row(r))
     tables = [table]
+    decode = _decode_rows(report)
+    if decode:
+        table = Table(title="Next-token decode", caption=_decode_note(report),
+                      caption_justify="left")
+        for name in DECODE_COLUMNS:
+            table.add_column(name, justify="left" if name == "model" else "right")
+        for row in decode:
+            table.add_row(*row)
+        tables.append(table)
     rows = _reference_rows(report)
     if rows:
         ref = Table(title="MLX against the PyTorch reference")
@@ -120,6 +166,10 @@ def _markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(report: dict, title: str = "mlx-imgen profile") -> str:
     lines = [f"# {title}", "", f"Created {report['created']}.", ""]
     lines += _markdown_table(COLUMNS, [_row(r) for r in report["results"]])
+    decode = _decode_rows(report)
+    if decode:
+        lines += ["", "## Next-token decode", ""] + _markdown_table(DECODE_COLUMNS, decode)
+        lines += ["", _decode_note(report)]
     rows = _reference_rows(report)
     if rows:
         lines += ["", "## MLX against the PyTorch reference", ""]

@@ -16,8 +16,18 @@ from mlx_imgen.weights.readers import read_state_dict
 # Run in a child with an address-space cap, so a bomb fails the test instead of the machine,
 # and a crash (segfault) names the case it died on instead of killing pytest.
 RUNNER = r"""
-import json, resource, sys, time
+import json, re, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+
+def peak_mb():
+    # this process's own high-water mark: Linux's ru_maxrss also keeps the parent's (pytest's)
+    # from before the exec, which grows with every test module collected
+    try:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmHWM:\s*(\d+) kB", f.read()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 from mlx_imgen.weights.readers import read_state_dict
 from mlx_imgen.weights.torch_pickle import CheckpointError
 for name, path in json.loads(sys.argv[1]).items():
@@ -33,7 +43,7 @@ for name, path in json.loads(sys.argv[1]).items():
         outcome, message = type(err).__name__, str(err)[:300]
     print(json.dumps({"case": name, "outcome": outcome, "message": message,
                       "seconds": time.perf_counter() - start,
-                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+                      "peak_mb": peak_mb()}),
           flush=True)
 """
 

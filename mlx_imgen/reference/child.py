@@ -117,8 +117,9 @@ def pick_threads(framework, work: Workload, batch_size: int, seed: int) -> tuple
         for count in counts:
             torch.set_num_threads(count)
             if round_ == 0:
-                _run_once(framework, work, labels, 1, seed)
-            times = _run_once(framework, work, labels, CALIBRATION_STEPS, seed)["step_times"]
+                _run_once(framework, work, labels, 1, seed, decode=False)
+            times = _run_once(framework, work, labels, CALIBRATION_STEPS, seed,
+                              decode=False)["step_times"]
             per_step[count] = min(per_step[count], sum(times) / len(times))
     return min(per_step, key=per_step.get), per_step
 
