@@ -25,7 +25,7 @@ from mlx_imgen.weights.jsonfile import read_json
 from mlx_imgen.weights.keymap import KeyMismatchError, as_mlx, check_shapes, check_weights, shape_of
 from mlx_imgen.weights.readers import CHECKPOINT_SUFFIXES, read_checkpoint
 
-from .hub import HubUnreachable, fetch, require
+from .hub import MissingHubFile, fetch, fetch_optional, require
 from .writer import sha256_of, write_pipeline
 
 KIND = "clip"
@@ -89,17 +89,6 @@ def _hint(repo: str, out: Path | None) -> str:
     return hint
 
 
-def _optional(repo: str, name: str, revision: str | None, hint: str) -> Path | None:
-    try:
-        return fetch(repo, name, revision, local_hint=hint)
-    except HubUnreachable:
-        return None  # offline with this file not cached: the repo may well lack it
-    except ValueError as err:
-        if "has no file" in str(err):
-            return None
-        raise
-
-
 def hub_files(repo: str, revision: str | None, out: Path | None = None) -> CLIPFiles:
     """The files of a CLIP hub repo, fetched into the hub cache (failing at once offline)."""
     hint = _hint(repo, out)
@@ -111,13 +100,11 @@ def hub_files(repo: str, revision: str | None, out: Path | None = None) -> CLIPF
         raise _not_clip(repo, read_json(config))
     try:
         weights_path = fetch(repo, WEIGHTS_FILES[0], revision, local_hint=hint)
-    except ValueError as err:
-        if "has no file" not in str(err):
-            raise
+    except MissingHubFile:
         weights_path = fetch(repo, WEIGHTS_FILES[1], revision, local_hint=hint)
     processor = fetch(repo, PROCESSOR_FILE, revision, local_hint=hint)
     tokenizer = {name: p for name in TOKENIZER_FILES
-                 if (p := _optional(repo, name, revision, hint)) is not None}
+                 if (p := fetch_optional(repo, name, revision, hint)) is not None}
     return CLIPFiles(repo, revision, config, weights_path, processor, tokenizer)
 
 

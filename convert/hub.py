@@ -10,6 +10,10 @@ from pathlib import Path
 from mlx_imgen.registry import Source
 
 
+class MissingHubFile(ValueError):
+    """The hub repo exists but holds no file of that name."""
+
+
 class HubUnreachable(ValueError):
     """The hub cannot be reached (or offline mode is on) and a needed file is not cached."""
 
@@ -80,7 +84,7 @@ def fetch(repo: str, filename: str, revision: str | None = None, *,
         # a subclass of EntryNotFoundError: the file is not cached and the hub is not reachable
         raise _unreachable(f"{filename} from {repo}", local_hint) from None
     except EntryNotFoundError:
-        raise ValueError(f"the hub repo {repo} has no file {filename}"
+        raise MissingHubFile(f"the hub repo {repo} has no file {filename}"
                          f"{f' at revision {revision}' if revision else ''}; check the name, or "
                          f"{local_hint or 'pass a local file instead'}") from None
     except RepositoryNotFoundError:
@@ -89,3 +93,12 @@ def fetch(repo: str, filename: str, revision: str | None = None, *,
     except (HfHubHTTPError, OSError):
         raise ValueError(f"could not get {filename} from {repo}: the hub could not be reached; "
                          f"{local_hint or 'download it yourself and pass the local path'}") from None
+
+
+def fetch_optional(repo: str, filename: str, revision: str | None, hint: str):
+    """`fetch`, or None where the repo lacks the file (or, offline, it is not cached: the repo
+    may well lack it); other failures raise as `fetch` does."""
+    try:
+        return fetch(repo, filename, revision, local_hint=hint)
+    except (HubUnreachable, MissingHubFile):
+        return None

@@ -27,7 +27,7 @@ from mlx_imgen.weights.readers import read_checkpoint
 
 from . import autoencoder_store as store
 from .clip import HUB_ID, copied
-from .hub import HubUnreachable, fetch, require
+from .hub import fetch, fetch_optional, require
 from .streaming import stream_weights
 from .writer import sha256_of, write_pipeline
 
@@ -88,17 +88,6 @@ def _hint(repo: str, out: Path | None) -> str:
             f"{_local_folder(repo)} --out {out or 'DIR'}`")
 
 
-def _optional(repo: str, name: str, revision: str | None, hint: str) -> Path | None:
-    try:
-        return fetch(repo, name, revision, local_hint=hint)
-    except HubUnreachable:
-        return None  # offline with this file not cached: the repo may well lack it
-    except ValueError as err:
-        if "has no file" in str(err):
-            return None
-        raise
-
-
 def _shard_names(index: Path, where: str) -> list[str]:
     """The shard files an index lists: plain file names, each once."""
     weight_map = read_json(index, "download it again").get("weight_map")
@@ -118,7 +107,7 @@ def hub_files(repo: str, revision: str | None, out: Path | None,
     where = f"the hub repo {repo}"
     config = fetch(repo, "config.json", revision, local_hint=hint)
     names = ([first] if first else []) + [n for n in INDEX_FILES + WEIGHTS_FILES if n != first]
-    found = next(((n, p) for n in names if (p := _optional(repo, n, revision, hint))), None)
+    found = next(((n, p) for n in names if (p := fetch_optional(repo, n, revision, hint))), None)
     if found is None:
         raise ValueError(f"{where} holds none of {', '.join(names)} (or they are not cached and "
                          f"the hub cannot be reached); {hint}")
@@ -129,7 +118,7 @@ def hub_files(repo: str, revision: str | None, out: Path | None,
                    for shard in _shard_names(index, where)]
     else:
         index, weights = None, [path]
-    tokenizer = {n: p for n in TOKENIZER_FILES if (p := _optional(repo, n, revision, hint))}
+    tokenizer = {n: p for n in TOKENIZER_FILES if (p := fetch_optional(repo, n, revision, hint))}
     return JanusFiles(repo, revision, where, weights, index, config, tokenizer)
 
 

@@ -15,9 +15,9 @@ def tiny_gpt(seed: int = 0) -> llamagen_gpt.GPT:
     return llamagen_gpt.randomize_(llamagen_gpt.GPT(llamagen_gpt.tiny_gpt_args()), seed).eval()
 
 
-def tiny_vq(seed: int = 0) -> llamagen_vq.VQModel:
-    torch.manual_seed(seed)
-    model = llamagen_vq.VQModel(**tiny_vq_config()).eval()
+def draw_vq_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Every parameter of a torch VQ drawn (norm affines and biases too), in place, from torch's
+    current seed: convolutions scaled by fan-in, the codebook unit normal."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d):
@@ -29,6 +29,11 @@ def tiny_vq(seed: int = 0) -> llamagen_vq.VQModel:
             elif isinstance(module, torch.nn.Embedding):
                 module.weight.normal_(0, 1)
     return model
+
+
+def tiny_vq(seed: int = 0) -> llamagen_vq.VQModel:
+    torch.manual_seed(seed)
+    return draw_vq_weights(llamagen_vq.VQModel(**tiny_vq_config()).eval())
 
 
 def save_gpt(model, path: Path, fsdp: bool = False) -> Path:

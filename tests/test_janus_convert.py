@@ -9,6 +9,7 @@ import mlx.core as mx
 from transformers.models.janus.configuration_janus import JanusVQVAEConfig
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
+from llamagen_files import draw_vq_weights
 from mlx_imgen.autoencoders.janus_vq import llamagen_name, vq_state
 from mlx_imgen.families.janus import TEXT_HEAD, UNDERSTANDING, VQ_PREFIXES
 from mlx_imgen.autoencoders.vq import VQModel, infer_vq_config, vq_weights_from_upstream
@@ -22,18 +23,7 @@ TINY_VQ = dict(embed_dim=8, num_embeddings=64, latent_channels=32, base_channels
 def tiny_reference_vq(seed: int = 0) -> JanusVQVAE:
     """transformers' JanusVQVAE, tiny, every parameter drawn (norm affines and biases too)."""
     torch.manual_seed(seed)
-    model = JanusVQVAE(JanusVQVAEConfig(**TINY_VQ)).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                module.weight.normal_(0, module.weight[0].numel() ** -0.5)
-                module.bias.normal_(0, 0.1)
-            elif isinstance(module, torch.nn.GroupNorm):
-                module.weight.normal_(1, 0.2)
-                module.bias.normal_(0, 0.2)
-            elif isinstance(module, torch.nn.Embedding):
-                module.weight.normal_(0, 1)
-    return model
+    return draw_vq_weights(JanusVQVAE(JanusVQVAEConfig(**TINY_VQ)).eval())
 
 
 def as_original_names(transformers_vq: dict) -> dict:
