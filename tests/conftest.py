@@ -71,3 +71,12 @@ def _autoencoder_store(tmp_path_factory):
     """Conversions store autoencoders in a test cache, never in the user's."""
     import os
     os.environ["MLX_IMGEN_CACHE"] = str(tmp_path_factory.mktemp("mlx-imgen-cache"))
+
+
+def assert_refused(result, phrase: str) -> None:
+    """A CLI run refused as the project refuses bad input: exit 2, no traceback, one `error:`
+    sentence that names `phrase`."""
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and message.startswith("error:")
+    assert phrase in message
