@@ -89,6 +89,20 @@ def run_prompts(model: str, classes: list[str], texts: list[str], prompts_file: 
     return [Prompt(check_prompt(text)) for text in texts]
 
 
+# the template's tokens around a prompt (Janus-Pro's: BOS, role tags, <begin_of_image>), rounded up
+TEMPLATE_TOKENS = 16
+
+
+def prompt_token_bound(prompts, negative: str | None = None) -> int | None:
+    """An upper bound on the longest prompt row in tokens (the run's `negative` prompt
+    included), before any tokenizer is loaded: a byte-level tokenizer makes at most one token
+    per UTF-8 byte. None without prompts."""
+    if not prompts:
+        return None
+    texts = [t for p in prompts for t in (p.text, p.negative, negative) if t is not None]
+    return max(len(t.encode("utf-8")) for t in texts) + TEMPLATE_TOKENS
+
+
 def check_generate_options(model: str, options: dict) -> None:
     """Every option in range, and each one applies to the model, before anything is loaded."""
     from mlx_imgen.memory import generation_estimate, model_shape, refuse_if_too_big
@@ -130,7 +144,9 @@ def check_generate_options(model: str, options: dict) -> None:
     batch = o["batch_size"] or count
     decode_batch = 1 if o["low_memory"] else o["decode_batch_size"] or batch
     shape = model_shape(model, dtype)
-    refuse_if_too_big(generation_estimate(shape, count, batch, decode_batch),
+    refuse_if_too_big(generation_estimate(shape, count, batch, decode_batch,
+                                          prompt_tokens=prompt_token_bound(o["run"],
+                                                                           o["negative_prompt"])),
                       f"generating {count} images of {shape.image_size} px, {batch} at a time,",
                       "lower --batch-size or --n, or pass --low-memory")
 

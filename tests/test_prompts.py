@@ -207,3 +207,14 @@ def test_text_run_records_prompts_seeds_and_negative_in_each_png(folder, text_fa
                                       "--negative-prompt snow --seed 42 --index 1")
     assert texts[3]["regenerate"] == (f"mlx-imgen generate {folder} --prompt 'a cat' "
                                       "--negative-prompt blurry --seed 3 --index 3")
+
+
+def test_the_memory_estimate_bounds_the_longest_prompt_row_before_loading():
+    """generate's estimate takes the longest prompt, its own or the run's negative prompt, at
+    one token per UTF-8 byte plus the template: never fewer tokens than any tokenizer makes."""
+    from mlx_imgen.cli.generate import TEMPLATE_TOKENS, prompt_token_bound
+
+    assert prompt_token_bound(None) is None
+    prompts = [Prompt("a fox"), Prompt("é" * 10, negative="blurry")]
+    assert prompt_token_bound(prompts) == 20 + TEMPLATE_TOKENS
+    assert prompt_token_bound(prompts, negative="x" * 40) == 40 + TEMPLATE_TOKENS
