@@ -31,5 +31,16 @@ def offline_env(hf_home: Path, cache: Path) -> dict:
     return env
 
 
+def go_offline(monkeypatch, hub_cache: Path, cache: Path) -> Path:
+    """In this process: huggingface_hub offline over `hub_cache` (its hub/ folder), and
+    mlx-imgen's model cache at `cache`, which is returned."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("MLX_IMGEN_CACHE", str(cache))
+    return cache
+
+
 def clear(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)

@@ -84,7 +84,7 @@ import json  # noqa: E402  (the conversion half of the file)
 
 from typer.testing import CliRunner  # noqa: E402
 
-from hubcache import add_to_hub_cache  # noqa: E402
+from hubcache import add_to_hub_cache, go_offline  # noqa: E402
 from janus_files import write_tiny_janus  # noqa: E402
 from janus_tokenizer_files import write_janus_tokenizer  # noqa: E402
 from mlx_imgen.cli.app import app  # noqa: E402
@@ -125,12 +125,7 @@ def hub(tmp_path_factory):
 @pytest.fixture
 def offline(hub, tmp_path, monkeypatch):
     """The hub is offline and holds only the tiny repos; conversions go to a fresh cache."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub["root"] / "hf" / "hub"))
-    monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    return go_offline(monkeypatch, hub["root"] / "hf" / "hub", tmp_path / "cache")
 
 
 def convert(source: str, out, *extra) -> dict:
@@ -285,11 +280,7 @@ def test_bad_input_is_one_sentence_exit_2_nothing_written(hub, offline, tmp_path
 
 
 def test_offline_without_the_files_fails_at_once_naming_the_download(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
+    go_offline(monkeypatch, tmp_path / "empty-hub", tmp_path / "cache")
     for source in ("janus-pro-7b", "deepseek-community/Janus-Pro-1B"):
         result = runner.invoke(app, ["convert", source, "--out", str(tmp_path / "x")])
         message = " ".join(result.output.split())

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from clip_files import IMAGE_SIZE, write_tiny_clip
 from clip_tokenizer_files import reference_tokenizer, write_clip_tokenizer
-from hubcache import add_to_hub_cache
+from hubcache import add_to_hub_cache, go_offline
 from mlx_imgen.cli.app import app
 from mlx_imgen.convert.writer import sha256_of
 from mlx_imgen.registry import DEFAULT_SCORER, SCORERS
@@ -57,12 +57,7 @@ def hub(tmp_path_factory):
 @pytest.fixture
 def offline(hub, tmp_path, monkeypatch):
     """The hub is offline and holds only the tiny repo; conversions go to a fresh cache."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub["root"] / "hf" / "hub"))
-    monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    return go_offline(monkeypatch, hub["root"] / "hf" / "hub", tmp_path / "cache")
 
 
 def reference_scores(hub, images: list[Image.Image], prompts: list[str]) -> np.ndarray:
@@ -277,11 +272,7 @@ def test_bad_input_is_one_sentence_exit_2_and_no_json(hub, offline, tmp_path, ca
 
 def test_offline_without_the_files_fails_at_once_with_the_local_command(hub, tmp_path,
                                                                          monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    monkeypatch.setenv("MLX_IMGEN_CACHE", str(tmp_path / "cache"))
+    go_offline(monkeypatch, tmp_path / "empty-hub", tmp_path / "cache")
     result = runner.invoke(app, ["score", str(hub["images"][0]), "--prompt", "a cat"])
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "Traceback" not in result.output
