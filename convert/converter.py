@@ -18,7 +18,7 @@ from mlx_imgen.weights.readers import CHECKPOINT_SUFFIXES, read_checkpoint
 from mlx_imgen.weights.shards import load_weights
 
 from . import autoencoder_store as store
-from . import clip, janus, upstream_config
+from . import amused, clip, janus, upstream_config
 from .hub import fetch, require
 from .streaming import stream_weights
 from .writer import holding_lock_on, sha256_of, write_pipeline
@@ -122,6 +122,25 @@ def _convert_janus(source: str, out: Path, *, family, dtype, config, autoencoder
                          f"files (its VQ tokenizer included); leave out {', '.join(extra)}")
     return janus.convert_janus(source, out, dtype=dtype, quantize=quantize,
                                group_size=group_size, revision=revision, force=force)
+
+
+def _convert_amused(source: str, out: Path, *, family, dtype, config, autoencoder, weights,
+                    quantize, group_size, revision, force) -> Path:
+    """aMUSEd converts from its repo's folders alone: the VQ-GAN, the text encoder and the
+    tokenizer come with the U-ViT, and each component's config.json says what shapes cannot."""
+    card = CARDS.get(source)
+    if card is not None and card.family != amused.FAMILY:
+        raise ValueError(f"{source} is a {card.family} model, not amused; leave out --family")
+    if family not in (None, amused.FAMILY):
+        raise ValueError(f"{source} is an aMUSEd model, not {family}; leave out --family")
+    extra = [name for name, value in (("--config", config), ("--autoencoder", autoencoder),
+                                      ("--weights", weights)) if value]
+    if extra:
+        raise ValueError(f"{source} is an aMUSEd model, which converts from its repo's own "
+                         f"folders (its VQ-GAN and text encoder included); leave out "
+                         f"{', '.join(extra)}")
+    return amused.convert_amused(source, out, dtype=dtype, quantize=quantize,
+                                 group_size=group_size, revision=revision, force=force)
 
 
 def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: bool) -> Path:
@@ -239,6 +258,10 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
         if not quantize:
             raise ValueError(f"{path} is a converted CLIP folder; to quantize it pass --quantize")
         return clip.requantize_clip(path, out, quantize, group_size, force)
+    if amused.is_amused_source(source) or family == amused.FAMILY:
+        return _convert_amused(source, out, family=family, dtype=dtype, config=config,
+                               autoencoder=autoencoder, weights=weights, quantize=quantize,
+                               group_size=group_size, revision=revision, force=force)
     if janus.is_janus_source(source) or family == janus.FAMILY:
         return _convert_janus(source, out, family=family, dtype=dtype, config=config,
                               autoencoder=autoencoder, weights=weights, quantize=quantize,

@@ -13,16 +13,17 @@ from mlx_imgen.weights.keymap import KeyMismatchError, as_mlx, check_shapes, che
 
 
 def stream_weights(backbone: BackboneConfig, sources: dict, dtype: str | None,
-                   quantize: int | None, group_size: int, what: str = "checkpoint"):
+                   quantize: int | None, group_size: int, what: str = "checkpoint",
+                   model_class=Transformer):
     """(weights, quantization record) of the transformer, loaded one tensor at a time.
 
     `sources` maps keys to tensors or to zero-argument callables that load them (a lazy key
     map); it is emptied as it goes, so each float tensor is freed once it is cast to `dtype`
     (None keeps it) and, for the layers quantize_model would quantize, quantized. The float
     model and the quantized one never coexist. Keys and shapes are checked before anything
-    loads.
+    loads. `model_class` builds the model from `backbone` (a family's own, such as the U-ViT).
     """
-    model = Transformer(backbone)  # structure only: MLX initialises parameters lazily
+    model = model_class(backbone)  # structure only: MLX initialises parameters lazily
     expected = {k: v.shape for k, v in tree_flatten(model.parameters())}
     # the key-and-shape pass: a file that does not fit fails before any tensor is read
     check_shapes(model, {k: shape_of(v) for k, v in sources.items()}, what)

@@ -4,9 +4,10 @@ The estimate is deliberately simple, an upper-end figure rather than a measureme
 
     total = weights + max(sampling, decoding) + kept
 
-- weights: the pipeline folder's weight files (transformer + autoencoder); for an alias not
-  converted yet, the transformer's parameters from its architecture times the dtype's bytes,
-  plus the autoencoder's parameters in float32.
+- weights: the pipeline folder's weight files (transformer, autoencoder, a text encoder); for
+  an alias not converted yet, the transformer's parameters from its architecture (counted on
+  the model's structure where it is not the backbone's) and a text encoder's, times the
+  dtype's bytes, plus the autoencoder's parameters in float32.
 - sampling, for a batch of B images, guided (2B rows through the transformer) with width D,
   MLP width F, H heads, depth L, T tokens of a forward pass, b bytes per activation value:
     next-token:   KV cache 2 * L * 2B * T * D * b, plus one token's activations and logits
@@ -66,6 +67,24 @@ def available_bytes() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def counted_parameters(module) -> int:
+    """Parameters of a module built but never evaluated: MLX initialises them lazily, so
+    counting them computes nothing."""
+    from mlx.utils import tree_flatten
+
+    return sum(v.size for _, v in tree_flatten(module.parameters()))
+
+
+def model_parameters(cfg, model_class=None) -> int:
+    """Parameters of a family's transformer config: a BackboneConfig's from its shapes, another
+    model's (aMUSEd's U-ViT) counted on its structure."""
+    from .backbone import BackboneConfig
+
+    if isinstance(cfg, BackboneConfig):
+        return transformer_parameters(cfg)
+    return counted_parameters(model_class(cfg))
+
+
 def transformer_parameters(cfg) -> int:
     """Parameters of a BackboneConfig from its shapes (embeddings, blocks, head)."""
     d, f = cfg.width, cfg.hidden
@@ -95,14 +114,19 @@ def sampling_bytes(cfg, paradigm: str, batch: int, activation_bytes: int,
                    prompt_tokens: int | None = None) -> float:
     """`prompt_tokens`: a text model's longest prompt in tokens (template included), which its
     KV cache holds beside the image tokens; TEXT_PREFIX_TOKENS where not given."""
-    rows, t, d, b = 2 * batch, cfg.seq_len, cfg.width, activation_bytes
-    if cfg.conditioning == "text":
+    from .backbone import BackboneConfig
+
+    # a model with its own config (aMUSEd's U-ViT): its transformer layers, and its logits
+    layers = cfg if isinstance(cfg, BackboneConfig) else cfg.backbone()
+    scores = cfg.output_dims if isinstance(cfg, BackboneConfig) else cfg.vocab_size
+    rows, t, d, b = 2 * batch, layers.seq_len, layers.width, activation_bytes
+    if layers.conditioning == "text":
         t += TEXT_PREFIX_TOKENS if prompt_tokens is None else prompt_tokens
     if paradigm == "next-token":
-        kv_cache = 2 * cfg.depth * rows * t * d * b
-        return kv_cache + rows * ((8 * d + 2 * cfg.hidden) * b + cfg.output_dims * 4)
-    forward = rows * t * (8 * d + 2 * cfg.hidden) * b + rows * cfg.heads * t * t * 4
-    return forward + rows * cfg.num_tokens * cfg.output_dims * 4
+        kv_cache = 2 * layers.depth * rows * t * d * b
+        return kv_cache + rows * ((8 * d + 2 * layers.hidden) * b + scores * 4)
+    forward = rows * t * (8 * d + 2 * layers.hidden) * b + rows * layers.heads * t * t * 4
+    return forward + rows * cfg.num_tokens * scores * 4
 
 
 def decoding_bytes(image_size: int, decode_batch: int) -> float:
@@ -126,8 +150,8 @@ class ModelShape:
 
 
 def _folder_shape(folder: Path) -> ModelShape:
+    from . import families
     from .autoencoders import AUTOENCODERS
-    from .backbone import BackboneConfig
     from .weights.jsonfile import read_json
     from .weights.shards import weight_files
 
@@ -135,7 +159,7 @@ def _folder_shape(folder: Path) -> ModelShape:
         index = read_json(folder / "model_index.json")
         t_config = read_json(folder / "transformer" / "config.json")
         ae_config = read_json(folder / "autoencoder" / "config.json")
-        cfg = BackboneConfig.from_dict(t_config["backbone"])
+        cfg = families.get(index["family"]).config_class.from_dict(t_config["backbone"])
         ae = AUTOENCODERS[ae_config["kind"]].config.from_dict(ae_config["config"])
         paradigm = index["paradigm"]
         dtype = t_config.get("dtype") or index.get("dtype") or "float32"
@@ -143,8 +167,8 @@ def _folder_shape(folder: Path) -> ModelShape:
         raise ValueError(f"{folder} is not a complete pipeline folder ({type(err).__name__}: "
                          f"{err}); convert the model again") from None
     side = cfg.grid_size * cfg.patch_size if cfg.input == "patches" else cfg.grid_size
-    weights = sum(f.stat().st_size for name in ("transformer", "autoencoder")
-                  for f in weight_files(folder / name))
+    weights = sum(f.stat().st_size for name in ("transformer", "autoencoder", "text_encoder")
+                  if (folder / name).is_dir() for f in weight_files(folder / name))
     return ModelShape(cfg, paradigm, side * ae.downsample, weights, DTYPE_BYTES.get(dtype, 4))
 
 
@@ -165,8 +189,12 @@ def _card_shape(alias: str, dtype: str) -> ModelShape:
     card = get_card(alias)
     family = families.get(card.family)
     cfg = family.config_for(card.size, card.image_size)
-    weights = transformer_parameters(cfg) * DTYPE_BYTES[dtype] + \
+    weights = model_parameters(cfg, family.model_class) * DTYPE_BYTES[dtype] + \
         _autoencoder_bytes(family.autoencoder)
+    if family.text_encoder is not None:  # a text tower of its own, in the same dtype
+        from .text.stored import build_encoder
+
+        weights += counted_parameters(build_encoder(*family.text_encoder)) * DTYPE_BYTES[dtype]
     return ModelShape(cfg, card.paradigm, card.image_size, weights, DTYPE_BYTES[dtype])
 
 

@@ -14,10 +14,10 @@ from . import families, paradigms
 from .autoencoders import AUTOENCODERS
 from .backbone import BackboneConfig, Transformer
 from .paradigms.keys import keys_of
-from .paradigms.next_token import TextPrefix
 from .prompts import Prompt, as_prompts, check_condition, image_seeds
 from .quantize import apply_structure, quantization_record, quantize_model
 from .registry import get_card
+from .text.stored import load_text_encoder
 from .version import __version__
 from .weights.dtypes import DTYPES
 from .weights.jsonfile import read_json
@@ -25,6 +25,7 @@ from .weights.shards import load_weights
 
 INDEX_FILE = "model_index.json"
 TOKENIZER_FOLDER = "tokenizer"
+TEXT_ENCODER_FOLDER = "text_encoder"
 
 
 def _quoted(text: str, limit: int = 40) -> str:
@@ -99,6 +100,11 @@ class Pipeline:
         self.autoencoder_config = self.autoencoder_kind.config.from_dict(ae_config["config"])
         self.autoencoder = self.autoencoder_kind.model(self.autoencoder_config)
         _load_weights(self.autoencoder, self.folder / "autoencoder")
+        self.text_encoder = None  # a family with a text tower of its own (aMUSEd's CLIP)
+        if (self.folder / TEXT_ENCODER_FOLDER).is_dir():
+            encoder_config = read_json(self.folder / TEXT_ENCODER_FOLDER / "config.json")
+            self.sources[TEXT_ENCODER_FOLDER] = encoder_config.get("source")
+            self.text_encoder = load_text_encoder(self.folder / TEXT_ENCODER_FOLDER)
 
     @classmethod
     def random(cls, alias: str, dtype: str = "float32", bits: int | None = None) -> "Pipeline":
@@ -181,6 +187,8 @@ class Pipeline:
             "alias": self.index.get("alias"),
             "transformer_source": self.sources.get("transformer"),
             "autoencoder_source": self.sources.get("autoencoder"),
+            **({"text_encoder_source": self.sources[TEXT_ENCODER_FOLDER]}
+               if TEXT_ENCODER_FOLDER in self.sources else {}),
             "random_weights": bool(self.index.get("random_weights")),
             "dtype": self.index.get("dtype"),
             "quantization": {"bits": quant["bits"], "group_size": quant["group_size"],
@@ -226,22 +234,17 @@ class Pipeline:
             self._prompting = self.family.prompting(folder)
         return self._prompting
 
-    def prompt_length_limit(self, plan) -> int | None:
-        """The longest prompt row the model's context leaves room for beside the image."""
-        context = self.config.context_length or self.prompting.tokenizer.max_length
-        return None if context is None else context - plan.num_tokens
-
-    def text_condition(self, entries: list[Prompt], plan) -> TextPrefix:
-        """The text prefix of a batch of images, one Prompt each: every distinct (prompt,
-        negative prompt) pair is one row pair, prefilled once for all its images."""
+    def text_condition(self, entries: list[Prompt], plan):
+        """The sampler condition of a batch of images, one Prompt each, built by the family's
+        prompting from the pipeline's parts (Janus-Pro: a text prefix; aMUSEd: CLIP text
+        states for cross-attention). Every distinct (prompt, negative prompt) pair is one row
+        pair, computed once for all its images."""
         pairs = list(dict.fromkeys((p.text, p.negative) for p in entries))
-        rows = self.prompting.rows(pairs, max_length=self.prompt_length_limit(plan),
-                                   names=[f"the prompt {_quoted(text)}" for text, _ in pairs])
         images = [pairs.index((p.text, p.negative)) for p in entries]
-        as_array = lambda a: None if a is None else mx.array(a)  # noqa: E731
-        return TextPrefix(mx.array(rows.ids), mx.array(rows.null_ids), as_array(rows.mask),
-                          as_array(rows.null_mask),
-                          None if images == list(range(len(pairs))) else mx.array(images))
+        return self.prompting.condition(
+            pairs, None if images == list(range(len(pairs))) else images,
+            names=[f"the prompt {_quoted(text)}" for text, _ in pairs], plan=plan,
+            config=self.config, text_encoder=self.text_encoder)
 
     def check_noise(self, noise: mx.array, count: int) -> None:
         expected = (count, *self.latent_shape)

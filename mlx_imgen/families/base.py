@@ -36,9 +36,13 @@ class Family:
     heads_by_width: dict = field(default_factory=dict)
     # what an image is asked for by: "class" (ImageNet ids) or "text" (prompts)
     condition: str = "class"
-    # a text family's prompt rows from its pipeline's tokenizer folder (text.janus.JanusPrompts);
-    # None: the family has no text-to-image sampler yet
+    # a text family's prompting from its pipeline's tokenizer folder (text.janus.JanusPrompts,
+    # text.clip_prompts.CLIPPrompts): its `condition(pairs, images, names=, plan=, config=,
+    # text_encoder=)` builds the sampler's condition; None: no text-to-image sampler yet
     prompting: Callable | None = None
+    # (model type, config) of a text tower the family runs itself (aMUSEd's CLIP-L text with
+    # projection), for random-weight pipelines and memory estimates; None: it has none
+    text_encoder: tuple | None = None
 
     @property
     def signature(self) -> tuple[str, ...]:

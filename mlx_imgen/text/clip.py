@@ -72,6 +72,11 @@ class CLIPTextConfig(_TowerConfig):
     _sizes = ("max_positions", "vocab_size")
 
 
+# openai/clip-vit-large-patch14's text tower with its projection: aMUSEd's text encoder
+CLIP_L14_TEXT = CLIPTextConfig(width=768, depth=12, heads=12, mlp_hidden=3072,
+                               projection_dim=768)
+
+
 @dataclass
 class CLIPVisionConfig(_TowerConfig):
     width: int = 768

@@ -5,8 +5,10 @@ a negative prompt's template; rows of different lengths are left-padded and mask
 
 from dataclasses import dataclass
 
+import mlx.core as mx
 import numpy as np
 
+from ..paradigms.next_token import TextPrefix
 from .tokenizer import PromptTokenizer
 
 USER, ASSISTANT = "<|User|>", "<|Assistant|>"
@@ -88,6 +90,18 @@ class JanusPrompts:
         ids, mask = _left_padded(cond, width, self.pad_id)
         null_ids, null_mask = _left_padded(null, width, self.pad_id)
         return PromptRows(ids, null_ids, mask, null_mask)
+
+    def condition(self, pairs: list[tuple[str, str | None]], images: list[int] | None, *,
+                  names: list[str], plan, config, **_) -> TextPrefix:
+        """The text prefix of R distinct (prompt, negative prompt) pairs, image i taking row
+        images[i] (None: row i): each pair is one row pair, prefilled once for all its images.
+        A row must leave the image tokens room in the model's context."""
+        context = config.context_length or self.tokenizer.max_length
+        rows = self.rows(pairs, max_length=None if context is None else context - plan.num_tokens,
+                         names=names)
+        as_array = lambda a: None if a is None else mx.array(a)  # noqa: E731
+        return TextPrefix(mx.array(rows.ids), mx.array(rows.null_ids), as_array(rows.mask),
+                          as_array(rows.null_mask), as_array(images))
 
 
 def _left_padded(rows: list[list[int]], width: int, pad: int):
