@@ -89,6 +89,8 @@ def convert(
     group_size: int = typer.Option(64, help="Quantization group size (32, 64 or 128)."),
     weights: str = typer.Option(None, help="The weight set of a training checkpoint: ema or "
                                 "model (default: the one upstream samples from, ema for DiT/SiT)."),
+    variant: str = typer.Option(None, help="fp16: read a diffusers repo's .fp16 weights first "
+                                "(aMUSEd; they are read anyway where the float32 ones are absent)."),
 ):
     """Convert a PyTorch checkpoint (or an autoencoder alone) into an MLX folder."""
     from mlx_imgen.convert.converter import convert as run_convert
@@ -99,7 +101,7 @@ def convert(
             folder = run_convert(source, out, family=family, dtype=dtype, config=config,
                                  autoencoder=str(autoencoder) if autoencoder else None,
                                  revision=revision, force=force, quantize=quantize,
-                                 group_size=group_size, weights=weights)
+                                 group_size=group_size, weights=weights, variant=variant)
         console.print(f"wrote {folder}")
 
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from mlx_imgen import families
-from mlx_imgen.backbone import BackboneConfig
 from mlx_imgen.pipeline import INDEX_FILE
 from mlx_imgen.quantize import check_settings
 from mlx_imgen.registry import (AUTOENCODER_SOURCES, CARDS, DEFAULT_AUTOENCODERS, ModelCard, Source,
@@ -125,7 +124,7 @@ def _convert_janus(source: str, out: Path, *, family, dtype, config, autoencoder
 
 
 def _convert_amused(source: str, out: Path, *, family, dtype, config, autoencoder, weights,
-                    quantize, group_size, revision, force) -> Path:
+                    quantize, group_size, revision, force, variant) -> Path:
     """aMUSEd converts from its repo's folders alone: the VQ-GAN, the text encoder and the
     tokenizer come with the U-ViT, and each component's config.json says what shapes cannot."""
     card = CARDS.get(source)
@@ -140,7 +139,8 @@ def _convert_amused(source: str, out: Path, *, family, dtype, config, autoencode
                          f"folders (its VQ-GAN and text encoder included); leave out "
                          f"{', '.join(extra)}")
     return amused.convert_amused(source, out, dtype=dtype, quantize=quantize,
-                                 group_size=group_size, revision=revision, force=force)
+                                 group_size=group_size, revision=revision, force=force,
+                                 variant=variant)
 
 
 def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: bool) -> Path:
@@ -151,9 +151,11 @@ def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: b
         raise ValueError(f"{folder} is already quantized ({q['bits']}-bit); quantize from the "
                          "float folder or the original checkpoint instead")
     t_config = read_json(folder / "transformer" / "config.json")
-    backbone = BackboneConfig.from_dict(t_config["backbone"])
+    fam = families.get(index.get("family") or t_config.get("family"))
+    backbone = fam.config_class.from_dict(t_config["backbone"])
     weights, record = stream_weights(backbone, load_weights(folder / "transformer"), None,
-                                     quantize, group_size, f"{folder / 'transformer'}")
+                                     quantize, group_size, f"{folder / 'transformer'}",
+                                     model_class=fam.model_class)
     ae_config = read_json(folder / "autoencoder" / "config.json")
     ae_folder = store.StoredAutoencoder(folder / "autoencoder", ae_config)
     index = {**index, "quantization": record}
@@ -161,10 +163,24 @@ def requantize(folder: Path, out: Path, quantize: int, group_size: int, force: b
         "transformer": ({**t_config, "quantization": record}, weights),
         "autoencoder": (ae_config, store.linker(ae_folder, ae_config)),
     }
+    if (folder / "text_encoder").is_dir():  # a text tower of its own is quantized alike
+        components["text_encoder"] = _requantized_encoder(folder / "text_encoder", quantize,
+                                                          group_size)
     if (folder / "tokenizer").is_dir():  # a text model's tokenizer files travel unchanged
         components["tokenizer"] = (None, clip.copied(
             {p.name: p for p in sorted((folder / "tokenizer").iterdir()) if p.is_file()}))
     return write_pipeline(out, index, components, force=force)
+
+
+def _requantized_encoder(folder: Path, quantize: int, group_size: int) -> tuple[dict, dict]:
+    from mlx_imgen.text.stored import build_encoder, config_from_dict
+
+    stored = read_json(folder / "config.json")
+    model_type = stored.get("model_type")
+    model = build_encoder(model_type, config_from_dict(model_type, stored["config"]))
+    weights, record = clip.encoder_weights(model, load_weights(folder), None, quantize,
+                                           group_size, str(folder))
+    return {**stored, "quantization": record}, weights
 
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -231,13 +247,15 @@ def _standalone_autoencoder(source: str, path: Path) -> tuple[str, Source | None
 def convert(source: str, out: str | Path, *, family: str | None = None, dtype: str | None = None,
             config: str | dict | None = None, autoencoder: str | None = None,
             revision: str | None = None, force: bool = False, quantize: int | None = None,
-            group_size: int = 64, weights: str | None = None) -> Path:
+            group_size: int = 64, weights: str | None = None,
+            variant: str | None = None) -> Path:
     """Convert `source` (an alias, a .pt/.pth/.safetensors path, or a converted float folder)
     into the folder `out`, optionally quantizing the transformer to `quantize` bits. A CLIP
     model (the scorer alias, a hub repo id or a hub-layout folder) converts into a scorer
     folder (convert/clip.py). `weights`
     picks the weight set of a training checkpoint ("ema" or "model"); by default the set the
-    family's upstream samples from. An autoencoder alone converts into an autoencoder folder."""
+    family's upstream samples from. An autoencoder alone converts into an autoencoder folder.
+    `variant` "fp16" reads a diffusers repo's fp16 weights first (aMUSEd)."""
     dtype = resolve_dtype(dtype)
     out = Path(out)
     if out.exists() and not force:
@@ -245,6 +263,10 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
     if quantize:
         check_settings(quantize, group_size)
     path = Path(source)
+    is_amused = amused.is_amused_source(source) or family == amused.FAMILY
+    if variant is not None and not is_amused:
+        raise ValueError(f"--variant picks the weights of a diffusers pipeline repo (aMUSEd); "
+                         f"leave it out for {source}")
     if clip.is_clip_source(source) or clip.is_converted_clip(path):
         extra = [name for name, value in (("--family", family), ("--config", config),
                                           ("--autoencoder", autoencoder), ("--weights", weights))
@@ -258,10 +280,11 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
         if not quantize:
             raise ValueError(f"{path} is a converted CLIP folder; to quantize it pass --quantize")
         return clip.requantize_clip(path, out, quantize, group_size, force)
-    if amused.is_amused_source(source) or family == amused.FAMILY:
+    if is_amused:
         return _convert_amused(source, out, family=family, dtype=dtype, config=config,
                                autoencoder=autoencoder, weights=weights, quantize=quantize,
-                               group_size=group_size, revision=revision, force=force)
+                               group_size=group_size, revision=revision, force=force,
+                               variant=variant)
     if janus.is_janus_source(source) or family == janus.FAMILY:
         return _convert_janus(source, out, family=family, dtype=dtype, config=config,
                               autoencoder=autoencoder, weights=weights, quantize=quantize,

@@ -3,7 +3,7 @@
 import difflib
 from dataclasses import dataclass, field
 
-from .families import DIT, JANUS, LLAMAGEN, MASKGIT, SIT
+from .families import AMUSED, DIT, JANUS, LLAMAGEN, MASKGIT, SIT
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,34 @@ def _janus(size: str, parameters: str, weights: str, geneval: float, dpg: float)
 CARDS.update({card.alias: card for card in [
     _janus("1B", "1.5B+72M VQ", "pytorch_model.bin", 0.73, 82.63),
     _janus("7B", "6.6B+72M VQ", "pytorch_model.bin.index.json", 0.80, 84.19),
+]})
+
+
+# aMUSEd (huggingface): a U-ViT over VQ-GAN codes, conditioned on CLIP-L/14's text tower; the
+# hub repo is a diffusers pipeline whose transformer/, vqvae/, text_encoder/ and tokenizer/
+# convert together (convert/amused.py), float32 weights or their .fp16 variant
+def _amused(image_size: int, parameters: str) -> ModelCard:
+    repo = f"amused/amused-{image_size}"
+
+    def component(folder: str) -> Source:
+        return Source(repo, f"{folder}/diffusion_pytorch_model.safetensors",
+                      config=f"{folder}/config.json",
+                      fallback=f"{folder}/diffusion_pytorch_model.fp16.safetensors")
+
+    return ModelCard(
+        alias=f"amused-{image_size}", family="amused", paradigm="masked-token",
+        size=str(image_size), image_size=image_size, parameters=parameters,
+        transformer=component("transformer"), autoencoder=component("vqvae"),
+        license=AMUSED.license,
+        published="aMUSEd (Patil et al. 2024): 12 steps, cosine schedule, guidance 10",
+        sampling=AMUSED.sampling, condition="text")
+
+
+# parameters: the U-ViT + the VQ-GAN's decoder + CLIP-L/14's text tower, counted on the
+# published configs (mlx_imgen.memory.counted_parameters)
+CARDS.update({card.alias: card for card in [
+    _amused(256, AMUSED_256_PARAMETERS),
+    _amused(512, AMUSED_512_PARAMETERS),
 ]})
 
 
