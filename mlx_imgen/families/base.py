@@ -5,7 +5,7 @@ The wrapper-prefix stripping and the head-count inference are written here once 
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mlx_imgen.backbone import BackboneConfig
+from mlx_imgen.backbone import BackboneConfig, Transformer
 from mlx_imgen.paradigms import presets
 from mlx_imgen.weights.keymap import KeyMap, strip_prefixes
 
@@ -39,6 +39,10 @@ class Family:
     # a text family's prompt rows from its pipeline's tokenizer folder (text.janus.JanusPrompts);
     # None: the family has no text-to-image sampler yet
     prompting: Callable | None = None
+    # the transformer's config dataclass and module: the shared Transformer for every family
+    # but one with its own architecture around the backbone's Blocks (aMUSEd's U-ViT)
+    config_class: type = BackboneConfig
+    model_class: type = Transformer
 
     @property
     def signature(self) -> tuple[str, ...]:
