@@ -18,12 +18,14 @@ class BackboneConfig(DictConfig):
     heads: int
     head_dim: int | None = None       # default width // heads
     # block
-    mlp: str = "gelu_tanh"            # "gelu_tanh" | "gelu" | "quick_gelu" | "swiglu"
+    mlp: str = "gelu_tanh"            # "gelu_tanh" | "gelu" | "quick_gelu" | "swiglu" | "geglu"
     mlp_hidden: int | None = None     # default 4 * width
     mlp_bias: bool = True
     norm: str = "layer"               # "layer" | "rms"
     norm_eps: float = 1e-6
     mlp_norm_eps: float | None = None  # the norm before the MLP, if it differs (diffusers' DiT: 1e-5)
+    mlp_norm: str | None = None       # that norm's kind, if it differs (aMUSEd: "layer" after RMSNorms)
+    norm_bias: bool = True            # whether the blocks' affine LayerNorms have a bias (aMUSEd: no)
     norm_affine: bool = True          # block norms; adaLN models usually have none
     final_norm_affine: bool = True
     final_norm_bias: bool = False     # an RMSNorm bias (Halton-MaskGIT); LayerNorm's follows affine
@@ -49,6 +51,11 @@ class BackboneConfig(DictConfig):
     # condition: class prefix tokens, a text prefix (token ids of a prompt, embedded by
     # text_embed; the model is its own text encoder), or adaLN modulation from class (+ timestep)
     conditioning: str = "prefix"      # "prefix" | "text" | "adaln"
+    # how "adaln" modulates a block: "zero" is adaLN-Zero (one Linear gives shift, scale and gate
+    # for attention and MLP); "continuous" is diffusers' AdaLayerNormContinuous (each norm,
+    # cross-attention's included, has its own Linear giving scale and shift, and nothing is gated)
+    modulation: str = "zero"
+    modulation_bias: bool = True
     num_classes: int = 1000           # the null class for CFG has id num_classes
     text_vocab_size: int | None = None  # "text" only: rows of text_embed
     # the longest sequence (prefix + image tokens) a text model serves (its trained context);
@@ -73,6 +80,8 @@ class BackboneConfig(DictConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.head_dim is None and self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
+        if self.modulation not in ("zero", "continuous"):
+            raise ValueError(f"unknown modulation {self.modulation!r}; use 'zero' or 'continuous'")
         if self.conditioning not in ("prefix", "text", "adaln"):
             raise ValueError(f"unknown conditioning {self.conditioning!r}; use 'prefix', 'text' "
                              "or 'adaln'")
@@ -126,25 +135,45 @@ def modulate(x: mx.array, shift: mx.array, scale: mx.array) -> mx.array:
 
 
 class Block(nn.Module):
-    """Pre-norm attention and MLP, optionally cross-attention, optionally adaLN-Zero modulated."""
+    """Pre-norm attention and MLP, optionally cross-attention, optionally modulated by a
+    per-sample condition (adaLN-Zero, or diffusers' continuous scale and shift)."""
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
         attention = dict(head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias,
                          qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
                          qk_norm_per_head=cfg.qk_norm_per_head)
-        self.norm1 = make_norm(cfg.norm, cfg.width, cfg.norm_eps, cfg.norm_affine)
-        self.attn = Attention(cfg.width, cfg.heads, fused_qkv=cfg.fused_qkv, **attention)
+        w = cfg.width
+        continuous = cfg.conditioning == "adaln" and cfg.modulation == "continuous"
+        self.norm1 = make_norm(cfg.norm, w, cfg.norm_eps, cfg.norm_affine, layer_bias=cfg.norm_bias)
+        self.attn = Attention(w, cfg.heads, fused_qkv=cfg.fused_qkv, **attention)
         if cfg.context_dim:
-            self.norm_cross = make_norm(cfg.norm, cfg.width, cfg.norm_eps, True)
-            self.cross_attn = Attention(cfg.width, cfg.heads, kv_dims=cfg.context_dim, **attention)
+            # an unmodulated cross-attention's norm is always affine (PixArt-style blocks)
+            self.norm_cross = make_norm(cfg.norm, w, cfg.norm_eps,
+                                        cfg.norm_affine if continuous else True,
+                                        layer_bias=cfg.norm_bias)
+            self.cross_attn = Attention(w, cfg.heads, kv_dims=cfg.context_dim, **attention)
         mlp_norm_eps = cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
-        self.norm2 = make_norm(cfg.norm, cfg.width, mlp_norm_eps, cfg.norm_affine)
-        self.mlp = make_mlp(cfg.mlp, cfg.width, cfg.hidden, cfg.mlp_bias)
-        if cfg.conditioning == "adaln":
-            self.modulation = nn.Linear(cfg.width, 6 * cfg.width)
+        self.norm2 = make_norm(cfg.mlp_norm or cfg.norm, w, mlp_norm_eps, cfg.norm_affine,
+                               layer_bias=cfg.norm_bias)
+        self.mlp = make_mlp(cfg.mlp, w, cfg.hidden, cfg.mlp_bias)
+        if continuous:
+            self.modulation1 = nn.Linear(w, 2 * w, bias=cfg.modulation_bias)
+            if cfg.context_dim:
+                self.modulation_cross = nn.Linear(w, 2 * w, bias=cfg.modulation_bias)
+            self.modulation2 = nn.Linear(w, 2 * w, bias=cfg.modulation_bias)
+        elif cfg.conditioning == "adaln":
+            self.modulation = nn.Linear(w, 6 * w)
+
+    def _continuous(self, name: str, h: mx.array, cond: mx.array) -> mx.array:
+        """AdaLayerNormContinuous on normed states: scale first, then shift."""
+        scale, shift = mx.split(self[name](cond)[:, None], 2, axis=-1)
+        return modulate(h, shift, scale)
 
     def __call__(self, x, cond=None, *, mask=None, rope=None, cache=None, context=None):
+        if "modulation1" in self:
+            return self._continuous_call(x, cond, mask=mask, rope=rope, cache=cache,
+                                         context=context)
         if "modulation" in self:
             shift1, scale1, gate1, shift2, scale2, gate2 = mx.split(
                 self.modulation(cond)[:, None], 6, axis=-1)
@@ -157,6 +186,14 @@ class Block(nn.Module):
         if "modulation" in self:
             return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x + self.mlp(self.norm2(x))
+
+    def _continuous_call(self, x, cond, *, mask, rope, cache, context):
+        x = x + self.attn(self._continuous("modulation1", self.norm1(x), cond),
+                          mask=mask, rope=rope, cache=cache)
+        if context is not None:
+            x = x + self.cross_attn(self._continuous("modulation_cross", self.norm_cross(x), cond),
+                                    context=context)
+        return x + self.mlp(self._continuous("modulation2", self.norm2(x), cond))
 
 
 class Transformer(nn.Module):

@@ -12,7 +12,6 @@ from PIL import Image
 
 from . import families, paradigms
 from .autoencoders import AUTOENCODERS
-from .backbone import BackboneConfig, Transformer
 from .paradigms.keys import keys_of
 from .prompts import Prompt, as_prompts, check_condition, image_seeds
 from .quantize import apply_structure, quantization_record, quantize_model
@@ -90,9 +89,9 @@ class Pipeline:
         self.index = read_json(self.folder / INDEX_FILE)
         self.family = families.get(self.index["family"])
         t_config = read_json(self.folder / "transformer" / "config.json")
-        self.config = BackboneConfig.from_dict(t_config["backbone"])
+        self.config = self.family.config_class.from_dict(t_config["backbone"])
         self.sources = {"transformer": t_config.get("source")}
-        self.transformer = Transformer(self.config)
+        self.transformer = self.family.model_class(self.config)
         _load_weights(self.transformer, self.folder / "transformer", t_config.get("quantization"))
         ae_config = read_json(self.folder / "autoencoder" / "config.json")
         self.autoencoder_kind = AUTOENCODERS[ae_config["kind"]]
@@ -120,7 +119,7 @@ class Pipeline:
         pipe.family = families.get(card.family)
         pipe.sources = {"transformer": None, "autoencoder": None}
         pipe.config = pipe.family.config_for(card.size, card.image_size)
-        pipe.transformer = Transformer(pipe.config)
+        pipe.transformer = pipe.family.model_class(pipe.config)
         pipe.transformer.set_dtype(DTYPES[dtype])
         if bits:
             pipe.quantize(bits)

@@ -1,6 +1,7 @@
 """Families: one declared `Family` per public checkpoint lineage (a backbone configuration, key
 maps and the name of its sampling preset table)."""
 
+from .amused import AMUSED
 from .base import Family, Layout
 from .dit import DIT, SIT
 from .janus import JANUS
@@ -8,7 +9,7 @@ from .llamagen import LLAMAGEN
 from .maskgit import MASKGIT
 
 # DiT and SiT checkpoints have the same keys: detection picks DiT, --family sit picks SiT
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMAGEN, MASKGIT, DIT, SIT, JANUS)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMAGEN, MASKGIT, DIT, SIT, JANUS, AMUSED)}
 
 __all__ = ["FAMILIES", "Family", "Layout", "detect", "get"]
 

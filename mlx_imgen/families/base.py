@@ -5,7 +5,7 @@ The wrapper-prefix stripping and the head-count inference are written here once 
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mlx_imgen.backbone import BackboneConfig
+from mlx_imgen.backbone import BackboneConfig, Transformer
 from mlx_imgen.paradigms import presets
 from mlx_imgen.weights.keymap import KeyMap, strip_prefixes
 
@@ -43,6 +43,10 @@ class Family:
     # (model type, config) of a text tower the family runs itself (aMUSEd's CLIP-L text with
     # projection), for random-weight pipelines and memory estimates; None: it has none
     text_encoder: tuple | None = None
+    # the transformer's config dataclass and module: the shared Transformer for every family
+    # but one with its own architecture around the backbone's Blocks (aMUSEd's U-ViT)
+    config_class: type = BackboneConfig
+    model_class: type = Transformer
 
     @property
     def signature(self) -> tuple[str, ...]:

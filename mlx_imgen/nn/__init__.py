@@ -1,13 +1,14 @@
 """Shared layers from which every family's Transformer is configured."""
 
 from .attention import Attention, KVCache
+from .convnext import ConvNeXtBlock, GlobalResponseNorm
 from .embeddings import PatchEmbed, TimestepEmbedder
-from .mlp import GeluMLP, SwiGLU, make_mlp, swiglu_hidden
+from .mlp import GEGLU, GeluMLP, SwiGLU, make_mlp, swiglu_hidden
 from .norms import RMSNorm, make_norm
 from .positions import LearnedPositions, Rope1D, apply_rope, rope_2d_table, sincos_2d, timestep_frequencies
 
 __all__ = [
-    "Attention", "KVCache", "PatchEmbed", "TimestepEmbedder", "GeluMLP", "SwiGLU", "make_mlp",
+    "Attention", "KVCache", "ConvNeXtBlock", "GlobalResponseNorm", "GEGLU", "PatchEmbed", "TimestepEmbedder", "GeluMLP", "SwiGLU", "make_mlp",
     "swiglu_hidden", "RMSNorm", "make_norm", "LearnedPositions", "Rope1D", "apply_rope", "rope_2d_table",
     "sincos_2d", "timestep_frequencies",
 ]

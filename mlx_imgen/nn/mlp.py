@@ -1,5 +1,5 @@
 """Feed-forward layers: two linears around a GELU (tanh approximation, exact, or CLIP's quick
-GELU), and SwiGLU."""
+GELU), SwiGLU, and GEGLU."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -38,6 +38,20 @@ class SwiGLU(nn.Module):
         return self.down(silu_gate(self.gate(x), self.up(x)))
 
 
+class GEGLU(nn.Module):
+    """diffusers' GEGLU feed-forward: one Linear to twice the hidden width (the value, then the
+    gate: one matmul instead of two), value * exact GELU(gate), then the Linear back."""
+
+    def __init__(self, dims: int, hidden: int, bias: bool = True):
+        super().__init__()
+        self.proj = nn.Linear(dims, 2 * hidden, bias=bias)
+        self.out = nn.Linear(hidden, dims, bias=bias)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        value, gate = mx.split(self.proj(x), 2, axis=-1)
+        return self.out(value * nn.gelu(gate))
+
+
 def swiglu_hidden(dims: int, multiple_of: int = 256, multiplier: float | None = None) -> int:
     """LLaMA's SwiGLU width: 2/3 of 4*dims, scaled, rounded up to a multiple."""
     hidden = int(2 * 4 * dims / 3)
@@ -51,4 +65,7 @@ def make_mlp(kind: str, dims: int, hidden: int, bias: bool) -> nn.Module:
         return GeluMLP(dims, hidden, bias, activation=kind)
     if kind == "swiglu":
         return SwiGLU(dims, hidden, bias)
-    raise ValueError(f"unknown MLP {kind!r}; use one of {', '.join(map(repr, [*GELUS, 'swiglu']))}")
+    if kind == "geglu":
+        return GEGLU(dims, hidden, bias)
+    raise ValueError(f"unknown MLP {kind!r}; use one of "
+                     f"{', '.join(map(repr, [*GELUS, 'swiglu', 'geglu']))}")

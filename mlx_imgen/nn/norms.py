@@ -20,9 +20,12 @@ class RMSNorm(nn.Module):
         return out + self.bias if "bias" in self else out
 
 
-def make_norm(kind: str, dims: int, eps: float, affine: bool = True, bias: bool = False) -> nn.Module:
+def make_norm(kind: str, dims: int, eps: float, affine: bool = True, bias: bool = False, *,
+              layer_bias: bool = True) -> nn.Module:
+    """`bias` adds a bias to an RMSNorm; an affine LayerNorm has one unless `layer_bias` is
+    False (aMUSEd's MLP norm has a weight only)."""
     if kind == "layer":
-        return nn.LayerNorm(dims, eps=eps, affine=affine, bias=affine)
+        return nn.LayerNorm(dims, eps=eps, affine=affine, bias=affine and layer_bias)
     if kind == "rms":
         return RMSNorm(dims, eps=eps, affine=affine, bias=bias)
     raise ValueError(f"unknown norm {kind!r}; use 'layer' or 'rms'")

@@ -68,6 +68,12 @@ def _conv_weight_shape(shape: tuple) -> tuple:
     return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else shape
 
 
+def conv_transpose_weight(w: mx.array) -> mx.array:
+    """PyTorch transposed-conv weights (I, O, kH, kW) to MLX's ConvTranspose2d layout
+    (O, kH, kW, I)."""
+    return w.transpose(1, 2, 3, 0)
+
+
 def pointwise_conv_as_linear(w: mx.array) -> mx.array:
     """A 1x1 conv weight, in either layout, as the Linear weight (O, I) it is over channels."""
     return w.reshape(w.shape[0], -1)
@@ -89,6 +95,7 @@ def _concatenated_shape(shapes: list[tuple]) -> tuple:
 # key-and-shape pass reports at once
 SHAPE_RULES: dict[Callable, Callable] = {
     conv_weight: _conv_weight_shape,
+    conv_transpose_weight: lambda shape: (shape[1], shape[2], shape[3], shape[0]),
     pointwise_conv_as_linear: lambda shape: (shape[0], math.prod(shape[1:])),
     concatenate_rows: _concatenated_shape,
 }
