@@ -16,7 +16,7 @@ from .paradigms.keys import keys_of
 from .prompts import Prompt, as_prompts, check_condition, image_seeds
 from .quantize import apply_structure, quantization_record, quantize_model
 from .registry import get_card
-from .text.stored import load_text_encoder
+from .text.stored import build_encoder, load_text_encoder
 from .version import __version__
 from .weights.dtypes import DTYPES
 from .weights.jsonfile import read_json
@@ -126,6 +126,11 @@ class Pipeline:
         pipe.autoencoder_kind = AUTOENCODERS[pipe.family.autoencoder]
         pipe.autoencoder_config = pipe.autoencoder_kind.config()
         pipe.autoencoder = pipe.autoencoder_kind.model(pipe.autoencoder_config)
+        pipe.text_encoder = None  # a family's own text tower, at its published size
+        if pipe.family.text_encoder is not None:
+            pipe.text_encoder = build_encoder(*pipe.family.text_encoder)
+            pipe.text_encoder.set_dtype(DTYPES[dtype])
+            mx.eval(pipe.text_encoder.parameters())
         mx.eval(pipe.transformer.parameters(), pipe.autoencoder.parameters())
         return pipe
 

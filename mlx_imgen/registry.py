@@ -189,11 +189,11 @@ def _amused(image_size: int, parameters: str) -> ModelCard:
         sampling=AMUSED.sampling, condition="text")
 
 
-# parameters: the U-ViT + the VQ-GAN's decoder + CLIP-L/14's text tower, counted on the
+# parameters: the U-ViT, the VQ-GAN's decoder and CLIP-L/14's text tower, counted on the
 # published configs (mlx_imgen.memory.counted_parameters)
 CARDS.update({card.alias: card for card in [
-    _amused(256, AMUSED_256_PARAMETERS),
-    _amused(512, AMUSED_512_PARAMETERS),
+    _amused(256, "604M+88M VQ+124M text"),
+    _amused(512, "608M+88M VQ+124M text"),
 ]})
 
 

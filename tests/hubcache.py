@@ -19,10 +19,11 @@ def add_to_hub_cache(hf_home: Path, repo: str, files: dict[str, Path], revision:
         data = Path(source).read_bytes()
         blob = root / "blobs" / hashlib.sha256(data).hexdigest()
         blob.write_bytes(data)
-        target = snapshot / name
+        target = snapshot / name  # a name may hold a folder: transformer/config.json
+        target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             target.unlink()
-        os.symlink(os.path.relpath(blob, snapshot), target)
+        os.symlink(os.path.relpath(blob, target.parent), target)
 
 
 def offline_env(hf_home: Path, cache: Path) -> dict:
