@@ -35,8 +35,8 @@ def models():
     texts.add_column("paradigm")
     for column in ("params", "resolution", *benchmarks):
         texts.add_column(column, min_width=len(column))  # figures and their names never cut
-    for column in ("license", "source"):
-        texts.add_column(column)
+    texts.add_column("license", min_width=len("openrail++"))  # aMUSEd's, never cut
+    texts.add_column("source")
     for card in text_cards:
         texts.add_row(card.alias, card.paradigm, card.parameters, f"{card.image_size}px",
                       *(f"{card.benchmarks[b]:.2f}" if b in card.benchmarks else "-"
@@ -159,6 +159,13 @@ def info(folder: Path = typer.Argument(..., help="A converted pipeline folder.")
                              f"({config['store']['files']})" if config.get("store") else ""))
             shape = config.get("backbone") or config.get("config")
             table.add_row(f"{name} config", json.dumps(shape))
+        if (folder / "text_encoder").is_dir():  # a text tower of its own (aMUSEd's CLIP)
+            config = read_json(folder / "text_encoder" / "config.json")
+            files = weight_files(folder / "text_encoder")
+            size = sum(f.stat().st_size for f in files) / 1e6
+            table.add_row("text encoder", f"{config.get('model_type')}, {size:.1f} MB in "
+                          f"{len(files)} file(s), {config.get('dtype')}, quantization "
+                          f"{_quantization(config.get('quantization'))}")
         if (folder / "tokenizer").is_dir():
             table.add_row("tokenizer", ", ".join(sorted(p.name for p in
                                                         (folder / "tokenizer").iterdir())))

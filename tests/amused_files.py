@@ -6,6 +6,7 @@ transformers' `.fp16` variant. The shapes chain as in the published model: the U
 cross-attends to the text tower's width, its pooled condition is the projection's width, and
 it scores the VQ's codebook."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -42,8 +43,9 @@ def tiny_uvit(seed: int = 0, **overrides):
 
 
 def _save_fp16_variant(model, folder: Path) -> None:
-    model.half().save_pretrained(folder, variant="fp16")
-    model.float()
+    """The `.fp16` file, from a copy: .half() works in place, and the float32 model stays the
+    reference."""
+    copy.deepcopy(model).half().save_pretrained(folder, variant="fp16")
 
 
 def write_tiny_amused(folder, *, seed: int = 0, leave_out: tuple[str, ...] = (),
