@@ -122,3 +122,25 @@ def test_config_round_trips_and_names_the_interface():
     backbone = config.backbone()
     assert (backbone.depth, backbone.width, backbone.modulation, backbone.mlp,
             backbone.grid_size) == (22, 1024, "continuous", "geglu", 16)
+
+
+@pytest.mark.parametrize("stages,use_bias", [(False, False), (True, True)])
+def test_flops_match_torchs_flop_counter(stages, use_bias):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mlx_imgen.flops import forward_flops, uvit_forward_flops
+
+    config = tiny_config(stages=stages, use_bias=use_bias)
+    reference = tiny_uvit(stages=stages, use_bias=use_bias)
+    # torch's counter does not see CPU scaled_dot_product_attention; the plain processor's
+    # baddbmm and bmm it counts
+    reference.set_default_attn_processor()
+    args = inputs(config, batch=2)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        reference(**args)
+    ours = UVitConfig.from_dict({("embed_vocab_size" if k == "vocab_size" else k): v
+                                 for k, v in config.items()})
+    text = args["encoder_hidden_states"].shape[1]
+    assert uvit_forward_flops(ours, text).total * 2 == counter.get_total_flops()
+    assert forward_flops(ours).total == uvit_forward_flops(ours, 77).total
