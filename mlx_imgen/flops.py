@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .backbone import BackboneConfig
 from .paradigms import MaskedTokenPlan, NextTokenPlan, diffusion
+from .uvit import TEXT_LENGTH, UVitConfig
 
 
 @dataclass
@@ -33,8 +34,11 @@ def forward_flops(config: BackboneConfig, length: int | None = None, context: in
                   text_length: int = 0) -> Flops:
     """One sample's forward pass over `length` new positions attending to `context` positions.
 
-    Defaults: a full pass (prefix, registers and every image token) attending to itself.
+    Defaults: a full pass (prefix, registers and every image token) attending to itself. A
+    U-ViT (aMUSEd) counts its whole full pass (see uvit_forward_flops).
     """
+    if isinstance(config, UVitConfig):
+        return uvit_forward_flops(config, text_length or TEXT_LENGTH)
     q = config.seq_len if length is None else length
     kv = q if context is None else context
     w, inner = config.width, config.heads * config.dims_per_head
@@ -64,6 +68,35 @@ def forward_flops(config: BackboneConfig, length: int | None = None, context: in
     if config.head_hidden:  # a head MLP (Janus-Pro's gen_head)
         linear += 2 * head_rows * w * config.head_hidden
     linear += 2 * head_rows * (config.head_hidden or w) * config.output_dims
+    return Flops(float(linear), float(attention))
+
+
+def uvit_forward_flops(config: UVitConfig, text_length: int = TEXT_LENGTH) -> Flops:
+    """One image's full pass of aMUSEd's U-ViT over `text_length` text states: the text and
+    condition projections, the conv stages (depthwise and strided convs included), the stages'
+    cross-attention pairs, the transformer layers and the head."""
+    c, h, e = config.block_out_channels, config.hidden_size, config.in_channels
+    tokens, inner, text = config.num_tokens, config.inner_grid_size ** 2, text_length
+    linear = 2 * text * config.encoder_hidden_size * h
+    linear += 2 * (config.cond_embed_dim + config.micro_cond_embed_dim) * h + 2 * h * h
+    linear += 2 * tokens * e * c                       # the token embedding's 1x1 conv
+    if config.downsample:
+        linear += 2 * inner * c * c * 4 * 2            # 2x2 conv down, transposed 2x2 conv up
+    # each stage: ConvNeXt blocks (depthwise 3x3, two 4x Linears, the condition's Linear) and
+    # cross-attention pairs (the text mapped to c where the widths differ; q, k, v, out twice)
+    res_block = 2 * inner * c * 9 + 2 * inner * c * 4 * c * 2 + 2 * h * 2 * c
+    cross_attention = 2 * (2 * inner * c * c + 2 * text * c * c)
+    pair = 2 * cross_attention + (2 * text * h * c if h != c else 0)
+    linear += 2 * config.num_res_blocks * (res_block + pair)
+    attention = 2 * config.num_res_blocks * 2 * (2 * 2 * inner * text * c)
+    linear += 2 * inner * c * h * 2                    # project to and from the hidden width
+    # self-attention (q, k, v, out), cross-attention (q and out on the image, k and v on the
+    # text), GEGLU (in to twice the hidden width, back), three modulations (per image)
+    layer = (2 * inner * h * 4 * h + 2 * (2 * inner * h * h + 2 * text * h * h)
+             + 2 * inner * 3 * h * config.intermediate_size + 3 * 2 * h * 2 * h)
+    linear += config.num_hidden_layers * layer
+    attention += config.num_hidden_layers * (2 * 2 * inner * inner * h + 2 * 2 * inner * text * h)
+    linear += 2 * tokens * (c * e + e * config.codebook_size)
     return Flops(float(linear), float(attention))
 
 

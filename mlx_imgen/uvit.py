@@ -18,6 +18,9 @@ from .backbone import BackboneConfig, Block
 from .configs import DictConfig
 from .nn import Attention, ConvNeXtBlock, RMSNorm, timestep_frequencies
 
+# aMUSEd pads every prompt to CLIP's context of 77 tokens, so every pass attends to 77 states
+TEXT_LENGTH = 77
+
 
 @dataclass
 class UVitConfig(DictConfig):
