@@ -1,7 +1,8 @@
 """A tiny aMUSEd hub repo for the tests, every component made by its upstream library: a
-diffusers UVit2DModel (transformer/), a diffusers VQModel (vqvae/), transformers'
-CLIPTextModelWithProjection (text_encoder/), a trained CLIP tokenizer (tokenizer/), the
-scheduler config and model_index.json, each weights file in float32 and as diffusers' and
+diffusers UVit2DModel (transformer/, tests/uvit_files.py), a diffusers VQModel (vqvae/,
+tests/diffusers_vq_files.py), transformers' CLIPTextModelWithProjection (text_encoder/,
+tests/clip_files.py), a trained CLIP tokenizer (tokenizer/), the scheduler config and
+model_index.json, each weights file in float32 and as diffusers' and
 transformers' `.fp16` variant. The shapes chain as in the published model: the U-ViT
 cross-attends to the text tower's width, its pooled condition is the projection's width, and
 it scores the VQ's codebook."""
@@ -14,32 +15,22 @@ import torch
 
 from clip_files import TEXT, write_tiny_clip
 from clip_tokenizer_files import write_clip_tokenizer
-from diffusers_vq_files import randomized, save_vqvae, tiny_vq
+from diffusers_vq_files import save_vqvae, tiny_vq
+from uvit_files import save_transformer, tiny_uvit
 
 CODEBOOK = 32                 # the tiny VQ's codes
 MASK_ID = CODEBOOK            # the embedding's last row, as 8255 of 8256
 PROJECTION = 16               # the text tower's projection: the U-ViT's cond_embed_dim
 GRID = 4                      # 4 x 4 tokens: 16 px images through the VQ's 4x decoder
-TINY_UVIT = dict(hidden_size=32, use_bias=False, cond_embed_dim=PROJECTION,
-                 micro_cond_encode_dim=8, micro_cond_embed_dim=40,
-                 encoder_hidden_size=TEXT["hidden_size"], vocab_size=CODEBOOK + 1,
-                 codebook_size=CODEBOOK, in_channels=16, block_out_channels=16,
-                 num_res_blocks=1, downsample=False, upsample=False, block_num_heads=2,
-                 num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                 layer_norm_eps=1e-6, ln_elementwise_affine=True, sample_size=GRID)
+# uvit_files' tiny U-ViT, chained to the text tower's width and the tiny VQ's codebook
+UVIT = dict(encoder_hidden_size=TEXT["hidden_size"], cond_embed_dim=PROJECTION,
+            vocab_size=CODEBOOK + 1, codebook_size=CODEBOOK, sample_size=GRID)
 MODEL_INDEX = {"_class_name": "AmusedPipeline", "_diffusers_version": "0.25.0",
                "scheduler": ["diffusers", "AmusedScheduler"],
                "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
                "tokenizer": ["transformers", "CLIPTokenizer"],
                "transformer": ["diffusers", "UVit2DModel"], "vqvae": ["diffusers", "VQModel"]}
 COMPONENTS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
-
-
-def tiny_uvit(seed: int = 0, **overrides):
-    from diffusers import UVit2DModel
-
-    torch.manual_seed(seed)
-    return randomized(UVit2DModel(**{**TINY_UVIT, **overrides}), seed)
 
 
 def _save_fp16_variant(model, folder: Path) -> None:
@@ -60,9 +51,8 @@ def write_tiny_amused(folder, *, seed: int = 0, leave_out: tuple[str, ...] = (),
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     models = {}
     if "transformer" not in leave_out:
-        models["transformer"] = tiny_uvit(seed)
-        models["transformer"].save_pretrained(folder / "transformer")
-        _save_fp16_variant(models["transformer"], folder / "transformer")
+        models["transformer"] = tiny_uvit(seed, **UVIT)
+        save_transformer(models["transformer"], folder)
     if "vqvae" not in leave_out:
         models["vqvae"] = tiny_vq(seed + 1, num_vq_embeddings=CODEBOOK)
         if vq_overflow:
