@@ -12,6 +12,8 @@ import dataclasses
 import datetime
 from pathlib import Path
 
+import mlx.core as mx
+
 from mlx_imgen import families
 from mlx_imgen.quantize import check_settings
 from mlx_imgen.registry import CARDS, ModelCard, Source
@@ -247,6 +249,12 @@ def _autoencoder(files: AmusedFiles, settings: dict) -> store.StoredAutoencoder:
     path = files.weights["vqvae"]
     config_json = read_json(files.configs["vqvae"], "download it again")
     state = {k: cast(as_mlx(v), "float32") for k, v in read_checkpoint(path).state.items()}
+    overflowed = next((k for k, v in state.items() if not mx.all(mx.isfinite(v)).item()), None)
+    if overflowed is not None:
+        raise ValueError(f"vqvae/{path.name} in {files.where} holds non-finite weights "
+                         f"({overflowed}: values past float16's range became inf), which decode "
+                         f"to NaN; download the float32 vqvae/{weights_names('vqvae')[0]} "
+                         "instead")
     record = _source(files, "vqvae")
     return store.stored(AUTOENCODER_KIND, path, record["sha256"], record, config_json, settings,
                         state=state)

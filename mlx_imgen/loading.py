@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .convert import converter
 from .io import exclusive_target
-from .pipeline import INDEX_FILE, Pipeline
+from .pipeline import INDEX_FILE, Pipeline, refuse_unconverted
 from .registry import CARDS, get_card
 from .weights.dtypes import resolve_dtype
 from .weights.jsonfile import read_json
@@ -24,13 +24,7 @@ def resolve(model: str, *, dtype: str | None = None, revision: str | None = None
     """A pipeline folder for `model`: the folder itself, or the cached conversion of an alias."""
     path = Path(model)
     if (path / INDEX_FILE).is_file():
-        index = read_json(path / INDEX_FILE)
-        if "_class_name" in index:
-            raise ValueError(f"{path} is a diffusers folder; convert it first with "
-                             f"`mlx-imgen convert {path} --out DIR`")
-        if index.get("kind") == "clip":
-            raise ValueError(f"{path} is a CLIP scorer folder, not an image generator; use it "
-                             "with `mlx-imgen score` (mlx_imgen.scoring.CLIPScorer)")
+        refuse_unconverted(path, read_json(path / INDEX_FILE))
         return path
     if path.is_dir():
         raise ValueError(f"{path} is not a converted pipeline folder (no {INDEX_FILE}); "

@@ -152,11 +152,13 @@ class ModelShape:
 def _folder_shape(folder: Path) -> ModelShape:
     from . import families
     from .autoencoders import AUTOENCODERS
+    from .pipeline import refuse_unconverted
     from .weights.jsonfile import read_json
     from .weights.shards import weight_files
 
+    index = read_json(folder / "model_index.json")
+    refuse_unconverted(folder, index)
     try:
-        index = read_json(folder / "model_index.json")
         t_config = read_json(folder / "transformer" / "config.json")
         ae_config = read_json(folder / "autoencoder" / "config.json")
         cfg = families.get(index["family"]).config_class.from_dict(t_config["backbone"])

@@ -27,6 +27,17 @@ TOKENIZER_FOLDER = "tokenizer"
 TEXT_ENCODER_FOLDER = "text_encoder"
 
 
+def refuse_unconverted(path: Path, index: dict) -> None:
+    """A folder with a model_index.json that is no image generator of ours: a diffusers
+    pipeline (an aMUSEd repo as downloaded) or a CLIP scorer."""
+    if "_class_name" in index:
+        raise ValueError(f"{path} is a diffusers folder; convert it first with "
+                         f"`mlx-imgen convert {path} --out DIR`")
+    if index.get("kind") == "clip":
+        raise ValueError(f"{path} is a CLIP scorer folder, not an image generator; use it "
+                         "with `mlx-imgen score` (mlx_imgen.scoring.CLIPScorer)")
+
+
 def _quoted(text: str, limit: int = 40) -> str:
     """A prompt as a message quotes it: its start, where it is long."""
     return repr(text if len(text) <= limit else text[:limit - 3] + "...")

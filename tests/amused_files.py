@@ -41,11 +41,12 @@ def _save_fp16_variant(model, folder: Path) -> None:
 
 def write_tiny_amused(folder, *, seed: int = 0, leave_out: tuple[str, ...] = (),
                       fp16_only: bool = False, scheduler: dict | None = None,
-                      vq_overflow: bool = False) -> dict:
+                      vq_overflow: str | None = None) -> dict:
     """The repo's files under `folder`; returns the torch models by component. `leave_out`
     skips components, `fp16_only` keeps only the .fp16 weights, `scheduler` overrides the
-    scheduler config's values, `vq_overflow` writes a VQ whose fp16 weights hold inf (a weight
-    past float16's range, as an fp16 export of an overflowing model has)."""
+    scheduler config's values. `vq_overflow` "fp16" writes only a VQ fp16 file holding inf (a
+    weight past float16's range, as an fp16 export of an overflowing model has); "decode" a
+    VQ whose finite float32 output convolution overflows float32 when it decodes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
@@ -55,9 +56,11 @@ def write_tiny_amused(folder, *, seed: int = 0, leave_out: tuple[str, ...] = (),
         save_transformer(models["transformer"], folder)
     if "vqvae" not in leave_out:
         models["vqvae"] = tiny_vq(seed + 1, num_vq_embeddings=CODEBOOK)
-        if vq_overflow:
-            with torch.no_grad():
+        with torch.no_grad():
+            if vq_overflow == "fp16":
                 models["vqvae"].decoder.conv_out.weight[0, 0, 0, 0] = 1e6
+            elif vq_overflow == "decode":
+                models["vqvae"].decoder.conv_out.weight.fill_(3e38)
         save_vqvae(models["vqvae"], folder)
     if "text_encoder" not in leave_out:
         models["text_encoder"] = write_tiny_clip(folder / "text_encoder",
@@ -71,7 +74,7 @@ def write_tiny_amused(folder, *, seed: int = 0, leave_out: tuple[str, ...] = (),
         (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
             {"_class_name": "AmusedScheduler", "_diffusers_version": "0.25.0",
              "mask_token_id": MASK_ID, "masking_schedule": "cosine", **(scheduler or {})}))
-    if fp16_only or vq_overflow:
+    if fp16_only or vq_overflow == "fp16":
         for path in folder.glob("*/*.safetensors"):
             if ".fp16." not in path.name and (fp16_only or path.parent.name == "vqvae"):
                 path.unlink()
