@@ -1,9 +1,9 @@
-"""Image <-> latent autoencoders: VQ (discrete codes) and, later, KL-VAE (continuous latents)."""
+"""Image <-> latent autoencoders: VQ (discrete codes) and KL-VAE (continuous latents)."""
 
 from dataclasses import dataclass
 from typing import Callable
 
-from . import kl
+from . import diffusers_vq, kl
 from .vq import VQConfig, VQModel, decode_flops, infer_vq_config, vq_weights_from_upstream
 
 
@@ -23,3 +23,8 @@ AUTOENCODERS = {
 # the Stable Diffusion KL-f8 VAE in diffusers' layout, which converts with its config.json
 AUTOENCODERS["kl"] = AutoencoderKind(kl.KLConfig, kl.AutoencoderKL, kl.infer_kl_config,
                                      kl.kl_weights_from_upstream, kl.decode_flops)
+# aMUSEd's VQ-GAN (diffusers `VQModel`), decode only, which converts with its config.json
+AUTOENCODERS["diffusers-vq"] = AutoencoderKind(
+    diffusers_vq.DiffusersVQConfig, diffusers_vq.DiffusersVQModel,
+    diffusers_vq.infer_diffusers_vq_config, diffusers_vq.diffusers_vq_weights_from_upstream,
+    diffusers_vq.decode_flops)

@@ -26,24 +26,29 @@ LEGACY_ATTENTION_NAMES = {"query": "attention.q", "key": "attention.k", "value":
 
 
 @dataclass
-class KLConfig(DictConfig):
+class DecoderConfig(DictConfig):
+    """What diffusers' Decoder (vae.py) reads; the KL VAE's and aMUSEd's VQ-GAN's share it."""
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
     layers_per_block: int = 2
     latent_channels: int = 4
-    in_channels: int = 3
     out_channels: int = 3
     norm_groups: int = 32
     norm_eps: float = 1e-6
     mid_attention: bool = True
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class KLConfig(DecoderConfig):
+    in_channels: int = 3
     quant_conv: bool = True
     post_quant_conv: bool = True
     # latents the samplers see are (z - shift_factor) * scaling_factor
     scaling_factor: float = 0.18215
     shift_factor: float = 0.0
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
 
 
 class DownEncoderBlock2D(nn.Module):
@@ -61,7 +66,7 @@ class DownEncoderBlock2D(nn.Module):
 
 
 class UpDecoderBlock2D(nn.Module):
-    def __init__(self, cfg: KLConfig, cin: int, cout: int, upsample: bool):
+    def __init__(self, cfg: DecoderConfig, cin: int, cout: int, upsample: bool):
         super().__init__()
         # the decoder has one residual block more per level than the encoder
         self.resnets = [ResnetBlock(cfg, cin if i == 0 else cout, cout, _SHORTCUT)
@@ -76,7 +81,7 @@ class UpDecoderBlock2D(nn.Module):
 
 
 class UNetMidBlock2D(nn.Module):
-    def __init__(self, cfg: KLConfig, channels: int):
+    def __init__(self, cfg: DecoderConfig, channels: int):
         super().__init__()
         self.resnets = [ResnetBlock(cfg, channels, channels, _SHORTCUT) for _ in range(2)]
         self.attentions = [SpatialSelfAttention(cfg, channels)] if cfg.mid_attention else []
@@ -110,7 +115,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: KLConfig):
+    def __init__(self, cfg: DecoderConfig):
         super().__init__()
         widths = tuple(reversed(cfg.block_out_channels))  # lowest resolution first
         self.conv_in = nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1)
@@ -229,17 +234,15 @@ def kl_weights_from_upstream(state: dict, lazy: bool = False) -> dict[str, mx.ar
 
 # ---------------------------------------------------------------- FLOPs (2 x MACs)
 
-def _mid(cfg: KLConfig, h: int, w: int, c: int) -> float:
+def _mid(cfg: DecoderConfig, h: int, w: int, c: int) -> float:
     attention = attention_flops(h, w, c) if cfg.mid_attention else 0.0
     return 2 * resnet_flops(h, w, c, c) + attention
 
 
-def decode_flops(config: KLConfig, h: int, w: int) -> float:
-    """One image's decode from an h x w latent: convolutions and attention matmuls."""
+def decoder_flops(config: DecoderConfig, h: int, w: int) -> float:
+    """diffusers' Decoder from an h x w latent: convolutions and attention matmuls."""
     widths = tuple(reversed(config.block_out_channels))
-    c = config.latent_channels
-    total = conv_flops(h, w, c, c) if config.post_quant_conv else 0.0
-    total += conv_flops(h, w, c, widths[0], 3) + _mid(config, h, w, widths[0])
+    total = conv_flops(h, w, config.latent_channels, widths[0], 3) + _mid(config, h, w, widths[0])
     cin = widths[0]
     for i, cout in enumerate(widths):
         for _ in range(config.layers_per_block + 1):
@@ -249,3 +252,9 @@ def decode_flops(config: KLConfig, h: int, w: int) -> float:
             h, w = 2 * h, 2 * w
             total += conv_flops(h, w, cout, cout, 3)
     return total + conv_flops(h, w, cin, config.out_channels, 3)
+
+
+def decode_flops(config: KLConfig, h: int, w: int) -> float:
+    """One image's decode from an h x w latent: convolutions and attention matmuls."""
+    c = config.latent_channels
+    return (conv_flops(h, w, c, c) if config.post_quant_conv else 0.0) + decoder_flops(config, h, w)

@@ -2,8 +2,10 @@
 
 Two orders decide which positions a step reveals, each a strategy in ORDER_STRATEGIES:
 "confidence" (MaskGIT: the most confident samples, with annealed Gumbel noise) and "halton" (a
-fixed low-discrepancy order over the grid, Halton-MaskGIT). The defaults are the controlled grid's; the other options express the published
-samplers' exact conventions without the sampler knowing which model it drives.
+fixed low-discrepancy order over the grid, Halton-MaskGIT). The defaults are the controlled
+grid's; the other options express the published samplers' exact conventions without the
+sampler knowing which model it drives. The condition is an object that gives the model's
+keyword arguments: ClassLabels (a bare label array means them) or CrossAttentionText.
 """
 
 import math
@@ -20,6 +22,8 @@ from .keys import image_keys, per_image, split_each
 ORDERS = ("confidence", "halton")  # the keys of ORDER_STRATEGIES
 SCHEDULES = ("cosine", "arccos", "linear", "power")
 PROGRESS = ("after", "linspace")
+COUNTS = ("revealed", "masked")
+MASKED_SCHEDULES = ("cosine", "linear")  # those of the "masked" count (AmusedScheduler's)
 TEMPERATURE_MODES = ("divide", "multiply")
 PARADIGM = "masked-token"
 
@@ -46,6 +50,15 @@ class MaskedTokenPlan:
     # Write the step's fresh sample over already revealed positions too (among those the step
     # selects) instead of keeping them; some published samplers do.
     rewrite_revealed: bool = False
+    # Passed to the model as `micro_conditions` (one row per batch row) where set: aMUSEd's
+    # (width, height, crop top, crop left, aesthetic score).
+    micro_conditions: tuple[float, ...] | None = None
+    # How a step's count is rounded: "revealed" floors the revealed tokens (revealed_counts);
+    # "masked" floors the tokens left masked in float32, as MaskGIT and aMUSEd do (masked_counts).
+    count: str = "revealed"
+    # The progress the choice noise anneals over; None: `progress`. aMUSEd anneals it over
+    # "linspace" while its counts follow "after".
+    choice_progress: str | None = None
 
     def __post_init__(self):
         if isinstance(self.temperature, (int, float)):
@@ -56,12 +69,20 @@ class MaskedTokenPlan:
         if self.steps > self.num_tokens:
             raise ValueError(f"steps ({self.steps}) cannot exceed the number of tokens "
                              f"({self.num_tokens}): each step fixes at least one token")
+        if self.micro_conditions is not None:
+            self.micro_conditions = tuple(float(v) for v in self.micro_conditions)
         for name, value, known in (("order", self.order, ORDERS),
                                    ("schedule", self.schedule, SCHEDULES),
                                    ("progress", self.progress, PROGRESS),
+                                   ("choice_progress", self.choice_progress or self.progress,
+                                    PROGRESS),
+                                   ("count", self.count, COUNTS),
                                    ("temperature_mode", self.temperature_mode, TEMPERATURE_MODES)):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(known)}")
+        if self.count == "masked" and self.schedule not in MASKED_SCHEDULES:
+            raise ValueError(f"the masked count follows the {' or '.join(MASKED_SCHEDULES)} "
+                             f"schedule, not {self.schedule!r}")
         if len(self.temperature) != 2:
             raise ValueError(f"temperature is one value or a (first, last) pair, got "
                              f"{self.temperature}")
@@ -84,15 +105,24 @@ class MaskedTokenPlan:
     def forward_passes(self) -> int:
         return self.steps
 
-    def step_progress(self, i: int) -> float:
-        if self.progress == "after":
-            return (i + 1) / self.steps
-        return i / (self.steps - 1) if self.steps > 1 else 1.0
+    def step_progress(self, i: int, progress: str | None = None) -> float:
+        """Where step i sits on the schedule, by `progress` (None: the plan's)."""
+        numerator, denominator = _progress_ratio(i, self.steps, progress or self.progress)
+        return numerator / denominator
+
+    def choice_step_progress(self, i: int) -> float:
+        return self.step_progress(i, self.choice_progress)
 
     def step_temperature(self, i: int) -> float:
         t0, t1 = self.temperature
         t = t0 + (t1 - t0) * (i / max(self.steps - 1, 1))
         return t * 0.5 if i < self.temperature_warmup else t
+
+
+def _progress_ratio(i: int, steps: int, progress: str) -> tuple[int, int]:
+    if progress == "after":
+        return i + 1, steps
+    return (i, steps - 1) if steps > 1 else (1, 1)
 
 
 def revealed_fraction(progress: float, schedule: str, power: float = 2.0) -> float:
@@ -111,13 +141,39 @@ def revealed_fraction(progress: float, schedule: str, power: float = 2.0) -> flo
     raise ValueError(f"unknown mask schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
 
 
+def masked_counts(plan: MaskedTokenPlan) -> list[int]:
+    """Tokens still masked once each step ends, as AmusedScheduler (and MaskGIT) count them:
+    floor(N * mask ratio) with every operation in float32 (torch's: the ratio, its product with
+    float32 pi, the cosine, the product with N), at most one fewer than were masked before and
+    at least one, until the last step reveals the rest. A step can thus reveal none."""
+    n, steps = plan.num_tokens, plan.steps
+    masked, out = n, []
+    for i in range(steps):
+        if i == steps - 1:
+            masked = 0
+        else:
+            numerator, denominator = _progress_ratio(i, steps, plan.progress)
+            ratio = np.float32(numerator) / np.float32(denominator)
+            if plan.schedule == "cosine":
+                mask_ratio = np.cos(ratio * np.float32(math.pi) / np.float32(2))
+            else:
+                mask_ratio = np.float32(1) - ratio
+            floor = int(np.floor(np.float32(n) * mask_ratio))
+            masked = max(1, min(masked - 1, floor))
+        out.append(masked)
+    return out
+
+
 def revealed_counts(plan: MaskedTokenPlan) -> list[int]:
     """Tokens revealed in all once each step ends (cumulative; the last is num_tokens).
 
-    floor(N * schedule), at least one more each step and one left for each later step. For the
-    convex schedules here this equals Halton-MaskGIT's max(i + 1, floor(N * schedule)).
+    With the plan's count "revealed": floor(N * schedule), at least one more each step and one
+    left for each later step. For the convex schedules here this equals Halton-MaskGIT's
+    max(i + 1, floor(N * schedule)). With "masked": N less `masked_counts`.
     """
     n, steps = plan.num_tokens, plan.steps
+    if plan.count == "masked":
+        return [n - masked for masked in masked_counts(plan)]
     done, revealed = 0, []
     for i in range(steps):
         fraction = revealed_fraction(plan.step_progress(i), plan.schedule, plan.schedule_power)
@@ -204,6 +260,64 @@ class Draws:
         return per_image(mx.random.gumbel, self._keys[:, 2 * step + 1], shape[1:])
 
 
+class ClassLabels:
+    """A class label per image (B,); the null rows take the model's null class."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    @property
+    def batch(self) -> int:
+        return self.labels.shape[0]
+
+    def arguments(self, model, guided: bool, xp=MLX) -> dict:
+        return {"labels": with_null(self.labels, model.null_class, xp) if guided else self.labels}
+
+
+class CrossAttentionText:
+    """Encoded prompts the model cross-attends to: `states` (R, L, D) and `pooled` (R, P) of R
+    distinct prompts, `null_states` and `null_pooled` their unconditional rows (the negative
+    prompt's). `images` (B,) says which row each image takes (None: image i takes row i), so n
+    images of one prompt encode it once."""
+
+    def __init__(self, states, pooled, null_states, null_pooled, images=None):
+        for name, cond, null in (("states", states, null_states),
+                                 ("pooled", pooled, null_pooled)):
+            if tuple(cond.shape) != tuple(null.shape):
+                raise ValueError(f"the conditional {name} {tuple(cond.shape)} and the "
+                                 f"unconditional {name} {tuple(null.shape)} differ in shape; "
+                                 "encode both with the same text encoder and length")
+        if states.shape[0] != pooled.shape[0]:
+            raise ValueError(f"{states.shape[0]} prompts' states but {pooled.shape[0]} pooled "
+                             "rows; give one of each per prompt")
+        self.states, self.pooled = states, pooled
+        self.null_states, self.null_pooled = null_states, null_pooled
+        self.images = images
+
+    @property
+    def batch(self) -> int:
+        return self.states.shape[0] if self.images is None else self.images.shape[0]
+
+    def _rows(self, x):
+        return x if self.images is None else x[self.images]
+
+    def arguments(self, model, guided: bool, xp=MLX) -> dict:
+        """{"context", "pooled"} laid out [the images' cond rows, their null rows] when guided."""
+        context, pooled = self._rows(self.states), self._rows(self.pooled)
+        if guided:
+            context = xp.concatenate([context, self._rows(self.null_states)])
+            pooled = xp.concatenate([pooled, self._rows(self.null_pooled)])
+        return {"context": context, "pooled": pooled}
+
+
+CONDITIONS = (ClassLabels, CrossAttentionText)
+
+
+def as_condition(condition):
+    """A condition object as given, or class labels (an array) as ClassLabels."""
+    return condition if isinstance(condition, CONDITIONS) else ClassLabels(condition)
+
+
 class MaskedStep(NamedTuple):
     tokens: mx.array      # (B, N), the mask id where still masked
     fixed: mx.array       # (B, k) positions the schedule assigns to this step
@@ -248,7 +362,7 @@ class ConfidenceOrder:
     def select(self, i: int, before: int, after: int, scaled, sampled, masked):
         xp, plan = self.xp, self.plan
         confidence = sampled_log_prob(scaled, sampled, xp)
-        noise_scale = plan.choice_temperature * (1.0 - plan.step_progress(i))
+        noise_scale = plan.choice_temperature * (1.0 - plan.choice_step_progress(i))
         if noise_scale > 0:
             confidence = confidence + noise_scale * self.draws.choice_noise(i, confidence.shape)
         # revealed positions rank first, so the top `after` hold them and the newly chosen
@@ -281,17 +395,24 @@ class HaltonOrder:
 ORDER_STRATEGIES = {"confidence": ConfidenceOrder, "halton": HaltonOrder}
 
 
-def unmask(model, labels, plan: MaskedTokenPlan, draws, xp=MLX) -> Iterator[MaskedStep]:
-    """The sampling loop in the namespace `xp`: one MaskedStep a step (see `iterate`)."""
-    batch, n = labels.shape[0], plan.num_tokens
+def unmask(model, condition, plan: MaskedTokenPlan, draws, xp=MLX) -> Iterator[MaskedStep]:
+    """The sampling loop in the namespace `xp`: one MaskedStep a step (see `iterate`).
+    `condition` is ClassLabels, CrossAttentionText or class labels: it gives the model's
+    keyword arguments, and the loop knows nothing of the family."""
+    condition = as_condition(condition)
+    batch, n = condition.batch, plan.num_tokens
     mask_id = model.mask_id
     use_cfg = plan.cfg_scale != 1.0
-    cond_labels = with_null(labels, model.null_class, xp) if use_cfg else labels
+    arguments = condition.arguments(model, use_cfg, xp)
+    if plan.micro_conditions is not None:
+        rows = 2 * batch if use_cfg else batch
+        arguments["micro_conditions"] = xp.asarray(
+            np.tile(np.asarray(plan.micro_conditions, dtype=np.float32), (rows, 1)))
     order = ORDER_STRATEGIES[plan.order](plan, draws, batch, xp)
     tokens = xp.full((batch, n), mask_id, dtype=xp.ids)
     before = 0
     for i, after in enumerate(revealed_counts(plan)):
-        logits = model(doubled(tokens, xp) if use_cfg else tokens, cond_labels)
+        logits = model(doubled(tokens, xp) if use_cfg else tokens, **arguments)
         if use_cfg:
             scale = ramped(plan.cfg_scale, plan.step_progress(i)) if plan.cfg_ramp \
                 else plan.cfg_scale
@@ -314,23 +435,24 @@ def unmask(model, labels, plan: MaskedTokenPlan, draws, xp=MLX) -> Iterator[Mask
         yield MaskedStep(tokens, fixed)
 
 
-def iterate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None = None,
+def iterate(model, labels, plan: MaskedTokenPlan, *, seed: int | None = None,
             key: mx.array | None = None, first_index: int = 0,
             draws=None) -> Iterator[MaskedStep]:
     """One MaskedStep a step. A model that scores the mask id can sample it, which leaves the
     position masked; after the last step such a position gets the last code, so that every id
     decodes (Halton-MaskGIT clamps the same way).
 
-    The labels are images `first_index`, ... of a run; `Draws` of their keys
+    `labels` is a condition (ClassLabels, CrossAttentionText) or class labels, for images
+    `first_index`, ... of a run; `Draws` of their keys
     (`keys.image_keys` of `seed` or `key`, or `key` (B, 2) itself) give every random number,
     so an image does not depend on the batch it is sampled in. `draws` replaces them."""
     if draws is None:
-        draws = Draws(image_keys(labels.shape[0], seed=seed, key=key, first=first_index),
-                      plan.steps)
+        draws = Draws(image_keys(as_condition(labels).batch, seed=seed, key=key,
+                                 first=first_index), plan.steps)
     return unmask(model, labels, plan, draws)
 
 
-def generate(model, labels: mx.array, plan: MaskedTokenPlan, *, seed: int | None = None,
+def generate(model, labels, plan: MaskedTokenPlan, *, seed: int | None = None,
              key: mx.array | None = None, first_index: int = 0, on_step=None,
              draws=None) -> mx.array:
     """Token ids (B, num_tokens) with every position unmasked after `plan.steps` steps;

@@ -7,6 +7,8 @@ off. Halton-MaskGIT publishes w of (1 + w) cond - w uncond, which is s = 1 + w: 
 upstream's w and derive s from it here, so `--cfg 3` is upstream's w 2.
 """
 
+import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -96,6 +98,57 @@ def _masked_token_plan(config, sampling: dict):
 MASKGIT = PresetTable({"sampler": "halton"}, _masked_token_plan)
 
 
+# ---------------------------------------------------------------- masked-token (aMUSEd)
+
+# AmusedPipeline's defaults: 12 steps, guidance 10, choice noise annealed from 2 to 0,
+# micro-conditions aesthetic score 6 and crop (0, 0)
+AMUSED_DEFAULTS = {"steps": 12, "cfg": 10.0, "choice_temperature": 2.0, "aesthetic_score": 6,
+                   "crop": [0, 0]}
+PIXELS_PER_TOKEN = 16  # aMUSEd's VQ-GAN downsamples 16x
+
+
+def _finite(name: str, value, example: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"--{name} {value} is not a finite number; give one such as {example}")
+    return float(value)
+
+
+def _amused_plan(config, sampling: dict):
+    """AmusedScheduler driven by AmusedPipeline's loop: a multinomial sample at the masked
+    positions; keep the most confident, log p + T_i Gumbel with T_i = linspace(T, 0)[i]; the
+    masked count floor(N cos(pi/2 (i+1)/steps)) in float32. Options `steps`, `cfg` (s),
+    `choice_temperature` (T), `aesthetic_score` and `crop` (top, left) of the micro-conditions,
+    whose width and height are the image size."""
+    option = {key: sampling.get(key, default) for key, default in AMUSED_DEFAULTS.items()}
+    steps = option["steps"]
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps {steps} is not a whole number of at least 1; aMUSEd "
+                         "samples in 12 by default")
+    if steps > config.num_tokens:
+        raise ValueError(f"--steps {steps} exceeds this model's {config.num_tokens} tokens "
+                         f"(each step fixes at least one); use at most {config.num_tokens}")
+    guidance = _finite("cfg", option["cfg"], "10")
+    choice = _finite("choice-temperature", option["choice_temperature"], "2")
+    if choice < 0:
+        raise ValueError(f"--choice-temperature {choice} is negative; give 0 (no choice noise) "
+                         "or more, 2 by default")
+    aesthetic = _finite("aesthetic-score", option["aesthetic_score"], "6")
+    crop = option["crop"]
+    if not isinstance(crop, (list, tuple)) or len(crop) != 2:
+        raise ValueError(f"--crop {crop} is not a (top, left) pair; give two numbers such as "
+                         "0 0")
+    top, left = (_finite("crop", value, "0") for value in crop)
+    side = float(config.grid_size * PIXELS_PER_TOKEN)
+    return MaskedTokenPlan(num_tokens=config.num_tokens, steps=steps, cfg_scale=guidance,
+                           temperature=1.0, order="confidence", schedule="cosine",
+                           progress="after", count="masked", choice_progress="linspace",
+                           choice_temperature=choice,
+                           micro_conditions=(side, side, top, left, aesthetic))
+
+
+AMUSED = PresetTable(AMUSED_DEFAULTS, _amused_plan)
+
+
 # ---------------------------------------------------------------- diffusion (DiT, SiT)
 
 def _guided_channels(config, sampling: dict) -> int:
@@ -157,7 +210,8 @@ def _flow_plan(config, sampling: dict):
 SIT = PresetTable({"sampler": "sde", "cfg": 4.0, "cfg_channels": 3}, _flow_plan)
 
 
-PRESET_TABLES = {"llamagen": LLAMAGEN, "janus": JANUS, "maskgit": MASKGIT, "dit": DIT, "sit": SIT}
+PRESET_TABLES = {"llamagen": LLAMAGEN, "janus": JANUS, "maskgit": MASKGIT, "amused": AMUSED,
+                 "dit": DIT, "sit": SIT}
 
 
 def _table(name: str) -> PresetTable:
@@ -169,7 +223,7 @@ def _table(name: str) -> PresetTable:
 
 def defaults(name: str) -> dict:
     """A copy of the table's sampling defaults."""
-    return dict(_table(name).defaults)
+    return copy.deepcopy(_table(name).defaults)
 
 
 def make_plan(name: str, config, sampling: dict):

@@ -70,16 +70,31 @@ def _ids_or_flags(value, device):
     return tensor if tensor.dtype == torch.bool else tensor.long()
 
 
+def _condition_tensor(value, device):
+    """An array a condition holds as a torch tensor on `device`: floating MLX arrays (encoded
+    text) keep their dtype, ids and flags go through `_ids_or_flags`."""
+    import mlx.core as mx
+    if isinstance(value, mx.array) and mx.issubdtype(value.dtype, mx.floating):
+        return to_torch(value).to(device)
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(device)
+    return _ids_or_flags(value, device)
+
+
+CONDITIONS = (next_token.ClassPrefix, next_token.TextPrefix, *masked_token.CONDITIONS)
+
+
 def condition_on(condition, device):
-    """Class labels, or a condition object of `next_token` (ClassPrefix, TextPrefix), with
-    every array it holds (ids, masks, image rows) as a torch tensor on `device`; the loop
-    asks the copy for its prefill and step arguments as it asks the MLX one."""
-    if not isinstance(condition, (next_token.ClassPrefix, next_token.TextPrefix)):
+    """Class labels, or a condition object of `next_token` (ClassPrefix, TextPrefix) or
+    `masked_token` (ClassLabels, CrossAttentionText), with every array it holds (ids, masks,
+    encoded text, image rows) as a torch tensor on `device`; the loop asks the copy for the
+    model's arguments as it asks the MLX one."""
+    if not isinstance(condition, CONDITIONS):
         return _ids_or_flags(condition, device)
     copied = copy.copy(condition)
     for name, value in vars(condition).items():
         if value is not None and not isinstance(value, (int, float, str, bool)):
-            setattr(copied, name, _ids_or_flags(value, device))
+            setattr(copied, name, _condition_tensor(value, device))
     return copied
 
 
@@ -141,8 +156,8 @@ class ReplayedSteps:
 # ---------------------------------------------------------------- one run per paradigm
 
 def _token_run(loop):
-    """A next- or masked-token run of `loop` on class labels or (next-token) a ClassPrefix or
-    TextPrefix; `draws` (e.g. MLX's TokenDraws or Draws, see `replay_mlx_draws`) replaces the
+    """A next- or masked-token run of `loop` on class labels or a condition object (see
+    `condition_on`); `draws` (e.g. MLX's TokenDraws or Draws, see `replay_mlx_draws`) replaces the
     generator's random numbers."""
     def run(model, labels, plan, *, seed=None, draws=None):
         device = model.head.weight.device
