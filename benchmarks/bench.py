@@ -3,7 +3,8 @@
 The controlled grid (sizes S and B, all three paradigms, batch sizes 1 and 4) in MLX and in the
 PyTorch reference on the same weights and plans; 8-bit and 4-bit rows for one model of each
 paradigm; Janus-Pro-1B with random weights (benchmarks/janus.py: prefill, time per image token,
-the decode's fraction of its weight-bandwidth bound; `--no-janus` skips it); the BLAS that MLX's
+the decode's fraction of its weight-bandwidth bound; `--no-janus` skips it); aMUSEd-256 and -512's
+U-ViT forward against diffusers' (benchmarks/amused.py; `--no-amused` skips it); the BLAS that MLX's
 CPU backend runs on, against numpy and torch. The reference runs in a child process without
 the BLAS preloaded for MLX, at its faster thread count (`mlx_imgen.reference.child`). Every row
 times at least --min-steps steps per trial (a step budget never cuts a loop below that) and
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--no-janus", action="store_true",
                         help="skip the Janus-Pro-1B rows (6.5 to 8 minutes on a 2-core CPU, "
                         "the torch row included)")
+    parser.add_argument("--no-amused", action="store_true",
+                        help="skip the aMUSEd U-ViT rows (about 3 minutes on a 2-core CPU)")
     parser.add_argument("--clip-repeats", type=int, default=3,
                         help="repeats of the CLIP ViT-L/14 tower rows (0: none)")
     args = parser.parse_args()
@@ -127,6 +130,11 @@ def main() -> None:
 
         print("timing CLIP ViT-L/14's text and image towers", flush=True)
         rep["clip"] = clip_towers.measure(["text", "image"], [1, 16], args.clip_repeats)
+    if not args.no_amused:
+        import amused  # beside this script
+
+        print("timing aMUSEd-256 and -512's U-ViT forward", flush=True)
+        rep["amused"] = amused.measure(["256", "512"], [1], 1)
     atomic_write_text(args.out / "bench.json", json.dumps(rep, indent=2) + "\n")
     atomic_write_text(args.out / "bench.md", render(rep))
     for path in write_plots(rep, args.out):
@@ -150,6 +158,11 @@ def render(rep: dict) -> str:
 
         text += ("\n## Text encoding and CLIP scoring (CLIP ViT-L/14)\n\n"
                  + clip_towers.markdown(rep["clip"]))
+    if rep.get("amused"):
+        import amused
+
+        text += ("\n## aMUSEd's U-ViT forward (masked-token text-to-image)\n\n"
+                 + amused.markdown(rep["amused"]))
     return text
 
 

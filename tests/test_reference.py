@@ -68,6 +68,11 @@ CONFIGS = {
     "predict-mask-halton-maskgit": tiny_config(
         conditioning="adaln", positions="learned", mask_token=True, predict_mask=True,
         final_norm_bias=True, registers=1, head_bias=True),
+    # aMUSEd's U-ViT layers: continuous modulation of RMSNorms and a bias-free MLP LayerNorm
+    "continuous-modulation-geglu": tiny_config(
+        conditioning="adaln", modulation="continuous", modulation_bias=False, positions="none",
+        context_dim=12, mlp="geglu", mlp_bias=False, mlp_norm="layer", norm_bias=False,
+        qkv_bias=False, out_bias=False, timestep=True),
     "layer-norm-without-affine-prefix": tiny_config(
         norm="layer", norm_affine=False, final_norm_affine=False, positions="learned",
         mlp="gelu_tanh", mlp_bias=False),

@@ -24,7 +24,8 @@ MIRRORED_OPTIONS = frozenset({
     "grid_size", "vocab_size", "mask_token", "predict_mask", "in_channels", "patch_size",
     "out_channels", "conditioning", "num_classes", "timestep", "timestep_freq_shift",
     "context_dim", "registers", "positions", "rope_base", "rope_prefix", "head_bias",
-    "token_embed_dim", "text_vocab_size", "context_length", "head_hidden"})
+    "token_embed_dim", "text_vocab_size", "context_length", "head_hidden", "modulation",
+    "modulation_bias", "mlp_norm", "norm_bias"})
 
 
 # ---------------------------------------------------------------- layers
@@ -41,9 +42,10 @@ class RMSNorm(nn.Module):
         return out + self.bias if self.bias is not None else out
 
 
-def make_norm(kind: str, dims: int, eps: float, affine: bool = True, bias: bool = False):
+def make_norm(kind: str, dims: int, eps: float, affine: bool = True, bias: bool = False, *,
+              layer_bias: bool = True):
     if kind == "layer":
-        return nn.LayerNorm(dims, eps=eps, elementwise_affine=affine, bias=affine)
+        return nn.LayerNorm(dims, eps=eps, elementwise_affine=affine, bias=affine and layer_bias)
     if kind == "rms":
         return RMSNorm(dims, eps=eps, affine=affine, bias=bias)
     raise ValueError(f"unknown norm {kind!r}; use 'layer' or 'rms'")
@@ -72,7 +74,18 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-MLPS = {"gelu_tanh": GeluMLP, "swiglu": SwiGLU}
+class GEGLU(nn.Module):
+    def __init__(self, dims: int, hidden: int, bias: bool = True):
+        super().__init__()
+        self.proj = nn.Linear(dims, 2 * hidden, bias=bias)
+        self.out = nn.Linear(hidden, dims, bias=bias)
+
+    def forward(self, x):
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return self.out(value * F.gelu(gate))
+
+
+MLPS = {"gelu_tanh": GeluMLP, "swiglu": SwiGLU, "geglu": GEGLU}
 
 
 class KVCache:
@@ -216,26 +229,47 @@ def modulate(x, shift, scale):
 # ---------------------------------------------------------------- the stack
 
 class Block(nn.Module):
-    """Pre-norm attention and MLP, optionally cross-attention, optionally adaLN-Zero modulated."""
+    """Pre-norm attention and MLP, optionally cross-attention, optionally modulated (adaLN-Zero,
+    or continuous scale and shift on every norm)."""
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
         attention = dict(head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias,
                          qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
                          qk_norm_per_head=cfg.qk_norm_per_head)
-        self.norm1 = make_norm(cfg.norm, cfg.width, cfg.norm_eps, cfg.norm_affine)
-        self.attn = Attention(cfg.width, cfg.heads, fused_qkv=cfg.fused_qkv, **attention)
+        w = cfg.width
+        self.continuous = cfg.conditioning == "adaln" and cfg.modulation == "continuous"
+        self.norm1 = make_norm(cfg.norm, w, cfg.norm_eps, cfg.norm_affine, layer_bias=cfg.norm_bias)
+        self.attn = Attention(w, cfg.heads, fused_qkv=cfg.fused_qkv, **attention)
         if cfg.context_dim:
-            self.norm_cross = make_norm(cfg.norm, cfg.width, cfg.norm_eps, True)
-            self.cross_attn = Attention(cfg.width, cfg.heads, kv_dims=cfg.context_dim, **attention)
+            self.norm_cross = make_norm(cfg.norm, w, cfg.norm_eps,
+                                        cfg.norm_affine if self.continuous else True,
+                                        layer_bias=cfg.norm_bias)
+            self.cross_attn = Attention(w, cfg.heads, kv_dims=cfg.context_dim, **attention)
         mlp_norm_eps = cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
-        self.norm2 = make_norm(cfg.norm, cfg.width, mlp_norm_eps, cfg.norm_affine)
-        self.mlp = MLPS[cfg.mlp](cfg.width, cfg.hidden, cfg.mlp_bias)
-        self.adaln = cfg.conditioning == "adaln"
-        if self.adaln:
-            self.modulation = nn.Linear(cfg.width, 6 * cfg.width)
+        self.norm2 = make_norm(cfg.mlp_norm or cfg.norm, w, mlp_norm_eps, cfg.norm_affine,
+                               layer_bias=cfg.norm_bias)
+        self.mlp = MLPS[cfg.mlp](w, cfg.hidden, cfg.mlp_bias)
+        self.adaln = cfg.conditioning == "adaln" and not self.continuous
+        if self.continuous:
+            self.modulation1 = nn.Linear(w, 2 * w, bias=cfg.modulation_bias)
+            if cfg.context_dim:
+                self.modulation_cross = nn.Linear(w, 2 * w, bias=cfg.modulation_bias)
+            self.modulation2 = nn.Linear(w, 2 * w, bias=cfg.modulation_bias)
+        elif self.adaln:
+            self.modulation = nn.Linear(w, 6 * w)
 
     def forward(self, x, cond=None, *, mask=None, rope=None, cache=None, context=None):
+        if self.continuous:
+            def modulated(linear, h):
+                scale, shift = linear(cond)[:, None].chunk(2, dim=-1)
+                return modulate(h, shift, scale)
+            x = x + self.attn(modulated(self.modulation1, self.norm1(x)), mask=mask, rope=rope,
+                              cache=cache)
+            if context is not None:
+                x = x + self.cross_attn(modulated(self.modulation_cross, self.norm_cross(x)),
+                                        context=context)
+            return x + self.mlp(modulated(self.modulation2, self.norm2(x)))
         if self.adaln:
             modulation = self.modulation(cond)[:, None].chunk(6, dim=-1)
             shift1, scale1, gate1, shift2, scale2, gate2 = modulation
