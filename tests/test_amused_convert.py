@@ -193,3 +193,17 @@ def test_variant_and_other_options_are_refused_where_they_do_not_apply(hub, tmp_
                                  "--variant", "fp16"])
     assert_refused(result, "--variant picks the weights of a diffusers pipeline repo")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_prompt_longer_than_77_tokens_is_cut_with_a_warning(hub, tmp_path, caplog):
+    convert(hub["repo"], tmp_path / "p")
+    pipe = Pipeline(tmp_path / "p")
+    long = " ".join(["a red fox sleeping under a tree in the snow"] * 12)
+    with caplog.at_level("WARNING"):
+        condition = pipe.text_condition([Prompt(long)], pipe.plan()[0])
+    assert condition.states.shape[1] == 77
+    assert any("cut to the 77 tokens" in r.getMessage() for r in caplog.records)
+    ids = np.array(pipe.prompting.ids([long]))[0]
+    tokenizer = reference_tokenizer(hub["repo"] / "tokenizer")
+    expected = tokenizer([long], padding="max_length", max_length=77, truncation=True).input_ids
+    np.testing.assert_array_equal(ids, expected[0])
