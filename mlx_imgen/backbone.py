@@ -24,8 +24,8 @@ class BackboneConfig(DictConfig):
     norm: str = "layer"               # "layer" | "rms"
     norm_eps: float = 1e-6
     mlp_norm_eps: float | None = None  # the norm before the MLP, if it differs (diffusers' DiT: 1e-5)
-    mlp_norm: str | None = None       # that norm's kind, if it differs (aMUSEd: "layer" after RMSNorms)
-    norm_bias: bool = True            # whether the blocks' affine LayerNorms have a bias (aMUSEd: no)
+    mlp_norm: str | None = None       # that norm's kind, if it differs (aMUSEd: "layer")
+    norm_bias: bool = True            # the blocks' affine LayerNorms have a bias (aMUSEd: none)
     norm_affine: bool = True          # block norms; adaLN models usually have none
     final_norm_affine: bool = True
     final_norm_bias: bool = False     # an RMSNorm bias (Halton-MaskGIT); LayerNorm's follows affine

@@ -93,6 +93,11 @@ class UVitConfig(DictConfig):
         return "tokens"
 
     @property
+    def width(self) -> int:
+        """The transformer layers' width (what a quantization group size must divide)."""
+        return self.hidden_size
+
+    @property
     def micro_conditions(self) -> int:
         """How many micro-conditions a call passes (5: width, height, crop top and left,
         aesthetic score)."""

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from mlx_imgen.families.amused import config_from_json
 from mlx_imgen.flops import uvit_forward_flops
 from uvit_files import tiny_config
@@ -30,8 +32,14 @@ def test_rows_of_both_frameworks_on_a_tiny_uvit(monkeypatch):
         args = argparse.Namespace(worker=name, threads=threads or 1, sizes=argv[1:2],
                                   batches=[int(b) for b in argv[3:]])
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            amused.worker(args)
+        # a worker owns its process: it turns torch's autograd off and sets its threads, which
+        # must not outlive it here
+        threads = torch.get_num_threads()
+        try:
+            with contextlib.redirect_stdout(out), torch.no_grad():
+                amused.worker(args)
+        finally:
+            torch.set_num_threads(threads)
         line = next(ln for ln in out.getvalue().splitlines() if ln.startswith("RESULT "))
         return json.loads(line[len("RESULT "):])
 

@@ -11,7 +11,7 @@ import torch
 from mlx.utils import tree_flatten
 
 from mlx_imgen.families import get
-from mlx_imgen.families.amused import KEYMAP
+from mlx_imgen.families.amused import KEYMAP, config_from_json
 from mlx_imgen.uvit import UVit, UVitConfig
 from uvit_files import MASK_ID, inputs, save_transformer, tiny_config, tiny_uvit
 
@@ -144,3 +144,26 @@ def test_flops_match_torchs_flop_counter(stages, use_bias):
     text = args["encoder_hidden_states"].shape[1]
     assert uvit_forward_flops(ours, text).total * 2 == counter.get_total_flops()
     assert forward_flops(ours).total == uvit_forward_flops(ours, 77).total
+
+
+def test_the_sampler_runs_the_uvit_on_a_text_condition_and_it_quantizes():
+    from mlx_imgen.paradigms import masked_token, presets
+    from mlx_imgen.paradigms.masked_token import CrossAttentionText
+    from mlx_imgen.quantize import quantize_model
+
+    config = config_from_json(tiny_config(stages=True))
+    model = UVit(config)
+    mx.eval(model.parameters())
+    plan = presets.make_plan("amused", config, {})
+    rng = np.random.default_rng(0)
+    text = CrossAttentionText(*(mx.array(rng.standard_normal(shape).astype(np.float32))
+                                for shape in ((2, 7, 24), (2, 16), (2, 7, 24), (2, 16))))
+    codes = np.array(masked_token.generate(model, text, plan, seed=0))
+    assert codes.shape == (2, config.num_tokens)
+    assert codes.min() >= 0 and codes.max() < config.codebook_size
+    args = inputs(tiny_config(stages=True), batch=1)
+    before = _ours(model, args)
+    quantized = quantize_model(model, 8, 32)
+    assert "blocks.0.mlp.proj" in quantized and "head.logits" not in quantized  # 16 wide
+    after = _ours(model, args)
+    assert 0 < np.abs(after - before).max() < 0.05 * np.abs(before).max()

@@ -8,7 +8,8 @@ from .norms import RMSNorm, make_norm
 from .positions import LearnedPositions, Rope1D, apply_rope, rope_2d_table, sincos_2d, timestep_frequencies
 
 __all__ = [
-    "Attention", "KVCache", "ConvNeXtBlock", "GlobalResponseNorm", "GEGLU", "PatchEmbed", "TimestepEmbedder", "GeluMLP", "SwiGLU", "make_mlp",
+    "Attention", "KVCache", "ConvNeXtBlock", "GlobalResponseNorm", "GEGLU", "PatchEmbed",
+    "TimestepEmbedder", "GeluMLP", "SwiGLU", "make_mlp",
     "swiglu_hidden", "RMSNorm", "make_norm", "LearnedPositions", "Rope1D", "apply_rope", "rope_2d_table",
     "sincos_2d", "timestep_frequencies",
 ]
