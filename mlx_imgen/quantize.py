@@ -31,9 +31,7 @@ def quantizable_layers(model: nn.Module, bits: int, group_size: int) -> list[str
     stays in float.
     """
     check_settings(bits, group_size)
-    config = model.config
-    # a model with its own config (aMUSEd's U-ViT) names the width of its backbone layers
-    width = config.width if hasattr(config, "width") else config.backbone().width
+    width = model.config.width
     if width % group_size:
         raise ValueError(f"--group-size {group_size} does not divide the width {width} of this "
                          "model's layers; choose a group size that divides it (32 or 64)")
