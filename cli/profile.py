@@ -57,11 +57,15 @@ def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
         # --steps spans the models profiled together; a next-token model has none to set
         plan, _ = pipe.plan(steps=None if pipe.paradigm == "next-token" else steps)
         cfg = pipe.config
+        # a text prefix (Janus-Pro) is part of the transformer's sequence; a cross-attended
+        # text (aMUSEd) comes from the pipeline's own text encoder
+        prefixed = getattr(cfg, "conditioning", None) == "text"
         yield Workload(name=name, model=pipe.transformer, plan=plan,
                        latent_shape=latent_shape(cfg) if cfg.input == "patches" else None,
                        decode=pipe.decode_samples, autoencoder=pipe.autoencoder,
                        decode_flops_per_image=pipe.decode_flops_per_image(),
-                       prompt_tokens=PROFILE_PROMPT_TOKENS if cfg.conditioning == "text" else 0,
+                       prompt_tokens=PROFILE_PROMPT_TOKENS if prefixed else 0,
+                       text_encoder=pipe.text_encoder,
                        extra={"random_weights": random_weights,
                               "quantization": pipe.index.get("quantization")})
 

@@ -24,7 +24,9 @@ from . import blas
 from .devices import copy_bandwidth, cpu_name, datasheet_peak, measured_cpu_peak
 from .flops import plan_flops
 from .paradigms import iterate, paradigm_of
+from .paradigms.masked_token import CrossAttentionText
 from .paradigms.next_token import TextPrefix
+from .text.clip_prompts import CONTEXT_LAYER
 
 SCHEMA_VERSION = 1  # bump on any incompatible change of the report layout (see README)
 # The report layout (schema_version 1); README "Report schema" documents each field.
@@ -54,6 +56,9 @@ class Workload:
     # a text-prefixed model's prompt length in tokens (template and BOS included): each image
     # is conditioned on a stand-in prompt of this length; 0 for class-conditioned models
     prompt_tokens: int = 0
+    # a cross-attention text model's encoder (aMUSEd's CLIP tower): each image is conditioned
+    # on a stand-in prompt of the tower's full length, encoded in the conditioning time
+    text_encoder: nn.Module | None = None
     # decode at most this many images per run and scale its time to the batch (a decode costs
     # the same per image; a 384-px VQ decode takes 15 s on a 2-core CPU); None decodes all
     decode_images: int | None = None
@@ -168,6 +173,8 @@ class MLXFramework(Framework):
 
     def labels(self, batch_size: int):
         config = self.work.model.config
+        if self.work.text_encoder is not None:
+            return StandInText(self.work.text_encoder, batch_size)
         if self.work.prompt_tokens:
             return stand_in_prompts(config, batch_size, self.work.prompt_tokens)
         return mx.arange(batch_size, dtype=mx.int32) % config.num_classes
@@ -176,12 +183,19 @@ class MLXFramework(Framework):
         # a text prefix is embedded by the loop's prefill (its first step): nothing to time here
         if isinstance(labels, TextPrefix):
             return labels.ids
+        # each run encodes its stand-in prompts anew, so the conditioning time is the encoder's
+        if isinstance(labels, StandInText):
+            encoded = labels.encode()
+            return [encoded.states, encoded.pooled, encoded.null_states, encoded.null_pooled]
         return self.work.model.class_embed(labels)
 
     def sampling(self, labels: mx.array, seed: int) -> Callable[[], Iterator]:
         work = self.work
         kwargs = {"latent_shape": work.latent_shape} if work.latent_shape else {}
-        return lambda: iterate(work.model, labels, work.plan, seed=seed, **kwargs)
+        # started after `embed`: a stand-in text's condition is the encoding that timed
+        condition = (lambda: labels.encoded) if isinstance(labels, StandInText) else \
+            (lambda: labels)
+        return lambda: iterate(work.model, condition(), work.plan, seed=seed, **kwargs)
 
     def step_done(self, value) -> None:
         # the loops evaluate their own steps; this waits for whatever a loop left queued, so
@@ -222,9 +236,29 @@ def stand_in_prompts(config, batch_size: int, length: int) -> TextPrefix:
     return TextPrefix(ids, mx.zeros_like(ids))
 
 
+class StandInText:
+    """`batch` distinct stand-in prompts and as many unconditional rows, each the text tower's
+    full length (a CLIP tower pads every prompt to it), for a cross-attention text model: each
+    run encodes them in one batch (`encode`) and samples on that encoding."""
+
+    def __init__(self, text_encoder, batch: int):
+        config = text_encoder.config
+        rows = mx.arange(2 * batch, dtype=mx.int32)[:, None] * 7919
+        self.ids = (rows + mx.arange(config.max_positions, dtype=mx.int32)[None] * 104729) \
+            % config.vocab_size
+        self.text_encoder, self.batch, self.encoded = text_encoder, batch, None
+
+    def encode(self) -> CrossAttentionText:
+        encoding = self.text_encoder.encode(self.ids, layer=CONTEXT_LAYER)
+        states, pooled, b = encoding.hidden_states, encoding.pooled, self.batch
+        self.encoded = CrossAttentionText(states[:b], pooled[:b], states[b:], pooled[b:])
+        return self.encoded
+
+
 def condition_batch(labels) -> int:
-    """The number of images a profile's condition (class labels or a TextPrefix) asks for."""
-    return labels.batch if isinstance(labels, TextPrefix) else labels.shape[0]
+    """The number of images a profile's condition (class labels, a TextPrefix or stand-in
+    text) asks for."""
+    return labels.batch if isinstance(labels, (TextPrefix, StandInText)) else labels.shape[0]
 
 
 # a next-token loop cut short by the step budget is timed over at least its prefill and this

@@ -6,6 +6,7 @@ folder, fp16 VQ weights that overflowed, a VQ-GAN that overflows as it decodes):
 exit 2, no image written."""
 
 import dataclasses
+import json
 
 import mlx.core as mx
 import numpy as np
@@ -154,3 +155,15 @@ def test_a_vq_that_overflows_as_it_decodes_writes_no_image(tmp_path):
                       tmp_path / "x.png")
     assert_refused(result, "non-finite")
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_profile_times_the_text_encoding_and_the_sampling(folder, tmp_path):
+    out = tmp_path / "profile.json"
+    result = runner.invoke(app, ["profile", folder, "--batch-sizes", "2", "--trials", "1",
+                                 "--steps", "3", "--step-budget", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(out.read_text())["results"]
+    assert row["status"] == "ok" and row["paradigm"] == "masked-token"
+    # the stand-in prompts are encoded inside the conditioning time, every run
+    assert row["stages_s"]["conditioning"] > 0 and row["stages_s"]["sampling"] > 0
+    assert row["forward_passes_per_image"] == 6 and row["gflops_per_image"] > 0
