@@ -299,12 +299,13 @@ def convert_amused(source: str, out: Path, *, dtype: str | None = None,
     mask_id = mask_token_id(files)
 
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    settings = {"mlx_imgen_version": __version__, "created": created}
+    common = {"mlx_imgen_version": __version__, "created": created}
+    # the small parts first: an overflowed fp16 VQ-GAN fails before the U-ViT streams in
+    stored_ae = _autoencoder(files, common)
+    text = _text_encoder(files, dtype, quantize, group_size, common)
     config, transformer_weights, quantization = _transformer(files, fam, mask_id, dtype,
                                                               quantize, group_size)
-    text = _text_encoder(files, dtype, quantize, group_size, settings)
-    stored_ae = _autoencoder(files, {**settings, "dtype": dtype, "quantization": quantization})
-    settings = {**settings, "dtype": dtype, "quantization": quantization}
+    settings = {**common, "dtype": dtype, "quantization": quantization}
     ae_config = {**stored_ae.config, **settings, "dtype": store.DTYPE, "quantization": None}
     index = {"family": FAMILY, "paradigm": fam.paradigm, "condition": fam.condition,
              "alias": card.alias if card else None,
