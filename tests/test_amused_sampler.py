@@ -139,7 +139,7 @@ def diffusers_run(monkeypatch, weights, text, grid, steps, guidance, per_prompt,
 
 @pytest.mark.parametrize("grid, steps, guidance, per_prompt", [
     (4, 12, 10.0, 1),     # aMUSEd's defaults
-    (4, 16, 10.0, 1),     # as many steps as tokens: late steps reveal none
+    (4, 16, 10.0, 1),     # as many steps as tokens: one token a step
     (8, 12, 10.0, 2),     # two images per prompt
     (8, 7, 3.0, 1),
     (8, 1, 10.0, 1),
@@ -197,7 +197,9 @@ def torch_masked_counts(n: int, steps: int) -> list[int]:
 def test_float32_masked_counts_match_torch(n):
     for steps in range(1, min(64, n) + 1):
         plan = MaskedTokenPlan(num_tokens=n, steps=steps, count="masked", progress="after")
-        assert masked_counts(plan) == torch_masked_counts(n, steps), f"{n} tokens, {steps} steps"
+        counts = masked_counts(plan)
+        assert counts == torch_masked_counts(n, steps), f"{n} tokens, {steps} steps"
+        assert all(a > b for a, b in zip([n] + counts, counts)), "a step revealed nothing"
 
 
 def test_amused_defaults_make_amuseds_plan():

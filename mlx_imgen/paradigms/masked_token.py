@@ -145,7 +145,8 @@ def masked_counts(plan: MaskedTokenPlan) -> list[int]:
     """Tokens still masked once each step ends, as AmusedScheduler (and MaskGIT) count them:
     floor(N * mask ratio) with every operation in float32 (torch's: the ratio, its product with
     float32 pi, the cosine, the product with N), at most one fewer than were masked before and
-    at least one, until the last step reveals the rest. A step can thus reveal none."""
+    at least one, until the last step reveals the rest. (With no more steps than tokens,
+    which plans require, every step reveals at least one.)"""
     n, steps = plan.num_tokens, plan.steps
     masked, out = n, []
     for i in range(steps):
