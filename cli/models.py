@@ -89,8 +89,9 @@ def convert(
     group_size: int = typer.Option(64, help="Quantization group size (32, 64 or 128)."),
     weights: str = typer.Option(None, help="The weight set of a training checkpoint: ema or "
                                 "model (default: the one upstream samples from, ema for DiT/SiT)."),
-    variant: str = typer.Option(None, help="fp16: read a diffusers repo's .fp16 weights first "
-                                "(aMUSEd; they are read anyway where the float32 ones are absent)."),
+    variant: str = typer.Option(None, help="fp16: read a diffusers repo's .fp16 weights "
+                                "first (aMUSEd; they are read anyway where the float32 ones "
+                                "are absent)."),
 ):
     """Convert a PyTorch checkpoint (or an autoencoder alone) into an MLX folder."""
     from mlx_imgen.convert.converter import convert as run_convert
