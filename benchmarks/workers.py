@@ -31,3 +31,13 @@ def mlx_setup() -> str:
     """What the MLX workers run with, as `python -m mlx_imgen.blas` reports it."""
     return subprocess.run([sys.executable, "-m", "mlx_imgen.blas"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
+
+
+def machine() -> str:
+    """The CPU, and the GPU where MLX runs on one (a benchmark row names what it ran on)."""
+    import mlx.core as mx
+
+    from mlx_imgen.devices import cpu_description
+    if mx.default_device().type == mx.gpu:
+        return f"{mx.device_info().get('device_name', 'a GPU')} (host: {cpu_description()})"
+    return cpu_description()

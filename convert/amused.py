@@ -26,8 +26,8 @@ from mlx_imgen.weights.keymap import as_mlx
 from mlx_imgen.weights.readers import read_checkpoint
 
 from . import autoencoder_store as store
-from .clip import HUB_ID, copied, write_text_encoder
-from .hub import fetch, fetch_optional, require
+from .clip import copied, write_text_encoder
+from .hub import HUB_ID, fetch, fetch_optional, is_family_source, local_folder, require
 from .streaming import stream_weights
 from .writer import sha256_of, write_pipeline
 
@@ -82,17 +82,7 @@ def is_amused_folder(path: Path) -> bool:
 
 def is_amused_source(source: str) -> bool:
     """An alias of the amused family, an aMUSEd repo folder, or a hub repo id naming aMUSEd."""
-    card = CARDS.get(source)
-    if card is not None:
-        return card.family == FAMILY
-    path = Path(source)
-    if path.exists():
-        return is_amused_folder(path)
-    return bool(HUB_ID.fullmatch(source)) and "amused" in source.lower()
-
-
-def _local_folder(repo: str) -> str:
-    return f"./{repo.replace('/', '-')}"
+    return is_family_source(source, FAMILY, is_amused_folder)
 
 
 def _hint(repo: str, out: Path | None) -> str:
@@ -100,8 +90,8 @@ def _hint(repo: str, out: Path | None) -> str:
 
     return (f"download the repo's model_index.json and its transformer/, vqvae/, text_encoder/, "
             f"tokenizer/ and scheduler/ folders from {constants.ENDPOINT}/{repo} into a folder "
-            f"{_local_folder(repo)} (keeping their paths), then run `mlx-imgen convert "
-            f"{_local_folder(repo)} --out {out or 'DIR'}`")
+            f"{local_folder(repo)} (keeping their paths), then run `mlx-imgen convert "
+            f"{local_folder(repo)} --out {out or 'DIR'}`")
 
 
 def hub_files(repo: str, revision: str | None, out: Path | None,

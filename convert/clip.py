@@ -7,7 +7,6 @@ CLIPTextModelWithProjection is a text_encoder/ of the same kind)."""
 
 import dataclasses
 import datetime
-import re
 import shutil
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from mlx_imgen.weights.jsonfile import read_json
 from mlx_imgen.weights.keymap import KeyMismatchError, as_mlx, check_shapes, check_weights, shape_of
 from mlx_imgen.weights.readers import CHECKPOINT_SUFFIXES, read_checkpoint
 
-from .hub import MissingHubFile, fetch, fetch_optional, require
+from .hub import HUB_ID, MissingHubFile, fetch, fetch_optional, local_folder, require
 from .writer import sha256_of, write_pipeline
 
 KIND = "clip"
@@ -33,7 +32,6 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_conf
                    "special_tokens_map.json")
 PROCESSOR_FILE = "preprocessor_config.json"
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclasses.dataclass
@@ -73,16 +71,12 @@ def is_clip_source(source: str) -> bool:
             and path.suffix not in CHECKPOINT_SUFFIXES)
 
 
-def _local_folder(repo: str) -> str:
-    return f"./{repo.replace('/', '-')}"
-
-
 def _hint(repo: str, out: Path | None) -> str:
     from huggingface_hub import constants
 
     hint = (f"download config.json, {WEIGHTS_FILES[0]}, {PROCESSOR_FILE} and the tokenizer files "
             f"the repo has ({', '.join(TOKENIZER_FILES)}) from {constants.ENDPOINT}/{repo} into a "
-            f"folder {_local_folder(repo)}, then run `mlx-imgen convert {_local_folder(repo)} "
+            f"folder {local_folder(repo)}, then run `mlx-imgen convert {local_folder(repo)} "
             f"--out {out or 'DIR'}`")
     if scorer_for(repo) is None:  # a hub id nobody vouched for may be a mistyped local path
         hint += f"; or, if {repo} is meant as a local path, it does not exist"

@@ -5,9 +5,14 @@ huggingface_hub retries an unreachable hub for about 24 s before giving up on a 
 cached; a file that is not cached is therefore first probed once, without retries, so that no
 network fails at once."""
 
+import re
 from pathlib import Path
+from typing import Callable
 
-from mlx_imgen.registry import Source
+from mlx_imgen.registry import CARDS, Source
+
+# a hub repo id: owner/name, as the hub spells them
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class MissingHubFile(ValueError):
@@ -102,3 +107,20 @@ def fetch_optional(repo: str, filename: str, revision: str | None, hint: str):
         return fetch(repo, filename, revision, local_hint=hint)
     except (HubUnreachable, MissingHubFile):
         return None
+
+
+def local_folder(repo: str) -> str:
+    """Where a message suggests downloading a hub repo: ./owner-name."""
+    return f"./{repo.replace('/', '-')}"
+
+
+def is_family_source(source: str, family: str, is_folder: Callable[[Path], bool]) -> bool:
+    """An alias of `family`, a local folder `is_folder` recognises, or a hub repo id whose
+    name says the family (a converter's routing test)."""
+    card = CARDS.get(source)
+    if card is not None:
+        return card.family == family
+    path = Path(source)
+    if path.exists():
+        return is_folder(path)
+    return bool(HUB_ID.fullmatch(source)) and family in source.lower()

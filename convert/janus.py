@@ -26,8 +26,8 @@ from mlx_imgen.weights.jsonfile import read_json
 from mlx_imgen.weights.readers import read_checkpoint
 
 from . import autoencoder_store as store
-from .clip import HUB_ID, copied
-from .hub import fetch, fetch_optional, require
+from .clip import copied
+from .hub import HUB_ID, fetch, fetch_optional, is_family_source, local_folder, require
 from .streaming import stream_weights
 from .writer import sha256_of, write_pipeline
 
@@ -66,17 +66,7 @@ def is_janus_folder(path: Path) -> bool:
 
 def is_janus_source(source: str) -> bool:
     """An alias of the janus family, a Janus repo folder, or a hub repo id naming Janus."""
-    card = CARDS.get(source)
-    if card is not None:
-        return card.family == FAMILY
-    path = Path(source)
-    if path.exists():
-        return is_janus_folder(path)
-    return bool(HUB_ID.fullmatch(source)) and "janus" in source.lower()
-
-
-def _local_folder(repo: str) -> str:
-    return f"./{repo.replace('/', '-')}"
+    return is_family_source(source, FAMILY, is_janus_folder)
 
 
 def _hint(repo: str, out: Path | None) -> str:
@@ -84,8 +74,8 @@ def _hint(repo: str, out: Path | None) -> str:
 
     return (f"download config.json, the weights ({' or '.join(WEIGHTS_FILES)}, or the shards "
             f"and their index) and {', '.join(TOKENIZER_FILES)} from {constants.ENDPOINT}/{repo} "
-            f"into a folder {_local_folder(repo)}, then run `mlx-imgen convert "
-            f"{_local_folder(repo)} --out {out or 'DIR'}`")
+            f"into a folder {local_folder(repo)}, then run `mlx-imgen convert "
+            f"{local_folder(repo)} --out {out or 'DIR'}`")
 
 
 def _shard_names(index: Path, where: str) -> list[str]:

@@ -130,6 +130,15 @@ class BackboneConfig(DictConfig):
         return self.patch_size ** 2 * (self.out_channels or self.in_channels)
 
 
+def compute_dtype(module: nn.Module) -> mx.Dtype:
+    """A model's compute dtype: that of its float parameters (quantized layers keep float
+    scales)."""
+    for _, value in tree_flatten(module.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating):
+            return value.dtype
+    return mx.float32
+
+
 def modulate(x: mx.array, shift: mx.array, scale: mx.array) -> mx.array:
     return x * (1 + scale) + shift
 
@@ -246,11 +255,7 @@ class Transformer(nn.Module):
 
     @property
     def dtype(self) -> mx.Dtype:
-        """The compute dtype: that of the float parameters (quantized layers keep float scales)."""
-        for _, value in tree_flatten(self.parameters()):
-            if mx.issubdtype(value.dtype, mx.floating):
-                return value.dtype
-        return mx.float32
+        return compute_dtype(self)
 
     @property
     def null_class(self) -> int:

@@ -71,6 +71,16 @@ def forward_flops(config: BackboneConfig, length: int | None = None, context: in
     return Flops(float(linear), float(attention))
 
 
+def clip_text_flops(config, length: int) -> float:
+    """One prompt row through a CLIP text tower (mlx_imgen.text.clip.CLIPTextConfig): q, k, v,
+    out and the MLP per token, both attention matmuls, the projection of the pooled row."""
+    w = config.width
+    per_token = 2 * (4 * w * w + 2 * w * config.mlp_hidden)
+    attention = 2 * 2 * length * length * w
+    projection = 2 * w * (config.projection_dim or 0)
+    return float(config.depth * (per_token * length + attention) + projection)
+
+
 def uvit_forward_flops(config: UVitConfig, text_length: int = TEXT_LENGTH) -> Flops:
     """One image's full pass of aMUSEd's U-ViT over `text_length` text states: the text and
     condition projections, the conv stages (depthwise and strided convs included), the stages'

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
-from .backbone import BackboneConfig, Block
+from .backbone import BackboneConfig, Block, compute_dtype
 from .configs import DictConfig
 from .nn import Attention, ConvNeXtBlock, RMSNorm, timestep_frequencies
 
@@ -247,11 +246,7 @@ class UVit(nn.Module):
 
     @property
     def dtype(self) -> mx.Dtype:
-        """The compute dtype: that of the float parameters (quantized layers keep float scales)."""
-        for _, value in tree_flatten(self.parameters()):
-            if mx.issubdtype(value.dtype, mx.floating):
-                return value.dtype
-        return mx.float32
+        return compute_dtype(self)
 
     @property
     def mask_id(self) -> int:

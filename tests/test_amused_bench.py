@@ -1,6 +1,6 @@
-"""The aMUSEd rows of `make bench` (benchmarks/amused.py) on a tiny U-ViT, its workers run in
-this process: both frameworks run the same architecture, every row is filled, the table renders.
-No timings are asserted."""
+"""The aMUSEd rows of `make bench` (benchmarks/amused.py) on tiny parts, its workers run in this
+process: both frameworks build the same architectures, every stage is timed, the rows, FLOPs and
+the batch estimate are filled, the table renders. No timings are asserted."""
 
 import argparse
 import contextlib
@@ -10,27 +10,56 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPTextConfig as HFTextConfig, CLIPTextModelWithProjection
 
+from diffusers_vq_files import TINY_VQ
+from mlx_imgen.autoencoders.diffusers_vq import DiffusersVQConfig
 from mlx_imgen.families.amused import config_from_json
-from mlx_imgen.flops import uvit_forward_flops
+from mlx_imgen.flops import clip_text_flops, uvit_forward_flops
+from mlx_imgen.text.clip import CLIPTextConfig
 from uvit_files import tiny_config
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import amused  # noqa: E402
 
+TINY_TEXT = CLIPTextConfig(width=24, depth=2, heads=2, mlp_hidden=48, vocab_size=100,
+                           eos_token_id=99, projection_dim=16)
 
-def test_the_torch_worker_builds_the_same_architecture_as_mlx():
+
+def tiny_parts(size):
+    uvit = config_from_json(tiny_config(stages=size == "512"))
+    vq = DiffusersVQConfig(block_out_channels=TINY_VQ["block_out_channels"], layers_per_block=1,
+                           latent_channels=4, norm_groups=4, num_vq_embeddings=8192,
+                           vq_embed_dim=3)
+    return uvit, vq, TINY_TEXT
+
+
+def test_the_torch_worker_builds_the_published_architecture():
     for size in ("256", "512"):
-        assert config_from_json(amused.diffusers_config(size)) == amused.config(size)
+        uvit, vq, text = amused.parts(size)
+        assert config_from_json(amused.uvit_kwargs(uvit)) == uvit
+        assert amused.vq_kwargs(vq)["block_out_channels"] == [128, 256, 256, 512, 768]
+        assert amused.text_kwargs(text)["hidden_size"] == 768
 
 
-def test_rows_of_both_frameworks_on_a_tiny_uvit(monkeypatch):
-    tiny = config_from_json(tiny_config(stages=True))
-    monkeypatch.setattr(amused, "config", lambda size: tiny)
+def test_clip_text_flops_equal_torchs_count():
+    model = CLIPTextModelWithProjection(HFTextConfig(**amused.text_kwargs(TINY_TEXT),
+                                                     attn_implementation="eager")).eval()
+    ids = torch.tensor(amused.text_ids(TINY_TEXT, 1))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(ids)
+    assert clip_text_flops(TINY_TEXT, ids.shape[1]) == counter.get_total_flops()
+
+
+def test_rows_of_both_frameworks_on_tiny_parts(monkeypatch):
+    monkeypatch.setattr(amused, "parts", tiny_parts)
 
     def in_process(script, name, argv, threads):
-        args = argparse.Namespace(worker=name, threads=threads or 1, sizes=argv[1:2],
-                                  batches=[int(b) for b in argv[3:]])
+        options = dict(zip(argv[::2], argv[1::2]))
+        args = argparse.Namespace(worker=name, threads=threads or 1, sizes=[options["--sizes"]],
+                                  batches=[int(options["--batches"])], dtype=options["--dtype"],
+                                  steps_timed=int(options["--steps-timed"]))
         out = io.StringIO()
         # a worker owns its process: it turns torch's autograd off and sets its threads, which
         # must not outlive it here
@@ -45,12 +74,18 @@ def test_rows_of_both_frameworks_on_a_tiny_uvit(monkeypatch):
 
     monkeypatch.setattr(amused.workers, "run_worker", in_process)
     monkeypatch.setattr(amused.workers, "mlx_setup", lambda: "MLX setup")
-    result = amused.measure(["256"], [1, 2], repeats=1)
-    assert [(r["model"], r["batch"], r["rows"]) for r in result["rows"]] == \
-        [("amused-256", 1, 2), ("amused-256", 2, 4)]
+    result = amused.measure(["256", "512"], [1, 2], repeats=1, steps_timed=2,
+                            torch_threads=[1])
+    assert [(r["model"], r["batch"]) for r in result["rows"]] == \
+        [("amused-256", 1), ("amused-256", 2), ("amused-512", 1), ("amused-512", 2)]
     for row in result["rows"]:
-        assert row["gflops_per_forward"] == uvit_forward_flops(tiny).total * row["rows"] / 1e9
-        assert row["mlx"]["min_s"] > 0 and row["torch"]["min_s"] > 0 and row["mlx_peak_mb"] > 0
-        assert row["mlx"]["image_s"] == amused.STEPS * row["mlx"]["min_s"] / row["batch"]
+        uvit, _, _ = tiny_parts(row["size"])
+        assert row["flops_per_image"]["sampling"] == 12 * 2 * uvit_forward_flops(uvit).total
+        for who in ("mlx", "torch"):
+            x = row[who]
+            assert x["text_s"] > 0 and x["step_s"] > 0 and x["decode_s"] > 0
+            assert x["s_per_image"] * row["batch"] == x["total_min_s"]
+        assert row["mlx"]["peak_gb"] > 0 and row["torch"]["peak_gb"] is None  # CPU torch
+    assert set(result["largest_batch_estimate"]) == {"amused-256", "amused-512"}
     table = amused.markdown(result)
-    assert table.count("| amused-256 |") == 2 and "MLX setup" in table
+    assert table.count("| amused-512 |") == 4 and "MLX setup" in table

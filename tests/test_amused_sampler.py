@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from diffusers_vq_files import tiny_vq
+from mlx_imgen import families
 from mlx_imgen.paradigms import masked_token, presets
 from mlx_imgen.paradigms.keys import image_keys
 from mlx_imgen.paradigms.masked_token import (ClassLabels, CrossAttentionText, Draws,
                                               MaskedTokenPlan, masked_counts)
+from mlx_imgen.uvit import UVit
+from uvit_files import tiny_config, tiny_uvit
 
 CODES, MASK_ID = 24, 27          # logits score the codes; the mask id lies beyond them
 TEXT_LENGTH, WIDTH, POOLED, EMBED = 5, 6, 4, 8
@@ -95,7 +98,8 @@ def texts(prompts: int, seed: int = 1):
         draw(prompts, TEXT_LENGTH, WIDTH), draw(prompts, POOLED)
 
 
-def diffusers_run(monkeypatch, weights, text, grid, steps, guidance, per_prompt, draws, plan):
+def diffusers_run(monkeypatch, transformer, text, grid, steps, guidance, per_prompt, draws,
+                  plan, codes: int = CODES, mask_id: int = MASK_ID):
     """AmusedPipeline's loop with its multinomial and Gumbel noise replaced by MLX's draws
     (Gumbel-max draws from the same distribution as the multinomial): the codes after every
     step, (B, N) each."""
@@ -108,8 +112,8 @@ def diffusers_run(monkeypatch, weights, text, grid, steps, guidance, per_prompt,
 
     def multinomial(probs, count, generator=None):
         step["i"] += 1
-        noise = torch.from_numpy(np.array(draws.token_noise(step["i"], (batch, n, CODES))))
-        return torch.argmax(torch.log(probs) + noise.reshape(batch * n, CODES), -1,
+        noise = torch.from_numpy(np.array(draws.token_noise(step["i"], (batch, n, codes))))
+        return torch.argmax(torch.log(probs) + noise.reshape(batch * n, codes), -1,
                             keepdim=True)
 
     def gumbel_noise(t, generator=None):
@@ -122,8 +126,8 @@ def diffusers_run(monkeypatch, weights, text, grid, steps, guidance, per_prompt,
                     down_block_types=("DownEncoderBlock2D",) * 5,
                     up_block_types=("UpDecoderBlock2D",) * 5)
     pipe = AmusedPipeline(vqvae=vqvae, tokenizer=None, text_encoder=None,
-                          transformer=TorchTransformer(weights),
-                          scheduler=AmusedScheduler(mask_token_id=MASK_ID))
+                          transformer=transformer,
+                          scheduler=AmusedScheduler(mask_token_id=mask_id))
     pipe.set_progress_bar_config(disable=True)
     trace = []
     pipe(prompt_embeds=pooled, encoder_hidden_states=states,
@@ -157,8 +161,8 @@ def test_codes_and_positions_after_every_step_match_amused_scheduler(monkeypatch
     draws = Draws(image_keys(condition.batch, seed=steps), steps)
     model = MLXModel(weights)
     ours = list(masked_token.iterate(model, condition, plan, draws=draws))
-    expected = diffusers_run(monkeypatch, weights, text, grid, steps, guidance, per_prompt,
-                             draws, plan)
+    expected = diffusers_run(monkeypatch, TorchTransformer(weights), text, grid, steps, guidance,
+                             per_prompt, draws, plan)
     assert len(ours) == len(expected) == steps
     before = np.full((condition.batch, n), MASK_ID)
     for i, (step, theirs) in enumerate(zip(ours, expected)):
@@ -174,6 +178,31 @@ def test_codes_and_positions_after_every_step_match_amused_scheduler(monkeypatch
     for tokens, context, pooled_rows, micro_rows in model.calls:
         assert tokens == context == pooled_rows == rows
         np.testing.assert_array_equal(micro_rows, np.tile(micro, (rows, 1)))
+
+
+def test_the_tiny_uvit_samples_step_for_step_as_diffusers(monkeypatch):
+    """The real model on both sides: a tiny random UVit2DModel in diffusers' pipeline loop and
+    its conversion in ours, fed the same draws, give the same codes after every step."""
+    reference = tiny_uvit(seed=5)
+    family = families.get("amused")
+    state = {k: mx.array(v.numpy()) for k, v in reference.state_dict().items()}
+    model = UVit(family.infer_config(state, {"config_json": tiny_config()}))
+    model.load_weights(list(family.weights_from_upstream(state).items()), strict=True)
+    cfg = model.config
+    rng = np.random.default_rng(7)
+    text = tuple(rng.normal(0, 1, shape).astype(np.float32) for shape in
+                 ((1, 7, cfg.encoder_hidden_size), (1, cfg.cond_embed_dim)) * 2)
+    plan = presets.make_plan("amused", cfg, presets.defaults("amused"))
+    condition = CrossAttentionText(*(mx.array(a) for a in text))
+    draws = Draws(image_keys(1, seed=3), plan.steps)
+    ours = [np.array(step.tokens) for step in
+            masked_token.iterate(model, condition, plan, draws=draws)]
+    theirs = diffusers_run(monkeypatch, reference, text, cfg.grid_size, plan.steps, plan.cfg_scale,
+                           1, draws, plan, codes=cfg.codebook_size, mask_id=cfg.mask_id)
+    assert len(ours) == len(theirs) == 12
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        np.testing.assert_array_equal(a, b, err_msg=f"step {i}")
+    assert (ours[-1] < cfg.codebook_size).all() and (ours[5] == cfg.mask_id).any()
 
 
 def torch_masked_counts(n: int, steps: int) -> list[int]:

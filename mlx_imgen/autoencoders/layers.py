@@ -9,12 +9,12 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_imgen.weights.keymap import Rule
-from mlx_imgen.nn import Attention
+from mlx_imgen.nn import Attention, GroupNorm
 
 
-def group_norm(cfg, channels: int) -> nn.GroupNorm:
+def group_norm(cfg, channels: int) -> GroupNorm:
     """A GroupNorm with the `norm_groups` and `norm_eps` of a VQConfig or KLConfig."""
-    return nn.GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps, pytorch_compatible=True)
+    return GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps)
 
 
 class ResnetBlock(nn.Module):

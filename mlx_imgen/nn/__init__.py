@@ -4,12 +4,12 @@ from .attention import Attention, KVCache
 from .convnext import ConvNeXtBlock, GlobalResponseNorm
 from .embeddings import PatchEmbed, TimestepEmbedder
 from .mlp import GEGLU, GeluMLP, SwiGLU, make_mlp, swiglu_hidden
-from .norms import RMSNorm, make_norm
+from .norms import GroupNorm, RMSNorm, make_norm
 from .positions import LearnedPositions, Rope1D, apply_rope, rope_2d_table, sincos_2d, timestep_frequencies
 
 __all__ = [
     "Attention", "KVCache", "ConvNeXtBlock", "GlobalResponseNorm", "GEGLU", "PatchEmbed",
     "TimestepEmbedder", "GeluMLP", "SwiGLU", "make_mlp",
-    "swiglu_hidden", "RMSNorm", "make_norm", "LearnedPositions", "Rope1D", "apply_rope", "rope_2d_table",
+    "swiglu_hidden", "GroupNorm", "RMSNorm", "make_norm", "LearnedPositions", "Rope1D", "apply_rope", "rope_2d_table",
     "sincos_2d", "timestep_frequencies",
 ]
