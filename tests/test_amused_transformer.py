@@ -167,3 +167,16 @@ def test_the_sampler_runs_the_uvit_on_a_text_condition_and_it_quantizes():
     assert "blocks.0.mlp.proj" in quantized and "head.logits" not in quantized  # 16 wide
     after = _ours(model, args)
     assert 0 < np.abs(after - before).max() < 0.05 * np.abs(before).max()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_doubling_transposed_conv_equals_mlxs(bias):
+    from mlx_imgen.uvit import DoublingTransposedConv
+
+    layer = DoublingTransposedConv(6, bias=bias)
+    if bias:
+        layer.bias = mx.random.normal(layer.bias.shape)
+    x = mx.random.normal((2, 3, 5, 6))
+    expected = mx.conv_transpose2d(x, layer.weight, stride=2) + (layer.bias if bias else 0)
+    assert layer(x).shape == (2, 6, 10, 6)
+    assert mx.abs(layer(x) - expected).max().item() < 1e-5
