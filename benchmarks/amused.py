@@ -11,11 +11,11 @@ negative prompts (77-token rows), the sampling loop (12 steps at guidance 10: ea
 U-ViT pass over the doubled batch, then the scheduler's step; torch runs diffusers' UVit2DModel
 and AmusedScheduler, MLX the amused preset), and the VQ-GAN decode (always float32, as the
 pipeline upcasts it). Every step costs the same (a full pass over every token), so the loop is
-timed over `--steps-timed` steps after a warm-up run of every stage and scaled to 12. Per row:
-the stages, the seconds per image (the run's total over its batch: the latency at batch 1),
-images/s, peak memory, FLOPs per image. The largest batch that fits is estimated from the peaks
-of the two largest batches run (peak memory grows linearly with the batch) against the memory
-MLX may use; on a CPU the rows stop at small batches for time, on a GPU pass larger ones.
+timed over `--steps-timed` steps after a warm-up run (every stage; one image decoded) and
+scaled to 12. Per row: the stages, the seconds per image (the run's total over its batch: the
+latency at batch 1), images/s, peak memory, FLOPs per image. The largest batch that fits is
+estimated from the peaks of the two largest batches run (peak memory grows linearly with the
+batch) against the memory MLX may use; `--fit-row` (make bench sets it) then runs that batch too.
 """
 
 import argparse
@@ -122,7 +122,7 @@ def mlx_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
         codes = mx.where(tokens == model.mask_id, 0, tokens).reshape(-1, g, g)
         mx.eval(vq.decode_codes(codes))
 
-    def run(seconds: dict, steps: int) -> None:
+    def run(seconds: dict, steps: int, images: int = batch) -> None:
         start = time.perf_counter()
         cond = condition()
         _recorded(seconds, "text", start)
@@ -133,10 +133,10 @@ def mlx_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
             _recorded(seconds, "step", start)
         loop.close()
         start = time.perf_counter()
-        decode(tokens)
+        decode(tokens[:images])
         _recorded(seconds, "decode", start)
 
-    run({}, 1)  # warm-up: MLX compiles its fused kernels on first use
+    run({}, 1, images=1)  # warm-up (MLX compiles its fused kernels on first use), one decode
     mx.reset_peak_memory()
     seconds = {}
     run(seconds, steps_timed)
@@ -176,7 +176,7 @@ def torch_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
     micro = torch.tensor([[side, side, 0, 0, 6]] * 2 * batch, device=device, dtype=torch_dtype)
     generator = torch.Generator(device).manual_seed(0)
 
-    def run(seconds: dict, steps: int) -> None:
+    def run(seconds: dict, steps: int, images: int = batch) -> None:
         start = time.perf_counter()
         out = text(ids, output_hidden_states=True)
         states, pooled = out.hidden_states[-2], out.text_embeds
@@ -194,14 +194,14 @@ def torch_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
             sync()
             _recorded(seconds, "step", start)
         start = time.perf_counter()
-        codes = torch.where(latents == uvit_cfg.mask_id, 0, latents)
+        codes = torch.where(latents == uvit_cfg.mask_id, 0, latents)[:images]
         vq.decode(codes, force_not_quantize=True,
-                  shape=(batch, g, g, vq_cfg.vq_embed_dim)).sample.clip(0, 1)
+                  shape=(images, g, g, vq_cfg.vq_embed_dim)).sample.clip(0, 1)
         sync()
         _recorded(seconds, "decode", start)
 
     with torch.no_grad():
-        run({}, 1)  # warm-up
+        run({}, 1, images=1)  # warm-up, one decode
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         seconds = {}
@@ -251,41 +251,51 @@ def largest_batch(rows: list[dict], limit_gb: float) -> int | None:
     return None if per_image <= 0 else int(b2 + (limit_gb - p2) / per_image)
 
 
-def measure(sizes, batches, repeats: int = 1, steps_timed: int = 2, dtype: str = "float32",
-            torch_threads: list[int] | None = None) -> dict:
-    """Rows per (size, batch): MLX and torch at its faster thread count (by the run's total),
+def _row(size: str, batch: int, flops: dict, repeats: int, steps_timed: int, dtype: str,
+         threads: list[int]) -> dict:
+    """One (size, batch) row: MLX and torch at its faster thread count (by the run's total),
     the runs interleaved `repeats` times; min and median totals, the fastest run's stages."""
+    argv = ["--sizes", str(size), "--batches", str(batch), "--steps-timed", str(steps_timed),
+            "--dtype", dtype]
+    runs = {("mlx", 0): [], **{("torch", t): [] for t in threads}}
+    for _ in range(repeats):
+        for name, t in runs:
+            print(f"amused-{size} batch {batch}: {name}"
+                  + (f" ({t} threads)" if name == "torch" else ""), flush=True)
+            runs[(name, t)].append(workers.run_worker(__file__, name, argv, t))
+    torch_key = min((k for k in runs if k[0] == "torch"), key=lambda k: min(map(total_s, runs[k])))
+    row = {"model": f"amused-{size}", "size": size, "batch": batch, "flops_per_image": flops,
+           "torch_threads": torch_key[1]}
+    for who, key in (("mlx", ("mlx", 0)), ("torch", torch_key)):
+        totals = [total_s(r) for r in runs[key]]
+        fastest = runs[key][totals.index(min(totals))]
+        row[who] = {"total_min_s": min(totals), "total_median_s": statistics.median(totals),
+                    "s_per_image": min(totals) / batch, "images_per_s": batch / min(totals),
+                    "text_s": fastest["text"], "step_s": statistics.mean(fastest["step"]),
+                    "decode_s": fastest["decode"], "peak_gb": fastest["peak_gb"],
+                    "rss_gb": fastest["rss_gb"], "device": fastest["device"]}
+    row["mlx"]["memory_limit_gb"] = runs[("mlx", 0)][0]["memory_limit_gb"]
+    row["torch_over_mlx"] = row["torch"]["total_min_s"] / row["mlx"]["total_min_s"]
+    return row
+
+
+def measure(sizes, batches, repeats: int = 1, steps_timed: int = 2, dtype: str = "float32",
+            torch_threads: list[int] | None = None, fit_row: bool = False) -> dict:
+    """Rows per (size, batch) (see `_row`); the largest batch that fits MLX's memory limit,
+    estimated from the two largest batches' peaks, and with `fit_row` a row run at that batch
+    where it is larger than those given."""
     cores = os.cpu_count() or 1
     threads = torch_threads or sorted({1, cores})
     rows, fits = [], {}
     for size in sizes:
         flops = flops_per_image(size)
-        size_rows = []
-        for batch in sorted(batches):
-            argv = ["--sizes", str(size), "--batches", str(batch), "--steps-timed",
-                    str(steps_timed), "--dtype", dtype]
-            runs = {("mlx", 0): [], **{("torch", t): [] for t in threads}}
-            for _ in range(repeats):
-                for name, t in runs:
-                    print(f"amused-{size} batch {batch}: {name}"
-                          + (f" ({t} threads)" if name == "torch" else ""), flush=True)
-                    runs[(name, t)].append(workers.run_worker(__file__, name, argv, t))
-            torch_key = min((k for k in runs if k[0] == "torch"),
-                            key=lambda k: min(map(total_s, runs[k])))
-            row = {"model": f"amused-{size}", "size": size, "batch": batch,
-                   "flops_per_image": flops, "torch_threads": torch_key[1]}
-            for who, key in (("mlx", ("mlx", 0)), ("torch", torch_key)):
-                totals = [total_s(r) for r in runs[key]]
-                fastest = runs[key][totals.index(min(totals))]
-                row[who] = {"total_min_s": min(totals), "total_median_s": statistics.median(totals),
-                            "s_per_image": min(totals) / batch, "images_per_s": batch / min(totals),
-                            "text_s": fastest["text"], "step_s": statistics.mean(fastest["step"]),
-                            "decode_s": fastest["decode"], "peak_gb": fastest["peak_gb"],
-                            "rss_gb": fastest["rss_gb"], "device": fastest["device"]}
-            row["mlx"]["memory_limit_gb"] = runs[("mlx", 0)][0]["memory_limit_gb"]
-            row["torch_over_mlx"] = row["torch"]["total_min_s"] / row["mlx"]["total_min_s"]
-            size_rows.append(row)
-        fits[f"amused-{size}"] = largest_batch(size_rows, size_rows[-1]["mlx"]["memory_limit_gb"])
+        size_rows = [_row(size, batch, flops, repeats, steps_timed, dtype, threads)
+                     for batch in sorted(batches)]
+        fit = largest_batch(size_rows, size_rows[-1]["mlx"]["memory_limit_gb"])
+        fits[f"amused-{size}"] = fit
+        if fit_row and fit and fit > size_rows[-1]["batch"]:
+            size_rows.append({**_row(size, fit, flops, repeats, steps_timed, dtype, threads),
+                              "largest_fit": True})
         rows += size_rows
     return {"machine": workers.machine(), "mlx": workers.mlx_setup(), "torch": torch_setup(),
             "dtype": dtype, "repeats": repeats, "steps_timed": steps_timed, "steps": STEPS,
@@ -316,9 +326,10 @@ def markdown(result: dict) -> str:
         for who in ("mlx", "torch"):
             x = r[who]
             name = "MLX" if who == "mlx" else f"torch ({r['torch_threads']} threads)"
+            batch = f"{r['batch']} (largest fit)" if r.get("largest_fit") else r["batch"]
             peak = "-" if x["peak_gb"] is None else f"{x['peak_gb']:.2f}"
             ratio = f"{r['torch_over_mlx']:.2f}" if who == "torch" else ""
-            text += (f"| {r['model']} | {r['batch']} | {name} | {x['text_s']:.3g} | "
+            text += (f"| {r['model']} | {batch} | {name} | {x['text_s']:.3g} | "
                      f"{x['step_s']:.3g} | {x['decode_s']:.3g} | {x['s_per_image']:.3g} | "
                      f"{x['images_per_s']:.3g} | {peak} | {x['rss_gb']:.2f} | "
                      f"{r['flops_per_image']['total'] / 1e12:.2f} | {ratio} |\n")
@@ -338,6 +349,8 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--torch-threads", nargs="+", type=int, default=None,
                         help="torch thread counts to try (default: 1 and all cores)")
+    parser.add_argument("--fit-row", action="store_true",
+                        help="also run each size at the largest batch estimated to fit")
     parser.add_argument("--out", default=None, help="also write amused.json and amused.md here")
     parser.add_argument("--worker", choices=["mlx", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -346,7 +359,7 @@ def main():
         worker(args)
         return
     result = measure(args.sizes, args.batches, args.repeats, args.steps_timed, args.dtype,
-                     args.torch_threads)
+                     args.torch_threads, args.fit_row)
     text = markdown(result)
     if args.out:
         from mlx_imgen.io import atomic_write_text

@@ -138,7 +138,7 @@ def main() -> None:
         print("timing aMUSEd-256 and -512's stages", flush=True)
         # torch at every core: on the 2-core EPYC it beat one thread for both sizes
         rep["amused"] = amused.measure(["256", "512"], [1, 2], repeats=1, steps_timed=2,
-                                       torch_threads=[os.cpu_count() or 1])
+                                       torch_threads=[os.cpu_count() or 1], fit_row=True)
     atomic_write_text(args.out / "bench.json", json.dumps(rep, indent=2) + "\n")
     atomic_write_text(args.out / "bench.md", render(rep))
     for path in write_plots(rep, args.out):
