@@ -106,7 +106,7 @@ def prompt_token_bound(prompts, negative: str | None = None) -> int | None:
 def check_generate_options(model: str, options: dict) -> None:
     """Every option in range, and each one applies to the model, before anything is loaded."""
     from mlx_imgen.memory import generation_estimate, model_shape, refuse_if_too_big
-    from mlx_imgen.pipeline import INDEX_FILE
+    from mlx_imgen.pipeline import INDEX_FILE, default_decode_batch
     from mlx_imgen.weights.dtypes import resolve_dtype
     from mlx_imgen.weights.jsonfile import read_json
 
@@ -142,7 +142,7 @@ def check_generate_options(model: str, options: dict) -> None:
                              f"({quant.get('bits')}-bit); drop --quantize, or quantize the "
                              "float folder it came from")
     batch = o["batch_size"] or count
-    decode_batch = 1 if o["low_memory"] else o["decode_batch_size"] or batch
+    decode_batch = default_decode_batch(batch, o["decode_batch_size"], o["low_memory"])
     shape = model_shape(model, dtype)
     refuse_if_too_big(generation_estimate(shape, count, batch, decode_batch,
                                           prompt_tokens=prompt_token_bound(o["run"],
@@ -202,7 +202,7 @@ def generate(
     low_memory: bool = typer.Option(False, help="Free the transformer before decoding, decode "
                                     "one image at a time, keep MLX's cache small."),
     decode_batch_size: int = typer.Option(None, help="Images decoded together (default: the "
-                                          "sampling batch)."),
+                                          "sampling batch; one on the CPU)."),
     cfg_channels: str = typer.Option(None, help="Diffusion: guide the first 3 latent channels "
                                      "as DiT does ('3') or all of them ('all')."),
 ):

@@ -91,3 +91,10 @@ def cpu_description() -> str:
     flags = set(found.group(1).split()) if found else set()
     simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return f"{cpu_name()}, {os.cpu_count()} cores, {simd}"
+
+
+def on_cpu() -> bool:
+    """Whether MLX computes on the CPU (no GPU device, or the CPU chosen)."""
+    import mlx.core as mx
+
+    return mx.default_device().type == mx.cpu

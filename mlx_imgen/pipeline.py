@@ -12,6 +12,7 @@ from PIL import Image
 
 from . import families, paradigms
 from .autoencoders import AUTOENCODERS
+from .devices import on_cpu
 from .paradigms.keys import keys_of
 from .prompts import Prompt, as_prompts, check_condition, image_seeds
 from .quantize import apply_structure, quantization_record, quantize_model
@@ -66,6 +67,16 @@ class _RecordedReads(dict):
 def option_flag(key: str) -> str:
     """A sampling option as the CLI spells it: top_k -> --top-k."""
     return "--" + key.replace("_", "-")
+
+
+def default_decode_batch(batch: int, requested: int | None = None,
+                         low_memory: bool = False) -> int:
+    """Images decoded together unless asked: one on the CPU (a batch decodes no faster there,
+    and each image holds its unfolded convolution windows) or in low-memory mode, else the
+    sampling batch."""
+    if low_memory:
+        return 1
+    return requested or (1 if on_cpu() else batch)
 
 
 def random_classes(seed: int, count: int, num_classes: int, first: int = 0) -> list[int]:
@@ -364,7 +375,7 @@ class Pipeline:
         if low_memory:
             self.transformer = None
             mx.clear_cache()
-        decode_batch = 1 if low_memory else decode_batch_size or batch_size
+        decode_batch = default_decode_batch(batch_size, decode_batch_size, low_memory)
         images = []
         for batch in samples:
             for start in range(0, batch.shape[0], decode_batch):

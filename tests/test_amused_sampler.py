@@ -231,6 +231,13 @@ def test_float32_masked_counts_match_torch(n):
         assert all(a > b for a, b in zip([n] + counts, counts)), "a step revealed nothing"
 
 
+def test_guidance_at_or_below_one_is_off_as_in_amused_pipeline():
+    for cfg in (1.0, 0.5, 0.0, -2.0):
+        plan = presets.make_plan("amused", amused_config(4), {"cfg": cfg})
+        assert plan.cfg_scale == 1.0
+    assert presets.make_plan("amused", amused_config(4), {"cfg": 1.5}).cfg_scale == 1.5
+
+
 def test_amused_defaults_make_amuseds_plan():
     plan = presets.make_plan("amused", amused_config(16), presets.defaults("amused"))
     assert (plan.steps, plan.cfg_scale, plan.choice_temperature) == (12, 10.0, 2.0)

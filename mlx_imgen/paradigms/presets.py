@@ -139,6 +139,8 @@ def _amused_plan(config, sampling: dict):
                          "0 0")
     top, left = (_finite("crop", value, "0") for value in crop)
     side = float(config.grid_size * PIXELS_PER_TOKEN)
+    # AmusedPipeline guides only above 1: a scale at or below it samples the prompt's logits
+    guidance = guidance if guidance > 1.0 else 1.0
     return MaskedTokenPlan(num_tokens=config.num_tokens, steps=steps, cfg_scale=guidance,
                            temperature=1.0, order="confidence", schedule="cosine",
                            progress="after", count="masked", choice_progress="linspace",
