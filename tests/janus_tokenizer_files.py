@@ -10,6 +10,8 @@ import functools
 import json
 from pathlib import Path
 
+from clip_tokenizer_files import CORPUS as CLIP_CORPUS
+
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
 PAD = "<｜▁pad▁｜>"
@@ -25,15 +27,8 @@ SPECIALS = [BOS, EOS, PAD, BEGIN_OF_IMAGE, END_OF_IMAGE, *[t for t in ADDITIONAL
 VOCAB_SIZE = 480  # learned tokens: the 256 bytes and the merges; the specials follow
 MODEL_MAX_LENGTH = 16384
 
-CORPUS = """
-A photograph of an astronaut riding a horse on the moon, highly detailed.
-A small red fox sleeping under a tree in the snow, soft morning light.
-An oil painting of a lighthouse by the sea at sunset, with dramatic clouds.
-Two cats playing with a ball of yarn on a wooden floor in a cosy living room.
-A bowl of fresh fruit on a kitchen table: apples, oranges, bananas and grapes.
-The city at night, neon signs reflected in the wet street after the rain.
-A portrait of an old man with a white beard, wearing a hat, looking at the camera.
-A mountain lake surrounded by pine trees, the water is calm and clear.
+# the CLIP fixture's first eight sentences, then two that reach past English
+CORPUS = "\n" + "\n".join(CLIP_CORPUS.strip().splitlines()[:8]) + """
 A close-up high-contrast photo of an opera house next to a tower, under a blue night sky.
 Le renard roux dort sous un arbre enneigé ; 雪の中で眠る赤い狐。
 """

@@ -63,6 +63,10 @@ class DiffusersVQModel(UpstreamAttentionNames, nn.Module):
         raw = self.decode(self.quantize.lookup(codes))
         # checked before clipping, which would turn inf into a plausible 0 or 1
         if not mx.all(mx.isfinite(raw)).item():
+            if self.dtype == mx.float32:
+                raise ValueError("the VQ-GAN decoded non-finite values in float32, so its "
+                                 "weights are not a working VQ-GAN's; convert the model again "
+                                 "from the hub repo's files")
             raise ValueError(
                 f"the VQ-GAN decoded non-finite values in {self.dtype} (aMUSEd's VQ-GAN "
                 "overflows in float16, which diffusers avoids by upcasting it); convert the "
