@@ -1,4 +1,5 @@
-"""The one attention layer: self or cross, fused or split q/k/v, optional qk-norm, RoPE, KV cache."""
+"""The one attention layer: self or cross, fused or split q/k/v, optional qk-norm, RoPE, KV cache;
+softmax attention, or Sana's ReLU linear attention."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -31,6 +32,24 @@ class KVCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
+KERNELS = ("softmax", "relu_linear")
+
+
+def relu_linear_attention(q: mx.array, k: mx.array, v: mx.array,
+                          eps: float = 1e-15) -> mx.array:
+    """Sana's linear attention on (B, heads, N, head_dim) q, k, v: with the ReLU feature map
+    phi, each query gets phi(q) (phi(K)^T V) / (phi(q) . sum_j phi(k_j) + eps). Keys and
+    values meet first, in a head_dim x head_dim matrix, so the cost is linear in N. Computed in
+    float32 whatever the inputs (half-precision sums over N overflow and lose digits); the
+    result comes back in v's dtype."""
+    dtype = v.dtype
+    q = mx.maximum(q, 0).astype(mx.float32)
+    k = mx.maximum(k, 0).astype(mx.float32)
+    kv = k.swapaxes(-1, -2) @ v.astype(mx.float32)
+    normaliser = q @ k.sum(axis=2, keepdims=True).swapaxes(-1, -2)
+    return ((q @ kv) / (normaliser + eps)).astype(dtype)
+
+
 def attention_cpu(q: mx.array, k: mx.array, v: mx.array, scale: float,
                   mask: mx.array | str | None = None) -> mx.array:
     """`mx.fast.scaled_dot_product_attention` as two matmuls around a fused softmax: MLX's CPU
@@ -55,13 +74,22 @@ class Attention(nn.Module):
     always projects q, k and v separately. `head_dim` defaults to dims // heads; the inner width
     heads * head_dim may differ from dims. qk-norm acts on each head, or on the whole projection
     before the head split when `qk_norm_per_head` is False (then it has no learned scale).
+
+    `kernel="relu_linear"` swaps the softmax for Sana's ReLU linear attention (no mask, RoPE
+    or cache; `scale` unused). It is an option of this class, not a class of its own, because
+    only the step between the head split and the output projection differs: projections,
+    qk-norm, head layout and the checkpoints' key maps stay the same.
     """
 
     def __init__(self, dims: int, heads: int, *, head_dim: int | None = None,
                  kv_dims: int | None = None, fused_qkv: bool = True, qkv_bias: bool = False,
                  out_bias: bool = False, qk_norm: str | None = None, qk_norm_eps: float = 1e-6,
-                 qk_norm_per_head: bool = True):
+                 qk_norm_per_head: bool = True, kernel: str = "softmax"):
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown attention kernel {kernel!r}; "
+                             f"use one of {', '.join(KERNELS)}")
+        self.kernel = kernel
         self.heads = heads
         self.head_dim = head_dim or dims // heads
         inner = heads * self.head_dim
@@ -103,6 +131,8 @@ class Attention(nn.Module):
             q, k = rope(q), rope(k)
         elif rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.kernel == "relu_linear":
+            return self._relu_linear(q, k, v, mask=mask, rope=rope, cache=cache)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         # One-token decode steps keep sdpa: their score rows are tiny, and a compiled softmax
@@ -113,3 +143,14 @@ class Attention(nn.Module):
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         batch, _, length, _ = out.shape
         return self.out(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+
+    def _relu_linear(self, q: mx.array, k: mx.array, v: mx.array, *,
+                     mask, rope, cache) -> mx.array:
+        if mask is not None or rope is not None or cache is not None:
+            raise ValueError("relu_linear attention takes no mask, RoPE or KV cache; "
+                             "use kernel='softmax' for those")
+        out = relu_linear_attention(q, k, v)
+        batch, _, length, _ = out.shape
+        out = self.out(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+        # a float16 projection of float32-accurate sums can pass float16's largest finite value
+        return mx.clip(out, -65504, 65504) if out.dtype == mx.float16 else out
