@@ -5,7 +5,7 @@ SAMPLERS maps each plan type to the module of its paradigm; every module has `it
 """
 
 from . import diffusion, masked_token, next_token
-from .diffusion import Dopri5Plan, FlowPlan, GaussianPlan, SDEPlan
+from .diffusion import Dopri5Plan, DPMSolverPlan, FlowPlan, GaussianPlan, SDEPlan
 from .masked_token import MaskedTokenPlan
 from .next_token import NextTokenPlan
 
@@ -15,7 +15,7 @@ SAMPLERS = {NextTokenPlan: next_token, MaskedTokenPlan: masked_token,
 
 __all__ = ["diffusion", "masked_token", "next_token", "FlowPlan", "MaskedTokenPlan", "iterate",
            "generate", "paradigm_of", "sampler_of", "SAMPLERS", "NextTokenPlan", "PARADIGMS",
-           "Dopri5Plan", "GaussianPlan", "SDEPlan"]
+           "Dopri5Plan", "DPMSolverPlan", "GaussianPlan", "SDEPlan"]
 
 
 def sampler_of(plan):

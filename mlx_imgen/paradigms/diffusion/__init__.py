@@ -1,12 +1,13 @@
 """Diffusion sampling, written against the backbone interface and knowing nothing of a family.
 
-Four plans (plans.py), one solver module each, dispatched by SOLVERS:
+Five plans (plans.py), one solver module each, dispatched by SOLVERS:
 - `FlowPlan` (flow.py): fixed Euler or Heun steps along a velocity field;
 - `Dopri5Plan` (dopri5.py): the same ODE with adaptive Dormand-Prince 5(4) steps;
 - `SDEPlan` (sde.py): Euler-Maruyama on the linear interpolant, its drift built from the
   velocity;
 - `GaussianPlan` (gaussian.py): discrete-time DDPM with an epsilon model, ancestral or DDIM
-  steps on respaced timesteps, with a learned-range or fixed variance.
+  steps on respaced timesteps, with a learned-range or fixed variance;
+- `DPMSolverPlan` (dpmsolver.py): multistep DPM-Solver++ on the rectified flow (Sana).
 Every solver's `trajectory(model, labels, plan, x, noise, xp)` yields (latents, fraction done)
 in the array namespace `xp` (arrays.py), so the PyTorch reference runs the same bodies.
 """
@@ -18,21 +19,23 @@ import mlx.core as mx
 from ..arrays import MLX
 from ..keys import image_keys
 from . import dopri5 as _dopri5
-from . import flow, gaussian, sde
+from . import dpmsolver, flow, gaussian, sde
 from .common import Noise, Predict, guided_prediction, guided_velocity
 from .dopri5 import dopri5
-from .flow import flow_times, integrate
+from .dpmsolver import dpm_sigmas, dpm_step, dpm_timesteps
+from .flow import flow_times, integrate, shifted
 from .gaussian import GaussianSchedule, ddim_step, ddpm_step, linear_betas, respaced_timesteps
-from .plans import PLANS, Dopri5Plan, FlowPlan, GaussianPlan, SDEPlan
+from .plans import PLANS, Dopri5Plan, DPMSolverPlan, FlowPlan, GaussianPlan, SDEPlan
 from .sde import diffusion_coefficient, sde_times
 
 PARADIGM = "diffusion"
 SOLVERS = {FlowPlan: flow.trajectory, Dopri5Plan: _dopri5.trajectory, SDEPlan: sde.trajectory,
-           GaussianPlan: gaussian.trajectory}
+           GaussianPlan: gaussian.trajectory, DPMSolverPlan: dpmsolver.trajectory}
 
-__all__ = ["PLANS", "SOLVERS", "Dopri5Plan", "FlowPlan", "GaussianPlan", "SDEPlan", "Noise",
-           "Predict", "GaussianSchedule", "guided_prediction", "guided_velocity", "dopri5",
-           "flow_times", "integrate", "ddim_step", "ddpm_step", "linear_betas",
+__all__ = ["PLANS", "SOLVERS", "Dopri5Plan", "DPMSolverPlan", "FlowPlan", "GaussianPlan",
+           "SDEPlan", "Noise", "Predict", "GaussianSchedule", "guided_prediction",
+           "guided_velocity", "dopri5", "dpm_sigmas", "dpm_step", "dpm_timesteps", "flow_times",
+           "integrate", "shifted", "ddim_step", "ddpm_step", "linear_betas",
            "respaced_timesteps", "diffusion_coefficient", "sde_times", "iterate", "generate",
            "random_steps", "solver_of"]
 

@@ -9,10 +9,24 @@ from .common import Predict, guided_prediction
 from .plans import FlowPlan
 
 
-def flow_times(steps: int, shift: float = 1.0, t_noise: float = 1.0) -> np.ndarray:
-    """steps + 1 times from noise to data, shifted towards noise when shift > 1."""
-    t = np.linspace(1.0, 0.0, steps + 1)
-    t = shift * t / (1 + (shift - 1) * t)
+def shifted(t, shift: float):
+    """The time shift t -> shift * t / (1 + (shift - 1) * t): more of the steps near noise."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def flow_times(steps: int, shift: float = 1.0, t_noise: float = 1.0, schedule: str = "linear",
+               train_steps: int = 1000) -> np.ndarray:
+    """steps + 1 times from noise to data, shifted towards noise when shift > 1.
+
+    "linear" spaces them evenly before the shift. "discrete" spaces `steps` of them evenly from
+    1 to the shifted last trained time 1/train_steps, shifts them, and ends at 0: diffusers'
+    FlowMatchEulerDiscreteScheduler takes that end from its already shifted training sigmas.
+    """
+    if schedule == "discrete":
+        last = shifted(1.0 / train_steps, shift)
+        t = np.append(shifted(np.linspace(1.0, last, steps), shift), 0.0)
+    else:
+        t = shifted(np.linspace(1.0, 0.0, steps + 1), shift)
     return t if t_noise == 1.0 else 1.0 - t
 
 
@@ -43,6 +57,7 @@ def integrate(velocity: Predict, x, times, solver: str = "euler", xp=MLX) -> Ite
 def trajectory(model, labels, plan: FlowPlan, x, noise, xp=MLX) -> Iterator:
     velocity = guided_prediction(model, labels, plan.cfg_scale, plan.time_scale, x.shape[-1],
                                  plan.guided_channels, xp=xp)
-    times = flow_times(plan.steps, plan.shift, plan.t_noise)
+    times = flow_times(plan.steps, plan.shift, plan.t_noise, plan.schedule,
+                       plan.train_steps)
     for i, x in enumerate(integrate(velocity, x, times, plan.solver, xp)):
         yield x, (i + 1) / plan.steps

@@ -1,9 +1,10 @@
-"""The four diffusion plans: what a run integrates, with which solver, under which guidance.
+"""The five diffusion plans: what a run integrates, with which solver, under which guidance.
 
 Time conventions. The rectified flow has x_t = (1 - t) * data + t * noise and integrates from
-t = 1 (noise) to 0 (data). `t_noise=0` selects the linear interpolant of SiT instead,
-x_t = t * data + (1 - t) * noise, integrated from t = 0 to 1; the SDE always uses that one.
-The family's plan decides what the model sees (`time_scale`) and which channels CFG mixes.
+t = 1 (noise) to 0 (data); its velocity is noise - data. `t_noise=0` selects the linear
+interpolant of SiT instead, x_t = t * data + (1 - t) * noise, integrated from t = 0 to 1; the
+SDE always uses that one. DPM-Solver++ works on the rectified flow (t is its sigma). The
+family's plan decides what the model sees (`time_scale`) and which channels CFG mixes.
 """
 
 from dataclasses import dataclass
@@ -17,6 +18,11 @@ class FlowPlan:
     time_scale: float = 1000.0   # the model sees t * time_scale
     t_noise: float = 1.0         # where the path is pure noise: 1 (rectified flow) or 0 (SiT)
     guided_channels: int | None = None  # CFG mixes only these leading channels; None: all
+    # "linear": steps + 1 evenly spaced times from noise to data, then shifted; "discrete": the
+    # steps span the trained times 1 .. 1/train_steps (the latter shifted once more), then the
+    # data end, as diffusers' FlowMatchEulerDiscreteScheduler spaces Sana's Euler steps
+    schedule: str = "linear"
+    train_steps: int = 1000
 
     def __post_init__(self):
         _check_steps(self.steps)
@@ -24,6 +30,10 @@ class FlowPlan:
         if self.solver not in ("euler", "heun"):
             raise ValueError(f"unknown solver {self.solver!r}; use 'euler' or 'heun'")
         _check_t_noise(self.t_noise)
+        if self.schedule not in FLOW_SCHEDULES:
+            raise ValueError(f"unknown flow schedule {self.schedule!r}; use 'linear' or "
+                             "'discrete'")
+        _check_steps(self.train_steps)
 
     def forward_passes(self) -> int:
         return self.steps * (2 if self.solver == "heun" else 1)
@@ -118,7 +128,38 @@ class GaussianPlan:
         return self.steps
 
 
-PLANS = (FlowPlan, Dopri5Plan, SDEPlan, GaussianPlan)
+@dataclass
+class DPMSolverPlan:
+    """Multistep DPM-Solver++ (data prediction) on the rectified flow, its sigma the flow time.
+
+    The sigmas are the trained times 1 - 1/train_steps .. 0, `steps` + 1 evenly spaced, shifted,
+    the zero dropped, then a final 0. The model sees floor(sigma * train_steps) * time_scale.
+    The first step and the last (to sigma 0, which lands on the data prediction) are first
+    order; the others use the previous step's prediction too (`order` 2, the midpoint form).
+    """
+    steps: int = 20
+    order: int = 2               # 1 (DDIM-like) | 2
+    shift: float = 3.0           # sigma -> shift * sigma / (1 + (shift - 1) * sigma)
+    cfg_scale: float = 4.5
+    time_scale: float = 1.0
+    train_steps: int = 1000
+    guided_channels: int | None = None
+
+    def __post_init__(self):
+        _check_steps(self.steps)
+        _check_cfg(self.cfg_scale)
+        if self.order not in (1, 2):
+            raise ValueError(f"DPM-Solver++ order must be 1 or 2, got {self.order}")
+        if self.shift <= 0:
+            raise ValueError(f"the time shift must be positive, got {self.shift}")
+        _check_steps(self.train_steps)
+
+    def forward_passes(self) -> int:
+        return self.steps
+
+
+PLANS = (FlowPlan, Dopri5Plan, SDEPlan, GaussianPlan, DPMSolverPlan)
+FLOW_SCHEDULES = ("linear", "discrete")
 
 
 def _check_steps(steps: int) -> None:
