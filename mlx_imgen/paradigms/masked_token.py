@@ -16,7 +16,10 @@ import mlx.core as mx
 import numpy as np
 
 from .arrays import MLX
-from .guidance import doubled, guide, ramped, with_null
+# The condition classes live in conditions.py, which the diffusion samplers share; they stay
+# importable from here.
+from .conditions import CONDITIONS, ClassLabels, CrossAttentionText, as_condition  # noqa: F401
+from .guidance import doubled, guide, ramped
 from .keys import image_keys, per_image, split_each
 
 ORDERS = ("confidence", "halton")  # the keys of ORDER_STRATEGIES
@@ -259,64 +262,6 @@ class Draws:
         """Gumbel noise (B, N) on the confidences that choose the positions to reveal."""
         self._check(shape[0])
         return per_image(mx.random.gumbel, self._keys[:, 2 * step + 1], shape[1:])
-
-
-class ClassLabels:
-    """A class label per image (B,); the null rows take the model's null class."""
-
-    def __init__(self, labels):
-        self.labels = labels
-
-    @property
-    def batch(self) -> int:
-        return self.labels.shape[0]
-
-    def arguments(self, model, guided: bool, xp=MLX) -> dict:
-        return {"labels": with_null(self.labels, model.null_class, xp) if guided else self.labels}
-
-
-class CrossAttentionText:
-    """Encoded prompts the model cross-attends to: `states` (R, L, D) and `pooled` (R, P) of R
-    distinct prompts, `null_states` and `null_pooled` their unconditional rows (the negative
-    prompt's). `images` (B,) says which row each image takes (None: image i takes row i), so n
-    images of one prompt encode it once."""
-
-    def __init__(self, states, pooled, null_states, null_pooled, images=None):
-        for name, cond, null in (("states", states, null_states),
-                                 ("pooled", pooled, null_pooled)):
-            if tuple(cond.shape) != tuple(null.shape):
-                raise ValueError(f"the conditional {name} {tuple(cond.shape)} and the "
-                                 f"unconditional {name} {tuple(null.shape)} differ in shape; "
-                                 "encode both with the same text encoder and length")
-        if states.shape[0] != pooled.shape[0]:
-            raise ValueError(f"{states.shape[0]} prompts' states but {pooled.shape[0]} pooled "
-                             "rows; give one of each per prompt")
-        self.states, self.pooled = states, pooled
-        self.null_states, self.null_pooled = null_states, null_pooled
-        self.images = images
-
-    @property
-    def batch(self) -> int:
-        return self.states.shape[0] if self.images is None else self.images.shape[0]
-
-    def _rows(self, x):
-        return x if self.images is None else x[self.images]
-
-    def arguments(self, model, guided: bool, xp=MLX) -> dict:
-        """{"context", "pooled"} laid out [the images' cond rows, their null rows] when guided."""
-        context, pooled = self._rows(self.states), self._rows(self.pooled)
-        if guided:
-            context = xp.concatenate([context, self._rows(self.null_states)])
-            pooled = xp.concatenate([pooled, self._rows(self.null_pooled)])
-        return {"context": context, "pooled": pooled}
-
-
-CONDITIONS = (ClassLabels, CrossAttentionText)
-
-
-def as_condition(condition):
-    """A condition object as given, or class labels (an array) as ClassLabels."""
-    return condition if isinstance(condition, CONDITIONS) else ClassLabels(condition)
 
 
 class MaskedStep(NamedTuple):

@@ -10,6 +10,8 @@ Five plans (plans.py), one solver module each, dispatched by SOLVERS:
 - `DPMSolverPlan` (dpmsolver.py): multistep DPM-Solver++ on the rectified flow (Sana).
 Every solver's `trajectory(model, labels, plan, x, noise, xp)` yields (latents, fraction done)
 in the array namespace `xp` (arrays.py), so the PyTorch reference runs the same bodies.
+`labels` is class labels or a condition object of conditions.py (e.g. CrossAttentionText, whose
+encoded prompts reach the model as keyword arguments; see common.guided_prediction).
 """
 
 from typing import Iterator
@@ -17,6 +19,7 @@ from typing import Iterator
 import mlx.core as mx
 
 from ..arrays import MLX
+from ..conditions import as_condition
 from ..keys import image_keys
 from . import dopri5 as _dopri5
 from . import dpmsolver, flow, gaussian, sde
@@ -53,23 +56,24 @@ def random_steps(plan) -> int:
     return plan.steps if isinstance(plan, (SDEPlan, GaussianPlan)) else 0
 
 
-def _trajectory(model, labels: mx.array, plan, *, noise: mx.array | None = None,
+def _trajectory(model, labels, plan, *, noise: mx.array | None = None,
                 seed: int | None = None, key: mx.array | None = None, first_index: int = 0,
                 latent_shape: tuple[int, int, int] | None = None):
     """(latents, fraction of the way done) after each step."""
     solve = solver_of(plan)
-    draws = Noise(image_keys(labels.shape[0], seed=seed, key=key, first=first_index),
-                  random_steps(plan))
+    batch = as_condition(labels).batch
+    draws = Noise(image_keys(batch, seed=seed, key=key, first=first_index), random_steps(plan))
     if noise is None:
         if latent_shape is None:
             raise ValueError("pass the initial noise or the latent shape to draw it in")
         noise = draws.start(latent_shape)
-    elif noise.shape[0] != labels.shape[0]:
-        raise ValueError(f"the noise holds {noise.shape[0]} latents for {labels.shape[0]} labels")
+    elif noise.shape[0] != batch:
+        raise ValueError(f"the noise holds {noise.shape[0]} latents for {batch} images' "
+                         "conditions")
     return solve(model, labels, plan, noise, draws, MLX)
 
 
-def iterate(model, labels: mx.array, plan, *, noise: mx.array | None = None,
+def iterate(model, labels, plan, *, noise: mx.array | None = None,
             seed: int | None = None, key: mx.array | None = None, first_index: int = 0,
             latent_shape: tuple[int, int, int] | None = None) -> Iterator[mx.array]:
     """Yield latents (B, H, W, C) after each step, from `noise` or noise drawn from `seed`.
@@ -84,7 +88,7 @@ def iterate(model, labels: mx.array, plan, *, noise: mx.array | None = None,
         yield x
 
 
-def generate(model, labels: mx.array, plan, *, on_step=None, **kwargs) -> mx.array:
+def generate(model, labels, plan, *, on_step=None, **kwargs) -> mx.array:
     """Latents (B, H, W, C) after the last step; `on_step(done, total)` reports progress.
 
     An adaptive plan does not know its total in advance: it reports an estimate from the time

@@ -5,6 +5,7 @@ from typing import Callable
 import mlx.core as mx
 
 from ..arrays import MLX
+from ..conditions import ClassLabels, as_condition
 from ..guidance import doubled, guide, with_null
 from ..keys import per_image, split_each
 
@@ -14,7 +15,12 @@ Predict = Callable[[mx.array, float], mx.array]
 def guided_prediction(model, labels, cfg_scale: float, time_scale: float = 1.0,
                       keep_channels: int | None = None, guided_channels: int | None = None, *,
                       upstream_batch: bool = False, xp=MLX) -> Predict:
-    """The prediction for latents x at time t, with the null class in the same batch for CFG.
+    """The prediction for latents x at time t, with the null condition in the same batch for CFG.
+
+    `labels` is class labels (or ClassLabels): the model is called model(x, labels, timesteps),
+    the null class in the labels' second half under CFG. Any other condition object
+    (conditions.py, e.g. CrossAttentionText) gives keyword arguments instead:
+    model(x, timesteps=timesteps, **condition.arguments(...)), laid out [cond, null] under CFG.
 
     `keep_channels` keeps the leading output channels (None: as many as x has). CFG mixes the
     leading `guided_channels` (None: as many as x has); the other channels come from the
@@ -26,13 +32,13 @@ def guided_prediction(model, labels, cfg_scale: float, time_scale: float = 1.0,
     use_cfg = cfg_scale != 1.0
     if upstream_batch and not use_cfg:
         raise ValueError("the upstream CFG batch exists only with guidance (cfg_scale != 1)")
-    cond_labels = with_null(labels, model.null_class, xp) if use_cfg else labels
+    call = _model_call(model, as_condition(labels), use_cfg, xp)
 
     def predict(x, t: float):
         first = x[: x.shape[0] // 2] if upstream_batch else x
         inputs = doubled(first, xp) if use_cfg else first
         timesteps = xp.full((inputs.shape[0],), t * time_scale, dtype=xp.float32)
-        out = model(inputs, cond_labels, timesteps)[..., :keep_channels or x.shape[-1]]
+        out = call(inputs, timesteps)[..., :keep_channels or x.shape[-1]]
         if not use_cfg:
             return xp.astype(out, x.dtype)
         g = guided_channels or x.shape[-1]
@@ -46,6 +52,18 @@ def guided_prediction(model, labels, cfg_scale: float, time_scale: float = 1.0,
         return xp.astype(result, x.dtype)
 
     return predict
+
+
+def _model_call(model, condition, guided: bool, xp):
+    """model(inputs, timesteps) with the condition's rows (doubled with the null ones when
+    guided) bound once: class labels positionally, as class-conditional backbones take them,
+    any other condition as keyword arguments."""
+    if isinstance(condition, ClassLabels):
+        labels = condition.labels
+        labels = with_null(labels, model.null_class, xp) if guided else labels
+        return lambda inputs, timesteps: model(inputs, labels, timesteps)
+    arguments = condition.arguments(model, guided, xp)
+    return lambda inputs, timesteps: model(inputs, timesteps=timesteps, **arguments)
 
 
 def guided_velocity(model, labels: mx.array, cfg_scale: float, time_scale: float = 1000.0,
