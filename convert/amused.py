@@ -27,7 +27,7 @@ from mlx_imgen.weights.readers import read_checkpoint
 
 from . import autoencoder_store as store
 from .clip import copied, write_text_encoder
-from .hub import HUB_ID, fetch, fetch_optional, is_family_source, local_folder, require
+from .hub import HUB_ID, download_hint, fetch, fetch_optional, is_family_source, require
 from .streaming import stream_weights
 from .writer import sha256_of, write_pipeline
 
@@ -86,12 +86,9 @@ def is_amused_source(source: str) -> bool:
 
 
 def _hint(repo: str, out: Path | None) -> str:
-    from huggingface_hub import constants
-
-    return (f"download the repo's model_index.json and its transformer/, vqvae/, text_encoder/, "
-            f"tokenizer/ and scheduler/ folders from {constants.ENDPOINT}/{repo} into a folder "
-            f"{local_folder(repo)} (keeping their paths), then run `mlx-imgen convert "
-            f"{local_folder(repo)} --out {out or 'DIR'}`")
+    return download_hint(repo, "the repo's model_index.json and its transformer/, vqvae/, "
+                         "text_encoder/, tokenizer/ and scheduler/ folders (keeping their "
+                         "paths)", out)
 
 
 def hub_files(repo: str, revision: str | None, out: Path | None,

@@ -24,7 +24,7 @@ from mlx_imgen.weights.jsonfile import read_json
 from mlx_imgen.weights.keymap import KeyMismatchError, as_mlx, check_shapes, check_weights, shape_of
 from mlx_imgen.weights.readers import CHECKPOINT_SUFFIXES, read_checkpoint
 
-from .hub import HUB_ID, MissingHubFile, fetch, fetch_optional, local_folder, require
+from .hub import HUB_ID, MissingHubFile, download_hint, fetch, fetch_optional, require
 from .writer import sha256_of, write_pipeline
 
 KIND = "clip"
@@ -72,12 +72,8 @@ def is_clip_source(source: str) -> bool:
 
 
 def _hint(repo: str, out: Path | None) -> str:
-    from huggingface_hub import constants
-
-    hint = (f"download config.json, {WEIGHTS_FILES[0]}, {PROCESSOR_FILE} and the tokenizer files "
-            f"the repo has ({', '.join(TOKENIZER_FILES)}) from {constants.ENDPOINT}/{repo} into a "
-            f"folder {local_folder(repo)}, then run `mlx-imgen convert {local_folder(repo)} "
-            f"--out {out or 'DIR'}`")
+    hint = download_hint(repo, f"config.json, {WEIGHTS_FILES[0]}, {PROCESSOR_FILE} and the "
+                         f"tokenizer files the repo has ({', '.join(TOKENIZER_FILES)})", out)
     if scorer_for(repo) is None:  # a hub id nobody vouched for may be a mistyped local path
         hint += f"; or, if {repo} is meant as a local path, it does not exist"
     return hint

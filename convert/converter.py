@@ -105,39 +105,40 @@ def _check_family(family, state: dict, path: Path) -> None:
                          f"{', '.join(family.signature)}, found keys like {found}")
 
 
-def _convert_janus(source: str, out: Path, *, family, dtype, config, autoencoder, weights,
-                   quantize, group_size, revision, force) -> Path:
-    """Janus-Pro converts from its repo's files alone: the tokenizer and the VQ come from the
-    same checkpoint, and config.json says what shapes cannot."""
+def _check_whole_repo(source: str, *, name: str, title: str, parts: str, family, config,
+                      autoencoder, weights) -> None:
+    """A model that converts from its repo's own files alone (Janus-Pro, aMUSEd): --family may
+    only name it, and --config, --autoencoder and --weights do not apply."""
     card = CARDS.get(source)
-    if card is not None and card.family != janus.FAMILY:
-        raise ValueError(f"{source} is a {card.family} model, not janus; leave out --family")
-    if family not in (None, janus.FAMILY):
-        raise ValueError(f"{source} is a Janus-Pro model, not {family}; leave out --family")
-    extra = [name for name, value in (("--config", config), ("--autoencoder", autoencoder),
+    if card is not None and card.family != name:
+        raise ValueError(f"{source} is a {card.family} model, not {name}; leave out --family")
+    if family not in (None, name):
+        raise ValueError(f"{source} is {title} model, not {family}; leave out --family")
+    extra = [flag for flag, value in (("--config", config), ("--autoencoder", autoencoder),
                                       ("--weights", weights)) if value]
     if extra:
-        raise ValueError(f"{source} is a Janus-Pro model, which converts from its repo's own "
-                         f"files (its VQ tokenizer included); leave out {', '.join(extra)}")
+        raise ValueError(f"{source} is {title} model, which converts from its repo's own "
+                         f"{parts}; leave out {', '.join(extra)}")
+
+
+def _convert_janus(source: str, out: Path, *, family, dtype, config, autoencoder, weights,
+                   quantize, group_size, revision, force) -> Path:
+    """Janus-Pro: the tokenizer and the VQ come from the same checkpoint, and config.json says
+    what shapes cannot."""
+    _check_whole_repo(source, name=janus.FAMILY, title="a Janus-Pro",
+                      parts="files (its VQ tokenizer included)", family=family, config=config,
+                      autoencoder=autoencoder, weights=weights)
     return janus.convert_janus(source, out, dtype=dtype, quantize=quantize,
                                group_size=group_size, revision=revision, force=force)
 
 
 def _convert_amused(source: str, out: Path, *, family, dtype, config, autoencoder, weights,
                     quantize, group_size, revision, force, variant) -> Path:
-    """aMUSEd converts from its repo's folders alone: the VQ-GAN, the text encoder and the
-    tokenizer come with the U-ViT, and each component's config.json says what shapes cannot."""
-    card = CARDS.get(source)
-    if card is not None and card.family != amused.FAMILY:
-        raise ValueError(f"{source} is a {card.family} model, not amused; leave out --family")
-    if family not in (None, amused.FAMILY):
-        raise ValueError(f"{source} is an aMUSEd model, not {family}; leave out --family")
-    extra = [name for name, value in (("--config", config), ("--autoencoder", autoencoder),
-                                      ("--weights", weights)) if value]
-    if extra:
-        raise ValueError(f"{source} is an aMUSEd model, which converts from its repo's own "
-                         f"folders (its VQ-GAN and text encoder included); leave out "
-                         f"{', '.join(extra)}")
+    """aMUSEd: the VQ-GAN, the text encoder and the tokenizer come with the U-ViT, and each
+    component's config.json says what shapes cannot."""
+    _check_whole_repo(source, name=amused.FAMILY, title="an aMUSEd",
+                      parts="folders (its VQ-GAN and text encoder included)", family=family,
+                      config=config, autoencoder=autoencoder, weights=weights)
     return amused.convert_amused(source, out, dtype=dtype, quantize=quantize,
                                  group_size=group_size, revision=revision, force=force,
                                  variant=variant)

@@ -124,3 +124,13 @@ def is_family_source(source: str, family: str, is_folder: Callable[[Path], bool]
     if path.exists():
         return is_folder(path)
     return bool(HUB_ID.fullmatch(source)) and family in source.lower()
+
+
+def download_hint(repo: str, files: str, out) -> str:
+    """How to convert `repo` by hand where the hub cannot be reached: download `files` (what
+    the converter reads, in words) into ./owner-name, then convert that folder."""
+    from huggingface_hub import constants
+
+    folder = local_folder(repo)
+    return (f"download {files} from {constants.ENDPOINT}/{repo} into a folder {folder}, then "
+            f"run `mlx-imgen convert {folder} --out {out or 'DIR'}`")

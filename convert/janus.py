@@ -27,7 +27,7 @@ from mlx_imgen.weights.readers import read_checkpoint
 
 from . import autoencoder_store as store
 from .clip import copied
-from .hub import HUB_ID, fetch, fetch_optional, is_family_source, local_folder, require
+from .hub import HUB_ID, download_hint, fetch, fetch_optional, is_family_source, require
 from .streaming import stream_weights
 from .writer import sha256_of, write_pipeline
 
@@ -70,12 +70,9 @@ def is_janus_source(source: str) -> bool:
 
 
 def _hint(repo: str, out: Path | None) -> str:
-    from huggingface_hub import constants
-
-    return (f"download config.json, the weights ({' or '.join(WEIGHTS_FILES)}, or the shards "
-            f"and their index) and {', '.join(TOKENIZER_FILES)} from {constants.ENDPOINT}/{repo} "
-            f"into a folder {local_folder(repo)}, then run `mlx-imgen convert "
-            f"{local_folder(repo)} --out {out or 'DIR'}`")
+    files = (f"config.json, the weights ({' or '.join(WEIGHTS_FILES)}, or the shards and their "
+             f"index) and {', '.join(TOKENIZER_FILES)}")
+    return download_hint(repo, files, out)
 
 
 def _shard_names(index: Path, where: str) -> list[str]:
