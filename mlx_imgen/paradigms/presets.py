@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from mlx_imgen.paradigms import (Dopri5Plan, FlowPlan, GaussianPlan, MaskedTokenPlan,
-                                 NextTokenPlan, SDEPlan)
+from mlx_imgen.paradigms import (Dopri5Plan, DPMSolverPlan, FlowPlan, GaussianPlan,
+                                 MaskedTokenPlan, NextTokenPlan, SDEPlan)
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,46 @@ def _flow_plan(config, sampling: dict):
 SIT = PresetTable({"sampler": "sde", "cfg": 4.0, "cfg_channels": 3}, _flow_plan)
 
 
+# ---------------------------------------------------------------- diffusion (Sana)
+
+# SanaPipeline's defaults: 20 steps, guidance 4.5, and the hub's scheduler: multistep
+# DPM-Solver++ (order 2) on flow sigmas shifted by 3; a converted folder records the solver,
+# order and shift its scheduler config names. "euler" is FlowMatchEulerDiscreteScheduler's
+# spacing of the same shifted times.
+SANA_DEFAULTS = {"sampler": "dpm-solver", "steps": 20, "cfg": 4.5, "shift": 3.0,
+                 "solver_order": 2}
+SANA_SAMPLERS = ("dpm-solver", "euler")
+
+
+def _sana_plan(config, sampling: dict):
+    """A DPMSolverPlan or a discrete-time Euler FlowPlan on the rectified flow, the model seeing
+    diffusers' 0..1000 timesteps. SanaPipeline guides only above 1: a scale at or below it runs
+    the prompt's rows alone."""
+    option = {key: sampling.get(key, default) for key, default in SANA_DEFAULTS.items()}
+    sampler = option["sampler"]
+    if sampler not in SANA_SAMPLERS:
+        raise ValueError(f"Sana samples with {' or '.join(SANA_SAMPLERS)}, not {sampler!r}")
+    steps = option["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps {steps} is not a whole number of at least 1; Sana samples "
+                         "in 20 by default")
+    guidance = _finite("cfg", option["cfg"], "4.5")
+    shift = _finite("shift", option["shift"], "3")
+    if shift <= 0:
+        raise ValueError(f"--shift {shift} is not positive; give the time shift, 3 by default")
+    guidance = guidance if guidance > 1.0 else 1.0
+    if sampler == "euler":
+        return FlowPlan(steps=steps, solver="euler", shift=shift, cfg_scale=guidance,
+                        schedule="discrete", time_scale=1000.0)
+    return DPMSolverPlan(steps=steps, order=option["solver_order"], shift=shift,
+                         cfg_scale=guidance)
+
+
+SANA = PresetTable(SANA_DEFAULTS, _sana_plan)
+
+
 PRESET_TABLES = {"llamagen": LLAMAGEN, "janus": JANUS, "maskgit": MASKGIT, "amused": AMUSED,
-                 "dit": DIT, "sit": SIT}
+                 "dit": DIT, "sit": SIT, "sana": SANA}
 
 
 def _table(name: str) -> PresetTable:

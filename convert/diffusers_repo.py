@@ -1,0 +1,184 @@
+"""The files of a diffusers pipeline repo (aMUSEd's, Sana's), from the hub cache or a local folder
+in the hub layout: model_index.json, one folder per component with its config.json and weights
+(one file, or shards named by an index file), the tokenizer's files and the scheduler's config.
+
+Each component's weights are looked for in float32 first (safetensors, a sharded safetensors
+index, then `.bin`), the `.fp16` variant last, or first when the variant is asked for."""
+
+import dataclasses
+from pathlib import Path
+
+from mlx_imgen.registry import Source
+from mlx_imgen.weights.jsonfile import read_json
+from mlx_imgen.weights.readers import read_checkpoint
+
+from .hub import download_hint, fetch, fetch_optional, require
+from .writer import sha256_of
+
+VARIANTS = (None, "fp16")
+TOKENIZER = "tokenizer"
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
+INDEX_SUFFIX = ".index.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RepoLayout:
+    """What a family's pipeline repo holds."""
+    title: str                       # how messages name the model ("aMUSEd")
+    pipeline_class: str              # model_index.json's _class_name
+    components: dict                 # folder -> (weights file stem, what it is in words)
+    tokenizer_files: tuple[str, ...]  # the tokenizer folder's files, copied where present
+    tokenizer_needs: tuple[str, ...]  # of which these must be present
+    repos: str                       # the published repos, as a message names them
+
+    def hint(self, repo: str, out: Path | None) -> str:
+        folders = ", ".join(f"{c}/" for c in (*self.components, TOKENIZER, "scheduler"))
+        return download_hint(repo, f"the repo's model_index.json and its {folders} folders "
+                             "(keeping their paths)", out)
+
+
+@dataclasses.dataclass
+class RepoFiles:
+    """Where a pipeline repo's files are."""
+    layout: RepoLayout
+    repo: str | None
+    revision: str | None
+    where: str                       # how messages name it: "the hub repo X" or the folder
+    configs: dict[str, Path]         # component -> its config.json
+    weights: dict[str, list[Path]]   # component -> its weights file, or its shards
+    tokenizer: dict[str, Path]
+    scheduler: Path | None
+
+    def state(self, component: str) -> dict:
+        """The component's tensors, lazily, from its file or all its shards."""
+        state = {}
+        for path in self.weights[component]:
+            state.update(read_checkpoint(path).state)
+        return state
+
+    def file_name(self, component: str) -> str:
+        """The component's weights as a message names them: its file, or its first shard."""
+        paths = self.weights[component]
+        return f"{component}/{paths[0].name}" + (f" (1 of {len(paths)} shards)"
+                                                 if len(paths) > 1 else "")
+
+    def source(self, component: str) -> dict:
+        """Where the component came from, with each file's sha256."""
+        paths = self.weights[component]
+        record = {"repo": self.repo, "revision": self.revision,
+                  "file": f"{component}/{paths[0].name}", "sha256": sha256_of(paths[0])}
+        if len(paths) > 1:
+            record["shards"] = [{"file": f"{component}/{p.name}", "sha256": sha256_of(p)}
+                                for p in paths]
+        return record
+
+    def check_tokenizer(self) -> None:
+        missing = [n for n in self.layout.tokenizer_needs if n not in self.tokenizer]
+        if missing:
+            raise ValueError(f"{self.where} has no {TOKENIZER}/{missing[0]}; download the "
+                             f"{TOKENIZER}/ folder ({', '.join(self.layout.tokenizer_needs)}) "
+                             "into it")
+
+
+def weights_names(stem: str, variant: str | None = None) -> list[str]:
+    """A component's weights file names in the order they are tried."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown weights variant {variant!r}; pass fp16 or leave it out")
+    full = [f"{stem}.safetensors", f"{stem}.safetensors{INDEX_SUFFIX}", f"{stem}.bin"]
+    half = [f"{stem}.fp16.safetensors", f"{stem}.safetensors.index.fp16.json"]
+    return half + full if variant == "fp16" else full + half
+
+
+def shard_names(index: Path, where: str) -> list[str]:
+    """The shard files a sharded checkpoint's index names (its weight_map's values), each a
+    plain file name beside the index."""
+    weight_map = read_json(index, "download it again").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index.name} in {where} has no weight_map naming its shards; "
+                         "download it again")
+    names = sorted(set(weight_map.values()))
+    bad = next((n for n in names if not isinstance(n, str) or Path(n).name != n), None)
+    if bad is not None:
+        raise ValueError(f"{index.name} in {where} names the shard {bad!r}, which is not a file "
+                         "beside it; download the index again")
+    return names
+
+
+def _is_index(name: str) -> bool:
+    return name.endswith(".json")
+
+
+def pipeline_class(folder: Path) -> str | None:
+    try:
+        return read_json(folder / "model_index.json").get("_class_name")
+    except ValueError:
+        return None
+
+
+def hub_files(layout: RepoLayout, repo: str, revision: str | None, out: Path | None,
+              variant: str | None = None) -> RepoFiles:
+    """A pipeline repo's files fetched into the hub cache (failing at once offline when they
+    are not cached)."""
+    hint = layout.hint(repo, out)
+    first = next(iter(layout.components))
+    require([Source(repo, f"{first}/config.json", revision)], hint)
+    configs, weights = {}, {}
+    for component, (stem, _) in layout.components.items():
+        configs[component] = fetch(repo, f"{component}/config.json", revision, local_hint=hint)
+        names = weights_names(stem, variant)
+        found = next((p for n in names
+                      if (p := fetch_optional(repo, f"{component}/{n}", revision, hint))), None)
+        if found is None:
+            raise ValueError(f"the hub repo {repo} holds none of {component}/{names[0]} or its "
+                             f"variants (or they are not cached and the hub cannot be reached); "
+                             f"{hint}")
+        weights[component] = [found]
+        if _is_index(found.name):
+            weights[component] = [fetch(repo, f"{component}/{n}", revision, local_hint=hint)
+                                  for n in shard_names(found, f"the hub repo {repo}")]
+    tokenizer = {n: p for n in layout.tokenizer_files
+                 if (p := fetch_optional(repo, f"{TOKENIZER}/{n}", revision, hint))}
+    scheduler = fetch_optional(repo, SCHEDULER_CONFIG, revision, hint)
+    return RepoFiles(layout, repo, revision, f"the hub repo {repo}", configs, weights,
+                     tokenizer, scheduler)
+
+
+def _missing_component(layout: RepoLayout, folder: Path, component: str,
+                       what: str) -> ValueError:
+    return ValueError(f"{folder} has no {component}/ folder ({what}); download the {component}/ "
+                      f"folder of {layout.repos} (the one this folder came from) into it")
+
+
+def local_files(layout: RepoLayout, folder: Path, variant: str | None = None) -> RepoFiles:
+    """A folder of a pipeline repo's files in the hub layout; a component or a shard it lacks
+    is refused, naming what to download, before anything is read."""
+    configs, weights = {}, {}
+    for component, (stem, what) in layout.components.items():
+        names = weights_names(stem, variant)
+        chosen = next((folder / component / n for n in names
+                       if (folder / component / n).is_file()), None)
+        if not (folder / component / "config.json").is_file() or chosen is None:
+            raise _missing_component(layout, folder, component,
+                                     f"{what}: config.json and {names[0]}")
+        configs[component], weights[component] = folder / component / "config.json", [chosen]
+        if _is_index(chosen.name):
+            shards = [folder / component / n for n in shard_names(chosen, str(folder))]
+            missing = next((p for p in shards if not p.is_file()), None)
+            if missing is not None:
+                raise ValueError(f"{folder} lacks {component}/{missing.name}, a shard of "
+                                 f"{what} that {component}/{chosen.name} names; download it "
+                                 f"into {folder / component}")
+            weights[component] = shards
+    tokenizer = {n: folder / TOKENIZER / n for n in layout.tokenizer_files
+                 if (folder / TOKENIZER / n).is_file()}
+    if not tokenizer:
+        raise _missing_component(layout, folder, TOKENIZER,
+                                 f"the tokenizer's {', '.join(layout.tokenizer_needs)}")
+    scheduler = folder / SCHEDULER_CONFIG
+    return RepoFiles(layout, None, None, str(folder), configs, weights, tokenizer,
+                     scheduler if scheduler.is_file() else None)
+
+
+def is_pipeline_folder(path: Path, layout: RepoLayout) -> bool:
+    """A folder of the layout's repo files (its model_index.json names the pipeline class)."""
+    return path.is_dir() and pipeline_class(path) == layout.pipeline_class
