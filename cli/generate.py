@@ -205,6 +205,10 @@ def generate(
                                           "sampling batch; one on the CPU)."),
     cfg_channels: str = typer.Option(None, help="Diffusion: guide the first 3 latent channels "
                                      "as DiT does ('3') or all of them ('all')."),
+    shift: float = typer.Option(None, help="Flow-matching time shift (Sana: 3 by default)."),
+    width: int = typer.Option(None, help="Image width in px, for a model that samples any size "
+                              "(Sana: a multiple of 32; default the model's size)."),
+    height: int = typer.Option(None, help="Image height in px (see --width)."),
 ):
     """Generate images of ImageNet classes, or of prompts with a text-to-image model."""
     from mlx_imgen.loading import load
@@ -234,7 +238,7 @@ def generate(
                 pipe.random_classes(n, seed=seed, first=index)
             pipe.check_classes(labels)
         overrides = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
-                         steps=steps, sampler=sampler,
+                         steps=steps, sampler=sampler, shift=shift,
                          cfg_channels=int(cfg_channels) if cfg_channels and cfg_channels.isdigit()
                          else cfg_channels)
         plan, sampling = pipe.plan(**overrides)
@@ -252,7 +256,8 @@ def generate(
                                    negative_prompt=negative_prompt, seed=seed,
                                    first_index=index, batch_size=batch_size,
                                    on_step=on_step, low_memory=low_memory, plan=plan,
-                                   decode_batch_size=decode_batch_size)
+                                   decode_batch_size=decode_batch_size, width=width,
+                                   height=height)
         record = pipe.provenance(plan, sampling, seed=seed, prompts=run)
         quant = record["quantization"]
         parameters = {"model": model, **sampling, **record,
@@ -266,6 +271,8 @@ def generate(
         if grid:
             images = [make_grid(images)]
         flags = _flags(given, dtype, quantize, group_size)
+        flags += [item for flag, value in (("--width", width), ("--height", height))
+                  if value is not None for item in (flag, str(value))]
         keys = None if image_prompts is None else image_seeds(image_prompts, seed=seed,
                                                               first_index=index)
         for i, (path, image) in enumerate(zip(paths, images)):

@@ -18,8 +18,9 @@ The estimate is deliberately simple, an upper-end figure rather than a measureme
     diffusion:    as masked-token with the patch outputs instead of the logits
 - decoding, for a decode batch Bd of S x S images: Bd * M * C * S^2 * 4, M float32 feature
   maps of the decoder's C full-resolution channels (128 for the autoencoders here): M = 8 on a
-  GPU; M = 64 on MLX's CPU backend, whose convolutions unfold every 3x3 window (im2col) of a
-  map first (measured: aMUSEd's VQ-GAN peaked at 2.4 GB an image at 256 px, 8.5 GB at 512).
+  GPU; M = 16 on MLX's CPU backend, whose convolutions unfold every 3x3 window (im2col) of a
+  map first, in bands of rows (nn.BandedConv2d; measured: aMUSEd's VQ-GAN peaked at 0.62 GB an
+  image at 256 px and 1.98 GB at 512, against 2.4 and 8.5 GB unbanded).
 - kept: every image stays in memory until written, count * (2 * 3 S^2) bytes (the array and
   the PIL image), plus the sampled codes or latents.
 
@@ -34,7 +35,7 @@ from pathlib import Path
 GB = 1e9
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 DECODER_FEATURE_MAPS = 8
-DECODER_FEATURE_MAPS_CPU = 64
+DECODER_FEATURE_MAPS_CPU = 16
 DECODER_CHANNELS = 128
 
 

@@ -182,6 +182,31 @@ class Pipeline:
         side = self.latent_shape[0] if self.latent_shape else self.config.grid_size
         return side * self.autoencoder_config.downsample
 
+    def sample_shape(self, width: int | None = None, height: int | None = None):
+        """The latent shape (H, W, C) of a `width` x `height` px image (None: the model's
+        size). Only a model without position embeddings (Sana) samples other sizes; those must
+        be multiples of the autoencoder's stride times the patch size."""
+        if width is None and height is None:
+            return self.latent_shape
+        width, height = width or self.image_size, height or self.image_size
+        if (width, height) == (self.image_size, self.image_size):
+            return self.latent_shape
+        if self.latent_shape is None or not getattr(self.config, "any_size", False):
+            raise ValueError(f"{self.name} generates {self.image_size} x {self.image_size} px "
+                             f"images only, not {width} x {height}; leave out --width and "
+                             "--height")
+        stride = self.autoencoder_config.downsample * self.config.patch_size
+        for flag, value in (("--width", width), ("--height", height)):
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not whole or value < stride or value % stride:
+                nearest = max(stride, round(value / stride) * stride) if whole else \
+                    self.image_size
+                raise ValueError(f"{flag} {value} is not a multiple of {stride} px (the "
+                                 f"autoencoder's {self.autoencoder_config.downsample} px cells "
+                                 f"times the patch size); pass one such as {nearest}")
+        return (height // stride * self.config.patch_size, width // stride * self.config.patch_size,
+                self.config.in_channels)
+
     def plan(self, **overrides):
         """The sampling plan of the model's defaults with `overrides` (None: the default), and
         the options it was made from. An override the family's plan never reads (a sampler
@@ -272,8 +297,8 @@ class Pipeline:
             names=[f"the prompt {_quoted(text)}" for text, _ in pairs], plan=plan,
             config=self.config, text_encoder=self.text_encoder)
 
-    def check_noise(self, noise: mx.array, count: int) -> None:
-        expected = (count, *self.latent_shape)
+    def check_noise(self, noise: mx.array, count: int, shape=None) -> None:
+        expected = (count, *(shape or self.latent_shape))
         if tuple(noise.shape) == expected:
             return
         p = self.config.patch_size
@@ -282,7 +307,9 @@ class Pipeline:
                              f"a multiple of the patch size {p}; this model takes "
                              f"{expected[1]}x{expected[2]} latents")
         raise ValueError(f"the noise has shape {tuple(noise.shape)}, but this model samples "
-                         f"{expected} for {count} images of {self.image_size} px")
+                         f"{expected} for {count} images of "
+                         f"{expected[2] * self.autoencoder_config.downsample} x "
+                         f"{expected[1] * self.autoencoder_config.downsample} px")
 
     def decode_samples(self, samples: mx.array) -> mx.array:
         """Images (B, H, W, 3) in [-1, 1] from sampled codes (B, N) or latents (B, H, W, C)."""
@@ -307,8 +334,8 @@ class Pipeline:
                  seed: int = 0, first_index: int = 0, batch_size: int | None = None,
                  on_step: Callable[[int, int], None] | None = None, low_memory: bool = False,
                  noise: mx.array | None = None, image_size: int | None = None,
-                 decode_batch_size: int | None = None, plan=None,
-                 **overrides) -> list[Image.Image]:
+                 decode_batch_size: int | None = None, plan=None, width: int | None = None,
+                 height: int | None = None, **overrides) -> list[Image.Image]:
         """Sample and decode one image per class id, the images `first_index`, ... of the run
         with `seed`: image i draws its random numbers from (seed, i) alone, so `batch_size`
         does not change the images and `first_index` regenerates one alone. `low_memory` frees the transformer before
@@ -318,7 +345,8 @@ class Pipeline:
         images decode together (default: the sampling batch). `plan` (from `self.plan`) replaces
         the overrides, so a caller can keep the plan it ran (dopri5 records its steps there).
         A text-to-image family takes `prompts` (one image each; a Prompt's own seed and
-        negative prompt win over `seed` and `negative_prompt`) instead of `classes`."""
+        negative prompt win over `seed` and `negative_prompt`) instead of `classes`. `width`
+        and `height` (px) ask a model without position embeddings (Sana) for another size."""
         check_condition(self.name, self.family.condition, classes=classes, prompts=prompts,
                         negative=negative_prompt)
         entries = None
@@ -338,10 +366,11 @@ class Pipeline:
         if image_size is not None and image_size != self.image_size:
             raise ValueError(f"this model generates {self.image_size} px images, not "
                              f"{image_size} px; use the model trained at {image_size} px")
+        shape = self.sample_shape(width, height)
         if noise is not None:
             if self.paradigm != "diffusion":
                 raise ValueError(f"{self.paradigm} sampling starts from no noise; pass a seed")
-            self.check_noise(noise, count)
+            self.check_noise(noise, count, shape)
         if decode_batch_size is not None and decode_batch_size < 1:
             raise ValueError(f"decode batch size must be at least 1, got {decode_batch_size}")
         plan = plan or self.plan(**overrides)[0]
@@ -362,9 +391,12 @@ class Pipeline:
         samples = []
         for n, start in enumerate(batches):
             if entries is not None:
+                extra = {} if shape is None else {
+                    "latent_shape": shape,
+                    "noise": None if noise is None else noise[start:start + batch_size]}
                 batch = paradigms.generate(self.transformer, conditions[n], plan,
                                            key=keys_of(keys[start:start + batch_size]),
-                                           on_step=on_step)
+                                           on_step=on_step, **extra)
             else:
                 labels = mx.array(classes[start:start + batch_size], dtype=mx.int32)
                 batch = self.sample(labels, plan, seed=seed, first_index=first_index + start,

@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_imgen.configs import DictConfig
+from mlx_imgen.nn import BandedConv2d
 from mlx_imgen.weights.keymap import Rule, conv_weight, map_keys
 
 from .layers import (Downsample, ResnetBlock, SpatialSelfAttention, UpstreamAttentionNames,
@@ -97,14 +98,14 @@ class Encoder(nn.Module):
     def __init__(self, cfg: KLConfig):
         super().__init__()
         widths = cfg.block_out_channels
-        self.conv_in = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+        self.conv_in = BandedConv2d(cfg.in_channels, widths[0], 3)
         self.down_blocks = [DownEncoderBlock2D(cfg, widths[max(i - 1, 0)], widths[i],
                                                downsample=i < len(widths) - 1)
                             for i in range(len(widths))]
         self.mid_block = UNetMidBlock2D(cfg, widths[-1])
         self.conv_norm_out = group_norm(cfg, widths[-1])
         # mean and log-variance
-        self.conv_out = nn.Conv2d(widths[-1], 2 * cfg.latent_channels, 3, padding=1)
+        self.conv_out = BandedConv2d(widths[-1], 2 * cfg.latent_channels, 3)
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.conv_in(x)
@@ -118,13 +119,13 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         widths = tuple(reversed(cfg.block_out_channels))  # lowest resolution first
-        self.conv_in = nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1)
+        self.conv_in = BandedConv2d(cfg.latent_channels, widths[0], 3)
         self.mid_block = UNetMidBlock2D(cfg, widths[0])
         self.up_blocks = [UpDecoderBlock2D(cfg, widths[max(i - 1, 0)], widths[i],
                                            upsample=i < len(widths) - 1)
                           for i in range(len(widths))]
         self.conv_norm_out = group_norm(cfg, widths[-1])
-        self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
+        self.conv_out = BandedConv2d(widths[-1], cfg.out_channels, 3)
 
     def __call__(self, z: mx.array) -> mx.array:
         x = self.mid_block(self.conv_in(z))

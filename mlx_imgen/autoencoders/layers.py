@@ -9,7 +9,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_imgen.weights.keymap import Rule
-from mlx_imgen.nn import Attention, GroupNorm
+from mlx_imgen.nn import Attention, BandedConv2d, GroupNorm
 
 
 def group_norm(cfg, channels: int) -> GroupNorm:
@@ -25,9 +25,9 @@ class ResnetBlock(nn.Module):
     def __init__(self, cfg, cin: int, cout: int, shortcut: str):
         super().__init__()
         self.norm1 = group_norm(cfg, cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = BandedConv2d(cin, cout, 3)
         self.norm2 = group_norm(cfg, cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv2 = BandedConv2d(cout, cout, 3)
         self.shortcut = shortcut if cin != cout else None
         if self.shortcut:
             setattr(self, shortcut, nn.Conv2d(cin, cout, 1))
@@ -71,7 +71,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = BandedConv2d(channels, channels, 3)
 
     def __call__(self, x: mx.array) -> mx.array:
         b, h, w, c = x.shape

@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_imgen.configs import DictConfig
+from mlx_imgen.nn import BandedConv2d
 from mlx_imgen.weights.keymap import Rule, conv_weight, map_keys, pointwise_conv_as_linear
 
 from .layers import (Downsample, ResnetBlock, SpatialSelfAttention, UpstreamAttentionNames,
@@ -78,14 +79,14 @@ class Encoder(nn.Module):
         super().__init__()
         widths = [cfg.ch * m for m in cfg.ch_mult]
         last = len(widths) - 1
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.conv_in = BandedConv2d(cfg.in_channels, cfg.ch, 3)
         self.conv_blocks = [
             ConvBlock(cfg, ([cfg.ch] + widths)[i], widths[i], cfg.num_res_blocks,
                       attention=i == last, resample=None if i == last else "downsample")
             for i in range(len(widths))]
         self.mid = _mid(cfg, widths[-1])
         self.norm_out = group_norm(cfg, widths[-1])
-        self.conv_out = nn.Conv2d(widths[-1], cfg.z_channels, 3, padding=1)
+        self.conv_out = BandedConv2d(widths[-1], cfg.z_channels, 3)
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.conv_in(x)
@@ -99,7 +100,7 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [cfg.ch * m for m in reversed(cfg.ch_mult)]  # lowest resolution first
         last = len(widths) - 1
-        self.conv_in = nn.Conv2d(cfg.z_channels, widths[0], 3, padding=1)
+        self.conv_in = BandedConv2d(cfg.z_channels, widths[0], 3)
         self.mid = _mid(cfg, widths[0])
         # the decoder has one residual block more per level than the encoder
         self.conv_blocks = [
@@ -107,7 +108,7 @@ class Decoder(nn.Module):
                       attention=j == 0, resample=None if j == last else "upsample")
             for j in range(len(widths))]
         self.norm_out = group_norm(cfg, widths[-1])
-        self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
+        self.conv_out = BandedConv2d(widths[-1], cfg.out_channels, 3)
 
     def __call__(self, z: mx.array) -> mx.array:
         x = self.conv_in(z)
