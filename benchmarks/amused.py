@@ -18,16 +18,13 @@ estimated from the peaks of the two largest batches run (peak memory grows linea
 batch) against the memory MLX may use; `--fit-row` (make bench sets it) then runs that batch too.
 """
 
-import argparse
-import json
 import os
-import resource
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import workers  # noqa: E402  (beside this script)
+import stages  # noqa: E402  (beside this script)
+import workers  # noqa: E402,F401  (tests replace its workers)
 from mlx_imgen.autoencoders.diffusers_vq import DiffusersVQConfig  # noqa: E402
 from mlx_imgen.families.amused import config_for  # noqa: E402
 from mlx_imgen.flops import clip_text_flops, uvit_forward_flops  # noqa: E402
@@ -82,14 +79,6 @@ def text_ids(config, rows: int):
     return ids
 
 
-def _recorded(seconds: dict, stage: str, start: float) -> None:
-    elapsed = time.perf_counter() - start
-    if stage == "step":
-        seconds.setdefault("step", []).append(elapsed)
-    else:
-        seconds[stage] = elapsed
-
-
 # ---------------------------------------------------------------- MLX
 
 def mlx_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
@@ -125,16 +114,16 @@ def mlx_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
     def run(seconds: dict, steps: int, images: int = batch) -> None:
         start = time.perf_counter()
         cond = condition()
-        _recorded(seconds, "text", start)
+        stages.recorded(seconds, "text", start)
         loop = masked_token.iterate(model, cond, plan, seed=0)
         for _ in range(steps):
             start = time.perf_counter()
             tokens = next(loop).tokens  # the loop evaluates each step before yielding it
-            _recorded(seconds, "step", start)
+            stages.recorded(seconds, "step", start)
         loop.close()
         start = time.perf_counter()
         decode(tokens[:images])
-        _recorded(seconds, "decode", start)
+        stages.recorded(seconds, "decode", start)
 
     run({}, 1, images=1)  # warm-up (MLX compiles its fused kernels on first use), one decode
     mx.reset_peak_memory()
@@ -147,24 +136,14 @@ def mlx_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
 
 # ---------------------------------------------------------------- torch (diffusers)
 
-def torch_device() -> str:
-    import torch
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def torch_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
     import torch
     from diffusers import AmusedScheduler, UVit2DModel, VQModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     uvit_cfg, vq_cfg, text_cfg = parts(size)
-    device, torch_dtype = torch_device(), getattr(torch, dtype)
-    sync = {"cuda": torch.cuda.synchronize,
-            "mps": lambda: torch.mps.synchronize()}.get(device, lambda: None)
+    device, torch_dtype = stages.torch_device(), getattr(torch, dtype)
+    sync = stages.torch_sync(device)
     torch.manual_seed(0)
     text = CLIPTextModelWithProjection(CLIPTextConfig(**text_kwargs(text_cfg)))
     text = text.eval().to(device, torch_dtype)
@@ -181,7 +160,7 @@ def torch_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
         out = text(ids, output_hidden_states=True)
         states, pooled = out.hidden_states[-2], out.text_embeds
         sync()
-        _recorded(seconds, "text", start)
+        stages.recorded(seconds, "text", start)
         scheduler.set_timesteps(STEPS, (2, 0), device)
         latents = torch.full((batch, g, g), uvit_cfg.mask_id, dtype=torch.long, device=device)
         for timestep in scheduler.timesteps[:steps]:
@@ -192,13 +171,13 @@ def torch_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
             latents = scheduler.step(uncond + GUIDANCE * (cond - uncond), timestep, latents,
                                      generator=generator).prev_sample
             sync()
-            _recorded(seconds, "step", start)
+            stages.recorded(seconds, "step", start)
         start = time.perf_counter()
         codes = torch.where(latents == uvit_cfg.mask_id, 0, latents)[:images]
         vq.decode(codes, force_not_quantize=True,
                   shape=(images, g, g, vq_cfg.vq_embed_dim)).sample.clip(0, 1)
         sync()
-        _recorded(seconds, "decode", start)
+        stages.recorded(seconds, "decode", start)
 
     with torch.no_grad():
         run({}, 1, images=1)  # warm-up, one decode
@@ -212,23 +191,6 @@ def torch_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
 
 # ---------------------------------------------------------------- the parent
 
-def worker(args) -> None:
-    if args.worker == "torch":
-        import torch
-        torch.set_num_threads(args.threads)
-        torch.set_grad_enabled(False)
-    run = mlx_run if args.worker == "mlx" else torch_run
-    result = run(args.sizes[0], args.batches[0], args.steps_timed, args.dtype)
-    # the process's resident peak (Linux reports KB): weights, activations, allocator caches
-    result["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print("RESULT " + json.dumps(result))
-
-
-def total_s(run: dict) -> float:
-    """A run's seconds for its whole batch: text, the plan's 12 steps, decode."""
-    return run["text"] + STEPS * statistics.mean(run["step"]) + run["decode"]
-
-
 def flops_per_image(size: str) -> dict:
     """Two text rows (prompt, negative), 12 guided U-ViT passes (two rows each), one decode."""
     uvit_cfg, vq_cfg, text_cfg = parts(size)
@@ -241,133 +203,27 @@ def flops_per_image(size: str) -> dict:
             "total": text + sampling + decode}
 
 
-def largest_batch(rows: list[dict], limit_gb: float) -> int | None:
-    """The batch whose peak, on the line through the two largest batches' peaks, reaches the
-    memory limit; None with fewer than two batches."""
-    if len(rows) < 2:
-        return None
-    (b1, p1), (b2, p2) = [(r["batch"], r["mlx"]["peak_gb"]) for r in rows[-2:]]
-    per_image = (p2 - p1) / (b2 - b1)
-    return None if per_image <= 0 else int(b2 + (limit_gb - p2) / per_image)
-
-
-def _row(size: str, batch: int, flops: dict, repeats: int, steps_timed: int, dtype: str,
-         threads: list[int]) -> dict:
-    """One (size, batch) row: MLX and torch at its faster thread count (by the run's total),
-    the runs interleaved `repeats` times; min and median totals, the fastest run's stages."""
-    argv = ["--sizes", str(size), "--batches", str(batch), "--steps-timed", str(steps_timed),
-            "--dtype", dtype]
-    runs = {("mlx", 0): [], **{("torch", t): [] for t in threads}}
-    for _ in range(repeats):
-        for name, t in runs:
-            print(f"amused-{size} batch {batch}: {name}"
-                  + (f" ({t} threads)" if name == "torch" else ""), flush=True)
-            runs[(name, t)].append(workers.run_worker(__file__, name, argv, t))
-    torch_key = min((k for k in runs if k[0] == "torch"), key=lambda k: min(map(total_s, runs[k])))
-    row = {"model": f"amused-{size}", "size": size, "batch": batch, "flops_per_image": flops,
-           "torch_threads": torch_key[1]}
-    for who, key in (("mlx", ("mlx", 0)), ("torch", torch_key)):
-        totals = [total_s(r) for r in runs[key]]
-        fastest = runs[key][totals.index(min(totals))]
-        row[who] = {"total_min_s": min(totals), "total_median_s": statistics.median(totals),
-                    "s_per_image": min(totals) / batch, "images_per_s": batch / min(totals),
-                    "text_s": fastest["text"], "step_s": statistics.mean(fastest["step"]),
-                    "decode_s": fastest["decode"], "peak_gb": fastest["peak_gb"],
-                    "rss_gb": fastest["rss_gb"], "device": fastest["device"]}
-    row["mlx"]["memory_limit_gb"] = runs[("mlx", 0)][0]["memory_limit_gb"]
-    row["torch_over_mlx"] = row["torch"]["total_min_s"] / row["mlx"]["total_min_s"]
-    return row
+BENCH = stages.StageBench(
+    name="amused", script=__file__, steps=STEPS, model_name=lambda size: f"amused-{size}",
+    mlx_run=mlx_run, torch_run=torch_run, flops_per_image=flops_per_image,
+    torch_packages="torch diffusers",
+    preface="Random weights of the published shapes (the VQ-GAN float32 in both)")
 
 
 def measure(sizes, batches, repeats: int = 1, steps_timed: int = 2, dtype: str = "float32",
             torch_threads: list[int] | None = None, fit_row: bool = False) -> dict:
-    """Rows per (size, batch) (see `_row`); the largest batch that fits MLX's memory limit,
-    estimated from the two largest batches' peaks, and with `fit_row` a row run at that batch
-    where it is larger than those given."""
-    cores = os.cpu_count() or 1
-    threads = torch_threads or sorted({1, cores})
-    rows, fits = [], {}
-    for size in sizes:
-        flops = flops_per_image(size)
-        size_rows = [_row(size, batch, flops, repeats, steps_timed, dtype, threads)
-                     for batch in sorted(batches)]
-        fit = largest_batch(size_rows, size_rows[-1]["mlx"]["memory_limit_gb"])
-        fits[f"amused-{size}"] = fit
-        if fit_row and fit and fit > size_rows[-1]["batch"]:
-            size_rows.append({**_row(size, fit, flops, repeats, steps_timed, dtype, threads),
-                              "largest_fit": True})
-        rows += size_rows
-    return {"machine": workers.machine(), "mlx": workers.mlx_setup(), "torch": torch_setup(),
-            "dtype": dtype, "repeats": repeats, "steps_timed": steps_timed, "steps": STEPS,
-            "rows": rows, "largest_batch_estimate": fits}
-
-
-def torch_setup() -> str:
-    import subprocess
-    probe = "import torch, diffusers; print(torch.__version__, diffusers.__version__)"
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
-    versions = out.stdout.split()
-    return (f"torch {versions[0]}, diffusers {versions[1]}" if len(versions) == 2
-            else "torch (versions unknown)") + " without LD_PRELOAD"
+    """The aMUSEd rows (stages.measure)."""
+    return stages.measure(BENCH, sizes, batches, repeats, steps_timed, dtype, torch_threads,
+                          fit_row)
 
 
 def markdown(result: dict) -> str:
-    text = (f"Random weights of the published shapes, {result['dtype']} (the VQ-GAN float32 in "
-            f"both). Machine: {result['machine']}. MLX: {result['mlx']}. {result['torch']}, "
-            "at its faster thread count. The loop is timed over "
-            f"{result['steps_timed']} of its {result['steps']} equal steps and scaled; "
-            f"{result['repeats']} interleaved repeat(s), the fastest run's stages. Peak: MLX's "
-            "allocator, torch's CUDA allocator (none on a CPU); RSS: the process's resident "
-            "peak.\n\n| model | batch | framework | text s | step s | decode s | s per image | "
-            "images/s | peak GB | RSS GB | TFLOP per image | torch/MLX time |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    for r in result["rows"]:
-        for who in ("mlx", "torch"):
-            x = r[who]
-            name = "MLX" if who == "mlx" else f"torch ({r['torch_threads']} threads)"
-            batch = f"{r['batch']} (largest fit)" if r.get("largest_fit") else r["batch"]
-            peak = "-" if x["peak_gb"] is None else f"{x['peak_gb']:.2f}"
-            ratio = f"{r['torch_over_mlx']:.2f}" if who == "torch" else ""
-            text += (f"| {r['model']} | {batch} | {name} | {x['text_s']:.3g} | "
-                     f"{x['step_s']:.3g} | {x['decode_s']:.3g} | {x['s_per_image']:.3g} | "
-                     f"{x['images_per_s']:.3g} | {peak} | {x['rss_gb']:.2f} | "
-                     f"{r['flops_per_image']['total'] / 1e12:.2f} | {ratio} |\n")
-    fits = [f"{model} about {n}" for model, n in result["largest_batch_estimate"].items() if n]
-    if fits:
-        text += ("\nLargest batch that fits MLX's memory limit, from the peaks' growth: "
-                 + ", ".join(fits) + ".\n")
-    return text
+    return stages.markdown(BENCH, result)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", choices=["256", "512"], default=["256", "512"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--steps-timed", type=int, default=2)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--torch-threads", nargs="+", type=int, default=None,
-                        help="torch thread counts to try (default: 1 and all cores)")
-    parser.add_argument("--fit-row", action="store_true",
-                        help="also run each size at the largest batch estimated to fit")
-    parser.add_argument("--out", default=None, help="also write amused.json and amused.md here")
-    parser.add_argument("--worker", choices=["mlx", "torch"], help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args)
-        return
-    result = measure(args.sizes, args.batches, args.repeats, args.steps_timed, args.dtype,
-                     args.torch_threads, args.fit_row)
-    text = markdown(result)
-    if args.out:
-        from mlx_imgen.io import atomic_write_text
-        os.makedirs(args.out, exist_ok=True)
-        atomic_write_text(os.path.join(args.out, "amused.json"), json.dumps(result, indent=2) + "\n")
-        atomic_write_text(os.path.join(args.out, "amused.md"), text)
-    print(text)
+def worker(args) -> None:
+    stages.worker(BENCH, args)
 
 
 if __name__ == "__main__":
-    main()
+    stages.main(BENCH, ["256", "512"], __doc__, batches=[1, 4])

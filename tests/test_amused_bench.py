@@ -93,23 +93,23 @@ def test_rows_of_both_frameworks_on_tiny_parts(monkeypatch):
 
 def test_largest_batch_follows_the_peaks_growth():
     rows = [{"batch": 1, "mlx": {"peak_gb": 3.0}}, {"batch": 2, "mlx": {"peak_gb": 5.0}}]
-    assert amused.largest_batch(rows, 20.0) == 9
-    assert amused.largest_batch(rows[:1], 20.0) is None
+    assert amused.stages.largest_batch(rows, 20.0) == 9
+    assert amused.stages.largest_batch(rows[:1], 20.0) is None
     flat = [rows[0], {"batch": 2, "mlx": {"peak_gb": 3.0}}]
-    assert amused.largest_batch(flat, 20.0) is None
+    assert amused.stages.largest_batch(flat, 20.0) is None
 
 
 def test_the_fit_row_runs_the_estimated_batch(monkeypatch):
     monkeypatch.setattr(amused, "parts", tiny_parts)
     seen = []
 
-    def fake_row(size, batch, *args):
+    def fake_row(bench, size, batch, *args):
         seen.append(batch)
         return {"batch": batch, "mlx": {"peak_gb": float(batch), "memory_limit_gb": 10.0}}
 
-    monkeypatch.setattr(amused, "_row", fake_row)
+    monkeypatch.setattr(amused.stages, "row", fake_row)
     monkeypatch.setattr(amused.workers, "mlx_setup", lambda: "MLX setup")
-    monkeypatch.setattr(amused, "torch_setup", lambda: "torch")
+    monkeypatch.setattr(amused.stages, "torch_setup", lambda packages: "torch")
     result = amused.measure(["256"], [1, 2], fit_row=True)
     assert seen == [1, 2, 10] and result["rows"][-1]["largest_fit"]
     assert result["largest_batch_estimate"] == {"amused-256": 10}
