@@ -168,3 +168,64 @@ def test_bad_calls_are_refused():
     with pytest.raises(ValueError, match="no pooled"):
         model(mx.zeros((1, 4, 4, 8)), timesteps=mx.array([1.0]), context=context,
               pooled=mx.zeros((1, 4)))
+
+
+# DPMSolverMultistepScheduler as Sana's hub scheduler config sets it (the fields that matter)
+SANA_DPM = dict(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                final_sigmas_type="zero", lower_order_final=True, euler_at_final=False,
+                timestep_spacing="linspace", num_train_timesteps=1000)
+GUIDANCE = 4.5
+
+
+def _diffusers_loop(reference, scheduler, args: dict, null: dict, steps: int) -> np.ndarray:
+    """Final NCHW latents of SanaPipeline's denoising loop: CFG on a batch [uncond, cond],
+    caption masks included, timestep_scale 1."""
+    scheduler.set_timesteps(steps)
+    latents = args["hidden_states"].clone()
+    states = torch.cat([null["encoder_hidden_states"], args["encoder_hidden_states"]])
+    mask = torch.cat([null["encoder_attention_mask"], args["encoder_attention_mask"]])
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            batch = torch.cat([latents] * 2)
+            prediction = reference(batch, encoder_hidden_states=states,
+                                   encoder_attention_mask=mask,
+                                   timestep=t.expand(batch.shape[0]) * 1.0).sample.float()
+            uncond, cond = prediction.chunk(2)
+            latents = scheduler.step(uncond + GUIDANCE * (cond - uncond), t, latents,
+                                     return_dict=False)[0]
+    return latents.numpy()
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpm"])
+# diffusers' own DPM set_timesteps builds a numpy array from a torch tensor (numpy 2 warns)
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_sampling_with_padded_captions_follows_sanas_pipeline_loop(tmp_path, solver):
+    from diffusers import schedulers
+
+    from mlx_imgen.paradigms import DPMSolverPlan, FlowPlan, diffusion
+    from mlx_imgen.paradigms.conditions import CrossAttentionText
+
+    reference = tiny_sana(seed=7)
+    model = _converted(*_load(save_transformer(reference, tmp_path).parent))
+    args = inputs(tiny_config(), seed=3, lengths=(6, 4))
+    null = inputs(tiny_config(), seed=4, lengths=(1, 1))  # the empty prompt: one token
+    if solver == "euler":
+        scheduler = schedulers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+        plan = FlowPlan(steps=4, solver="euler", schedule="discrete", shift=3.0,
+                        cfg_scale=GUIDANCE, time_scale=1000)
+    else:
+        scheduler = schedulers.DPMSolverMultistepScheduler(**SANA_DPM)
+        plan = DPMSolverPlan(steps=4, shift=3.0, cfg_scale=GUIDANCE)
+    theirs = _diffusers_loop(reference, scheduler, args, null, steps=4)
+    as_mx = lambda t: mx.array(t.numpy())  # noqa: E731
+    text = CrossAttentionText(as_mx(args["encoder_hidden_states"]), None,
+                              as_mx(null["encoder_hidden_states"]), None,
+                              mask=as_mx(args["encoder_attention_mask"]),
+                              null_mask=as_mx(null["encoder_attention_mask"]))
+    noise = mx.array(args["hidden_states"].permute(0, 2, 3, 1).numpy())
+    ours = np.array(diffusion.generate(model, text, plan, noise=noise)).transpose(0, 3, 1, 2)
+    error = _relative_error(ours, theirs)
+    assert error < 1e-3, error
+    # the run moved the latents far from the noise it started at
+    assert np.abs(theirs - args["hidden_states"].numpy()).max() > 0.1 * np.abs(theirs).max()
