@@ -7,8 +7,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .configs import DictConfig
-from .nn import (Attention, GeluMLP, KVCache, LearnedPositions, PatchEmbed, Rope1D,
+from .nn import (Attention, GeluMLP, KVCache, LearnedPositions, MixFFN, PatchEmbed, Rope1D,
                  TimestepEmbedder, make_mlp, make_norm, rope_2d_table, sincos_2d)
+from .nn.attention import KERNELS
 
 
 @dataclass
@@ -18,7 +19,9 @@ class BackboneConfig(DictConfig):
     heads: int
     head_dim: int | None = None       # default width // heads
     # block
-    mlp: str = "gelu_tanh"            # "gelu_tanh" | "gelu" | "quick_gelu" | "swiglu" | "geglu"
+    # "gelu_tanh" | "gelu" | "quick_gelu" | "swiglu" | "geglu" | "mixffn" (Sana's Mix-FFN: the
+    # block must be called with the token grid)
+    mlp: str = "gelu_tanh"
     mlp_hidden: int | None = None     # default 4 * width
     mlp_bias: bool = True
     norm: str = "layer"               # "layer" | "rms"
@@ -35,6 +38,13 @@ class BackboneConfig(DictConfig):
     qk_norm: str | None = None        # None | "layer" | "rms"
     qk_norm_per_head: bool = True     # else over the whole projection, without a learned scale
     qk_norm_eps: float = 1e-6
+    attention_kernel: str = "softmax"  # self-attention's: "softmax" | "relu_linear" (Sana)
+    # cross-attention: its heads, head size and q/k/v bias where they differ from
+    # self-attention's (Sana 600M: self 36 x 32, cross 16 x 72), and whether a norm precedes it
+    cross_heads: int | None = None
+    cross_head_dim: int | None = None
+    cross_qkv_bias: bool | None = None
+    cross_norm: bool = True
     causal: bool = False
     # input: discrete codes or continuous latent patches on a grid_size x grid_size grid
     input: str = "tokens"             # "tokens" | "patches"
@@ -53,7 +63,9 @@ class BackboneConfig(DictConfig):
     conditioning: str = "prefix"      # "prefix" | "text" | "adaln"
     # how "adaln" modulates a block: "zero" is adaLN-Zero (one Linear gives shift, scale and gate
     # for attention and MLP); "continuous" is diffusers' AdaLayerNormContinuous (each norm,
-    # cross-attention's included, has its own Linear giving scale and shift, and nothing is gated)
+    # cross-attention's included, has its own Linear giving scale and shift, and nothing is gated);
+    # "single" is adaLN-single (PixArt, Sana): the model projects the timestep once to (B, 6w)
+    # for all blocks and each block adds its own learned (6, w) table, in adaLN-Zero's order
     modulation: str = "zero"
     modulation_bias: bool = True
     num_classes: int = 1000           # the null class for CFG has id num_classes
@@ -80,8 +92,15 @@ class BackboneConfig(DictConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.head_dim is None and self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
-        if self.modulation not in ("zero", "continuous"):
-            raise ValueError(f"unknown modulation {self.modulation!r}; use 'zero' or 'continuous'")
+        if self.modulation not in ("zero", "continuous", "single"):
+            raise ValueError(f"unknown modulation {self.modulation!r}; use 'zero', 'continuous' "
+                             "or 'single'")
+        if self.attention_kernel not in KERNELS:
+            raise ValueError(f"unknown attention kernel {self.attention_kernel!r}; use one of "
+                             f"{', '.join(KERNELS)}")
+        if not self.cross_norm and self.modulation == "continuous":
+            raise ValueError("continuous modulation scales the norm before cross-attention, "
+                             "so it needs cross_norm")
         if self.conditioning not in ("prefix", "text", "adaln"):
             raise ValueError(f"unknown conditioning {self.conditioning!r}; use 'prefix', 'text' "
                              "or 'adaln'")
@@ -145,7 +164,7 @@ def modulate(x: mx.array, shift: mx.array, scale: mx.array) -> mx.array:
 
 class Block(nn.Module):
     """Pre-norm attention and MLP, optionally cross-attention, optionally modulated by a
-    per-sample condition (adaLN-Zero, or diffusers' continuous scale and shift)."""
+    per-sample condition (adaLN-Zero, adaLN-single, or diffusers' continuous scale and shift)."""
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
@@ -153,25 +172,37 @@ class Block(nn.Module):
                          qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
                          qk_norm_per_head=cfg.qk_norm_per_head)
         w = cfg.width
-        continuous = cfg.conditioning == "adaln" and cfg.modulation == "continuous"
+        adaln = cfg.conditioning == "adaln"
+        continuous = adaln and cfg.modulation == "continuous"
         self.norm1 = make_norm(cfg.norm, w, cfg.norm_eps, cfg.norm_affine, layer_bias=cfg.norm_bias)
-        self.attn = Attention(w, cfg.heads, fused_qkv=cfg.fused_qkv, **attention)
+        self.attn = Attention(w, cfg.heads, fused_qkv=cfg.fused_qkv, kernel=cfg.attention_kernel,
+                              **attention)
         if cfg.context_dim:
-            # an unmodulated cross-attention's norm is always affine (PixArt-style blocks)
-            self.norm_cross = make_norm(cfg.norm, w, cfg.norm_eps,
-                                        cfg.norm_affine if continuous else True,
-                                        layer_bias=cfg.norm_bias)
-            self.cross_attn = Attention(w, cfg.heads, kv_dims=cfg.context_dim, **attention)
+            if cfg.cross_norm:
+                # an unmodulated cross-attention's norm is always affine (PixArt-style blocks)
+                self.norm_cross = make_norm(cfg.norm, w, cfg.norm_eps,
+                                            cfg.norm_affine if continuous else True,
+                                            layer_bias=cfg.norm_bias)
+            cross = dict(attention, head_dim=cfg.cross_head_dim or cfg.head_dim,
+                         qkv_bias=cfg.qkv_bias if cfg.cross_qkv_bias is None
+                         else cfg.cross_qkv_bias)
+            self.cross_attn = Attention(w, cfg.cross_heads or cfg.heads, kv_dims=cfg.context_dim,
+                                        **cross)
         mlp_norm_eps = cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
         self.norm2 = make_norm(cfg.mlp_norm or cfg.norm, w, mlp_norm_eps, cfg.norm_affine,
                                layer_bias=cfg.norm_bias)
-        self.mlp = make_mlp(cfg.mlp, w, cfg.hidden, cfg.mlp_bias)
+        if cfg.mlp == "mixffn":
+            self.mlp = MixFFN(w, cfg.hidden)
+        else:
+            self.mlp = make_mlp(cfg.mlp, w, cfg.hidden, cfg.mlp_bias)
         if continuous:
             self.modulation1 = nn.Linear(w, 2 * w, bias=cfg.modulation_bias)
             if cfg.context_dim:
                 self.modulation_cross = nn.Linear(w, 2 * w, bias=cfg.modulation_bias)
             self.modulation2 = nn.Linear(w, 2 * w, bias=cfg.modulation_bias)
-        elif cfg.conditioning == "adaln":
+        elif adaln and cfg.modulation == "single":
+            self.scale_shift_table = mx.zeros((6, w))
+        elif adaln:
             self.modulation = nn.Linear(w, 6 * w)
 
     def _continuous(self, name: str, h: mx.array, cond: mx.array) -> mx.array:
@@ -179,30 +210,53 @@ class Block(nn.Module):
         scale, shift = mx.split(self[name](cond)[:, None], 2, axis=-1)
         return modulate(h, shift, scale)
 
-    def __call__(self, x, cond=None, *, mask=None, rope=None, cache=None, context=None):
+    def _shifts_scales_gates(self, cond: mx.array) -> list[mx.array]:
+        """adaLN's six (B, 1, w) vectors: shift, scale, gate for attention, then for the MLP.
+        adaLN-Zero computes them from the condition; adaLN-single adds the block's table to the
+        model's shared (B, 6w) projection."""
+        if "scale_shift_table" in self:
+            return mx.split(self.scale_shift_table + cond.reshape(cond.shape[0], 6, -1), 6, axis=1)
+        return mx.split(self.modulation(cond)[:, None], 6, axis=-1)
+
+    def _cross(self, x, context, context_mask):
+        h = self.norm_cross(x) if "norm_cross" in self else x
+        return self.cross_attn(h, context=context, mask=context_mask)
+
+    def _mlp(self, h: mx.array, grid: tuple[int, int] | None) -> mx.array:
+        if isinstance(self.mlp, MixFFN):
+            if grid is None:
+                raise ValueError("a Mix-FFN block needs the token grid; pass grid=(height, width)")
+            return self.mlp(h, *grid)
+        return self.mlp(h)
+
+    def __call__(self, x, cond=None, *, mask=None, rope=None, cache=None, context=None,
+                 context_mask=None, grid=None):
+        """`context_mask` is cross-attention's mask over the context's keys (boolean, or an
+        additive bias), broadcastable to (B, heads, N, L); `grid` the (height, width) of the
+        tokens, for a Mix-FFN."""
         if "modulation1" in self:
             return self._continuous_call(x, cond, mask=mask, rope=rope, cache=cache,
-                                         context=context)
-        if "modulation" in self:
-            shift1, scale1, gate1, shift2, scale2, gate2 = mx.split(
-                self.modulation(cond)[:, None], 6, axis=-1)
+                                         context=context, context_mask=context_mask, grid=grid)
+        modulated = "modulation" in self or "scale_shift_table" in self
+        if modulated:
+            shift1, scale1, gate1, shift2, scale2, gate2 = self._shifts_scales_gates(cond)
             x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1),
                                       mask=mask, rope=rope, cache=cache)
         else:
             x = x + self.attn(self.norm1(x), mask=mask, rope=rope, cache=cache)
         if context is not None:
-            x = x + self.cross_attn(self.norm_cross(x), context=context)
-        if "modulation" in self:
-            return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
-        return x + self.mlp(self.norm2(x))
+            x = x + self._cross(x, context, context_mask)
+        if modulated:
+            return x + gate2 * self._mlp(modulate(self.norm2(x), shift2, scale2), grid)
+        return x + self._mlp(self.norm2(x), grid)
 
-    def _continuous_call(self, x, cond, *, mask, rope, cache, context):
+    def _continuous_call(self, x, cond, *, mask, rope, cache, context, context_mask, grid):
         x = x + self.attn(self._continuous("modulation1", self.norm1(x), cond),
                           mask=mask, rope=rope, cache=cache)
         if context is not None:
             x = x + self.cross_attn(self._continuous("modulation_cross", self.norm_cross(x), cond),
-                                    context=context)
-        return x + self.mlp(self._continuous("modulation2", self.norm2(x), cond))
+                                    context=context, mask=context_mask)
+        return x + self._mlp(self._continuous("modulation2", self.norm2(x), cond), grid)
 
 
 class Transformer(nn.Module):

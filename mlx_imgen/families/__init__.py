@@ -7,9 +7,11 @@ from .dit import DIT, SIT
 from .janus import JANUS
 from .llamagen import LLAMAGEN
 from .maskgit import MASKGIT
+from .sana import SANA
 
 # DiT and SiT checkpoints have the same keys: detection picks DiT, --family sit picks SiT
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMAGEN, MASKGIT, DIT, SIT, JANUS, AMUSED)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMAGEN, MASKGIT, DIT, SIT, JANUS, AMUSED,
+                                                  SANA)}
 
 __all__ = ["FAMILIES", "Family", "Layout", "detect", "get"]
 

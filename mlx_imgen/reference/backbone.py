@@ -25,7 +25,8 @@ MIRRORED_OPTIONS = frozenset({
     "out_channels", "conditioning", "num_classes", "timestep", "timestep_freq_shift",
     "context_dim", "registers", "positions", "rope_base", "rope_prefix", "head_bias",
     "token_embed_dim", "text_vocab_size", "context_length", "head_hidden", "modulation",
-    "modulation_bias", "mlp_norm", "norm_bias"})
+    "modulation_bias", "mlp_norm", "norm_bias", "attention_kernel", "cross_heads",
+    "cross_head_dim", "cross_qkv_bias", "cross_norm"})
 
 
 # ---------------------------------------------------------------- layers
@@ -133,8 +134,9 @@ class Attention(nn.Module):
     def __init__(self, dims: int, heads: int, *, head_dim: int | None = None,
                  kv_dims: int | None = None, fused_qkv: bool = True, qkv_bias: bool = False,
                  out_bias: bool = False, qk_norm: str | None = None, qk_norm_eps: float = 1e-6,
-                 qk_norm_per_head: bool = True):
+                 qk_norm_per_head: bool = True, kernel: str = "softmax"):
         super().__init__()
+        self.kernel = kernel
         self.heads = heads
         self.head_dim = head_dim or dims // heads
         inner = heads * self.head_dim
@@ -175,9 +177,16 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        causal = isinstance(mask, str)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
-                                             is_causal=causal, scale=self.scale)
+        if self.kernel == "relu_linear":
+            # phi(q) (phi(K)^T V) / (phi(q) . sum_j phi(k_j)), phi = ReLU, in float32
+            q, k = F.relu(q).float(), F.relu(k).float()
+            out = (q @ (k.transpose(-1, -2) @ v.float())) / (
+                q @ k.sum(dim=2, keepdim=True).transpose(-1, -2) + 1e-15)
+            out = out.to(v.dtype)
+        else:
+            causal = isinstance(mask, str)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
+                                                 is_causal=causal, scale=self.scale)
         batch, _, length, _ = out.shape
         return self.out(out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -237,15 +246,25 @@ class Block(nn.Module):
         attention = dict(head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias,
                          qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
                          qk_norm_per_head=cfg.qk_norm_per_head)
+        if cfg.modulation == "single" or cfg.mlp not in MLPS:
+            # Sana's blocks (adaLN-single, Mix-FFN) run inside SanaTransformer only, which the
+            # tests check against diffusers' own model, not against this mirror
+            raise ValueError("the torch mirror has no adaLN-single or Mix-FFN blocks")
         w = cfg.width
         self.continuous = cfg.conditioning == "adaln" and cfg.modulation == "continuous"
         self.norm1 = make_norm(cfg.norm, w, cfg.norm_eps, cfg.norm_affine, layer_bias=cfg.norm_bias)
-        self.attn = Attention(w, cfg.heads, fused_qkv=cfg.fused_qkv, **attention)
+        self.attn = Attention(w, cfg.heads, fused_qkv=cfg.fused_qkv, kernel=cfg.attention_kernel,
+                              **attention)
         if cfg.context_dim:
-            self.norm_cross = make_norm(cfg.norm, w, cfg.norm_eps,
-                                        cfg.norm_affine if self.continuous else True,
-                                        layer_bias=cfg.norm_bias)
-            self.cross_attn = Attention(w, cfg.heads, kv_dims=cfg.context_dim, **attention)
+            self.norm_cross = (make_norm(cfg.norm, w, cfg.norm_eps,
+                                         cfg.norm_affine if self.continuous else True,
+                                         layer_bias=cfg.norm_bias)
+                               if cfg.cross_norm else nn.Identity())
+            cross = dict(attention, head_dim=cfg.cross_head_dim or cfg.head_dim,
+                         qkv_bias=cfg.qkv_bias if cfg.cross_qkv_bias is None
+                         else cfg.cross_qkv_bias)
+            self.cross_attn = Attention(w, cfg.cross_heads or cfg.heads, kv_dims=cfg.context_dim,
+                                        **cross)
         mlp_norm_eps = cfg.norm_eps if cfg.mlp_norm_eps is None else cfg.mlp_norm_eps
         self.norm2 = make_norm(cfg.mlp_norm or cfg.norm, w, mlp_norm_eps, cfg.norm_affine,
                                layer_bias=cfg.norm_bias)
