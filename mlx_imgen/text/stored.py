@@ -14,14 +14,15 @@ import mlx.nn as nn
 from ..quantize import apply_structure
 from ..weights.jsonfile import read_json
 from ..weights.shards import load_weights
-from . import clip
+from . import clip, gemma
 
 # model type in config.json -> (config class, module class)
 ENCODERS = {
     "clip_text": (clip.CLIPTextConfig, clip.CLIPTextTower),
     "clip_vision": (clip.CLIPVisionConfig, clip.CLIPVisionTower),
+    "gemma2": (gemma.GemmaConfig, gemma.GemmaTextEncoder),  # Sana's; needs mlx-lm
 }
-TEXT_TYPES = ("clip_text",)
+TEXT_TYPES = ("clip_text", "gemma2")
 IMAGE_TYPES = ("clip_vision",)
 
 

@@ -188,6 +188,11 @@ class PromptTokenizer:
         caller places BOS and the other markers itself)."""
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
+    def count(self, text: str) -> int:
+        """How many tokens `text` takes with the special tokens the tokenizer adds (its BOS),
+        uncut: transformers' len(tokenizer.encode(text))."""
+        return len(self.encode(text)) + self._tokenizer.num_special_tokens_to_add(False)
+
     def token_id(self, token: str) -> int | None:
         """The id of one token of the vocabulary (a special token's), None if it has none."""
         return self._tokenizer.token_to_id(token)
