@@ -149,26 +149,32 @@ def _missing_component(layout: RepoLayout, folder: Path, component: str,
                       f"folder of {layout.repos} (the one this folder came from) into it")
 
 
+def component_weights(folder: Path, stem: str, variant: str | None = None,
+                      what: str = "the weights") -> list[Path] | None:
+    """A component folder's weights: its one file, or the shards its index names (each
+    present: a missing one is refused, naming it); None where it holds no weights file."""
+    chosen = next((folder / n for n in weights_names(stem, variant) if (folder / n).is_file()),
+                  None)
+    if chosen is None or not _is_index(chosen.name):
+        return None if chosen is None else [chosen]
+    shards = [folder / n for n in shard_names(chosen, str(folder))]
+    missing = next((p for p in shards if not p.is_file()), None)
+    if missing is not None:
+        raise ValueError(f"{folder} lacks {missing.name}, a shard of {what} that {chosen.name} "
+                         f"names; download it into {folder}")
+    return shards
+
+
 def local_files(layout: RepoLayout, folder: Path, variant: str | None = None) -> RepoFiles:
     """A folder of a pipeline repo's files in the hub layout; a component or a shard it lacks
     is refused, naming what to download, before anything is read."""
     configs, weights = {}, {}
     for component, (stem, what) in layout.components.items():
-        names = weights_names(stem, variant)
-        chosen = next((folder / component / n for n in names
-                       if (folder / component / n).is_file()), None)
-        if not (folder / component / "config.json").is_file() or chosen is None:
+        found = component_weights(folder / component, stem, variant, what)
+        if not (folder / component / "config.json").is_file() or found is None:
             raise _missing_component(layout, folder, component,
-                                     f"{what}: config.json and {names[0]}")
-        configs[component], weights[component] = folder / component / "config.json", [chosen]
-        if _is_index(chosen.name):
-            shards = [folder / component / n for n in shard_names(chosen, str(folder))]
-            missing = next((p for p in shards if not p.is_file()), None)
-            if missing is not None:
-                raise ValueError(f"{folder} lacks {component}/{missing.name}, a shard of "
-                                 f"{what} that {component}/{chosen.name} names; download it "
-                                 f"into {folder / component}")
-            weights[component] = shards
+                                     f"{what}: config.json and {weights_names(stem, variant)[0]}")
+        configs[component], weights[component] = folder / component / "config.json", found
     tokenizer = {n: folder / TOKENIZER / n for n in layout.tokenizer_files
                  if (folder / TOKENIZER / n).is_file()}
     if not tokenizer:

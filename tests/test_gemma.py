@@ -12,7 +12,7 @@ import torch
 
 from gemma_files import (BOS, PAD, tiny_gemma, write_gemma_tokenizer, write_text_encoder_folder,
                          reference_tokenizer)
-from mlx_imgen.convert.gemma import write_gemma_encoder
+from mlx_imgen.convert.gemma import write_gemma_folder
 from mlx_imgen.convert.writer import write_pipeline
 from mlx_imgen.quantize import (apply_structure, is_quantized, quantization_record,
                                 relative_error)
@@ -32,7 +32,7 @@ def rel(ours, reference) -> float:
 
 
 def convert(hub_folder, out, **options):
-    component = write_gemma_encoder(hub_folder, SOURCE, dtype=options.pop("dtype", None),
+    component = write_gemma_folder(hub_folder, SOURCE, dtype=options.pop("dtype", None),
                                     **options)
     write_pipeline(out, {"kind": "test"}, {"text_encoder": component})
     return load_text_encoder(out / "text_encoder")

@@ -11,6 +11,8 @@ from dataclasses import replace
 from mlx.utils import tree_flatten
 
 from mlx_imgen.sana import SanaConfig, SanaTransformer
+from mlx_imgen.text.gemma import GEMMA2_2B
+from mlx_imgen.text.gemma_prompts import GemmaPrompts
 from mlx_imgen.weights.keymap import (KeyMap, Rule, concatenate_rows, conv_weight, count_blocks,
                                       pointwise_conv_as_linear, shape_of)
 
@@ -108,10 +110,14 @@ def config_for(size: str, image_size: int) -> SanaConfig:
 
 SANA = Family(
     name="sana", title="Sana", paradigm="diffusion", autoencoder="dc-ae",
-    license="nvidia-noncommercial",
+    # the transformer and DC-AE under NVIDIA's non-commercial license; the text encoder under
+    # Gemma's terms of use
+    license="NVIDIA non-commercial + Gemma terms",
     layouts=(Layout("diffusers", ("caption_projection.linear_1.weight", "time_embed.linear.weight",
                                   "transformer_blocks.0.scale_shift_table",
                                   "transformer_blocks.0.ff.conv_depth.weight"),
                     KEYMAP, infer_config),),
     sizes=SIZES, config_for=config_for, preset_table="sana", condition="text",
-    config_class=SanaConfig, model_class=SanaTransformer)
+    config_class=SanaConfig, model_class=SanaTransformer,
+    # prompts through Gemma-2-2B-it's last hidden states, with Sana's instruction prefix
+    prompting=GemmaPrompts.from_folder, text_encoder=("gemma2", GEMMA2_2B))

@@ -157,3 +157,10 @@ class GemmaTextEncoder(nn.Module):
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
         return self.encode(input_ids, attention_mask).hidden_states
+
+
+# Gemma-2-2B(-it), the text encoder of both published Sana sizes (google/gemma-2-2b-it's
+# config.json), for random-weight pipelines and memory estimates
+GEMMA2_2B = GemmaConfig(hidden_size=2304, num_hidden_layers=26, intermediate_size=9216,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                        vocab_size=256000, query_pre_attn_scalar=256.0, sliding_window=4096)
