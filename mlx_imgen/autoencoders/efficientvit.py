@@ -16,16 +16,26 @@ ATTENTION_EPS = 1e-15  # the linear attention's normaliser guard, as in DC-AE
 
 class ScaleAggregation(nn.Module):
     """One extra scale of q, k, v: a k x k depthwise conv over all of their channels, then a
-    1x1 conv within each head's group of head_dim channels (a grouped conv, no biases)."""
+    1x1 conv within each group of head_dim channels (no biases).
+
+    The grouped 1x1 conv keeps its conv weight (O, 1, 1, I / groups) but runs as one batched
+    matmul over the groups: MLX's grouped conv took 16x as long on CPU (32 ms against 2 ms at
+    16 x 16 x 1536)."""
 
     def __init__(self, channels: int, groups: int, kernel: int):
         super().__init__()
+        self.groups = groups
         self.proj_in = nn.Conv2d(channels, channels, kernel, padding=kernel // 2,
                                  groups=channels, bias=False)
         self.proj_out = nn.Conv2d(channels, channels, 1, groups=groups, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.proj_out(self.proj_in(x))
+        x = self.proj_in(x)
+        shape = x.shape
+        size = shape[-1] // self.groups
+        weight = self.proj_out.weight.reshape(self.groups, size, size).swapaxes(1, 2)
+        x = x.reshape(-1, self.groups, 1, size) @ weight  # (pixels, groups, 1, size)
+        return x.reshape(shape)
 
 
 class MultiscaleLinearAttention(nn.Module):
