@@ -159,12 +159,13 @@ DC_AE_KEY_RULES: list[Rule] = [
     Rule(rf"({_D}{_CONVS}\.weight)", r"\1", conv_weight),
     Rule(r"(decoder\..+\.(?:weight|bias))", r"\1"),
 ]
-UNSUPPORTED = {  # config key -> (the value this port runs, what it is)
-    "upsample_block_type": ("interpolate", "up-sampling"),
-    "decoder_norm_types": ("rms_norm", "norm"),
-    "decoder_act_fns": ("silu", "activation"),
-    "decoder_conv_act_fn": ("relu", "output activation"),
-    "decoder_in_shortcut": (True, "input shortcut"),
+# config key -> (the value this port runs, diffusers' default where the key is absent, what)
+SUPPORTED = {
+    "upsample_block_type": ("interpolate", "pixel_shuffle", "up-sampling"),
+    "decoder_norm_types": ("rms_norm", "rms_norm", "norm"),
+    "decoder_act_fns": ("silu", "silu", "activation"),
+    "decoder_conv_act_fn": ("relu", "relu", "output activation"),
+    "decoder_in_shortcut": (True, True, "input shortcut"),
 }
 
 
@@ -187,10 +188,10 @@ def infer_dc_ae_config(state: dict, config: dict | None = None) -> DCAEConfig:
     widths = tuple(config.get("decoder_block_out_channels",
                               config.get("block_out_channels", d.decoder_block_out_channels)))
     stages = len(widths)
-    for key, (supported, what) in UNSUPPORTED.items():
-        values = _per_stage(config.get(key, supported), stages)
-        if any(v != supported for v in values):
-            raise ValueError(f"the DC-AE's {what} ({key}) is {config[key]}; only {supported} "
+    for key, (supported, default, what) in SUPPORTED.items():
+        value = config.get(key, default)
+        if any(v != supported for v in _per_stage(value, stages)):
+            raise ValueError(f"the DC-AE's {what} ({key}) is {value}; only {supported} "
                              "(Sana's DC-AE) is supported")
     cfg = DCAEConfig(
         in_channels=config.get("in_channels", d.in_channels),
