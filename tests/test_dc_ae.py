@@ -143,3 +143,18 @@ def test_decode_flops_count_diffusers_decode_but_the_ones_row(converted):
                          * 2.0 * (h * size) * (w * size) * cfg.attention_head_dim)
     assert ones_row > 0
     assert KIND.decode_flops(cfg, h, w) + ones_row == counter.get_total_flops()
+
+
+def test_the_autoencoder_store_converts_the_vae_folder(converted):
+    """The converter's path: config and weights checked from shapes alone, then stored; what it
+    stores loads strictly and decodes as the directly converted model."""
+    from convert.autoencoder_store import convert_state
+
+    _, folder, model = converted
+    stored, _ = read(folder)
+    config, weights = convert_state("dc-ae", folder / "diffusion_pytorch_model.safetensors",
+                                    stored)
+    loaded = KIND.model(KIND.config.from_dict(config))
+    loaded.load_weights(list(weights.items()), strict=True)
+    z = mx.array(latents((1, 2, 2, 4), seed=4))
+    np.testing.assert_array_equal(np.array(loaded.decode(z)), np.array(model.decode(z)))
