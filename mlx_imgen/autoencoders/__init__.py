@@ -1,9 +1,9 @@
-"""Image <-> latent autoencoders: VQ (discrete codes) and KL-VAE (continuous latents)."""
+"""Image <-> latent autoencoders: VQ (discrete codes), KL-VAE and DC-AE (continuous latents)."""
 
 from dataclasses import dataclass
 from typing import Callable
 
-from . import diffusers_vq, kl
+from . import dc_ae, diffusers_vq, kl
 from .vq import VQConfig, VQModel, decode_flops, infer_vq_config, vq_weights_from_upstream
 
 
@@ -28,3 +28,6 @@ AUTOENCODERS["diffusers-vq"] = AutoencoderKind(
     diffusers_vq.DiffusersVQConfig, diffusers_vq.DiffusersVQModel,
     diffusers_vq.infer_diffusers_vq_config, diffusers_vq.diffusers_vq_weights_from_upstream,
     diffusers_vq.decode_flops)
+# Sana's 32x DC-AE (diffusers `AutoencoderDC`), decode only, which converts with its config.json
+AUTOENCODERS["dc-ae"] = AutoencoderKind(dc_ae.DCAEConfig, dc_ae.DCAE, dc_ae.infer_dc_ae_config,
+                                        dc_ae.dc_ae_weights_from_upstream, dc_ae.decode_flops)

@@ -66,6 +66,12 @@ class Downsample(nn.Module):
         return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
 
 
+def nearest_2x(x: mx.array) -> mx.array:
+    """(B, H, W, C) -> (B, 2H, 2W, C), each pixel repeated 2 x 2 (torch's nearest x2)."""
+    b, h, w, c = x.shape
+    return mx.broadcast_to(x[:, :, None, :, None], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+
+
 class Upsample(nn.Module):
     """Nearest-neighbour x2, then a 3x3 conv."""
 
@@ -74,9 +80,7 @@ class Upsample(nn.Module):
         self.conv = BandedConv2d(channels, channels, 3)
 
     def __call__(self, x: mx.array) -> mx.array:
-        b, h, w, c = x.shape
-        x = mx.broadcast_to(x[:, :, None, :, None], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-        return self.conv(x)
+        return self.conv(nearest_2x(x))
 
 
 # ---------------------------------------------------------------- upstream attention names
