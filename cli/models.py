@@ -90,19 +90,24 @@ def convert(
     weights: str = typer.Option(None, help="The weight set of a training checkpoint: ema or "
                                 "model (default: the one upstream samples from, ema for DiT/SiT)."),
     variant: str = typer.Option(None, help="fp16: read a diffusers repo's .fp16 weights "
-                                "first (aMUSEd; they are read anyway where the float32 ones "
-                                "are absent)."),
+                                "first (aMUSEd, Sana; they are read anyway where the float32 "
+                                "ones are absent)."),
+    text_quantize: int = typer.Option(None, help="Sana: quantize the Gemma text encoder to "
+                                      "this many bits (default: as --quantize), e.g. "
+                                      "--quantize 8 --text-quantize 4."),
 ):
     """Convert a PyTorch checkpoint (or an autoencoder alone) into an MLX folder."""
     from mlx_imgen.convert.converter import convert as run_convert
 
     with user_errors():
         check_convert_options(dtype, config, quantize, group_size)
+        check_options({"--text-quantize": (text_quantize, quantize_bits())})
         with console.status(f"converting {source}"):
             folder = run_convert(source, out, family=family, dtype=dtype, config=config,
                                  autoencoder=str(autoencoder) if autoencoder else None,
                                  revision=revision, force=force, quantize=quantize,
-                                 group_size=group_size, weights=weights, variant=variant)
+                                 group_size=group_size, weights=weights, variant=variant,
+                                 text_quantize=text_quantize)
         console.print(f"wrote {folder}")
 
 

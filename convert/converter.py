@@ -17,7 +17,7 @@ from mlx_imgen.weights.readers import CHECKPOINT_SUFFIXES, read_checkpoint
 from mlx_imgen.weights.shards import load_weights
 
 from . import autoencoder_store as store
-from . import amused, clip, janus, upstream_config
+from . import amused, clip, janus, sana, upstream_config
 from .hub import fetch, require
 from .streaming import stream_weights
 from .writer import holding_lock_on, sha256_of, write_pipeline
@@ -245,18 +245,31 @@ def _standalone_autoencoder(source: str, path: Path) -> tuple[str, Source | None
 
 
 @holding_lock_on("out")
+def _convert_sana(source: str, out: Path, *, family, dtype, config, autoencoder, weights,
+                  quantize, group_size, revision, force, variant, text_quantize) -> Path:
+    """Sana: the DC-AE, the Gemma text encoder, the tokenizer and the scheduler come with the
+    transformer, and each component's config.json says what shapes cannot."""
+    _check_whole_repo(source, name=sana.FAMILY, title="a Sana",
+                      parts="folders (its DC-AE and Gemma text encoder included)", family=family,
+                      config=config, autoencoder=autoencoder, weights=weights)
+    return sana.convert_sana(source, out, dtype=dtype, quantize=quantize, group_size=group_size,
+                             revision=revision, force=force, variant=variant,
+                             text_quantize=text_quantize)
+
+
 def convert(source: str, out: str | Path, *, family: str | None = None, dtype: str | None = None,
             config: str | dict | None = None, autoencoder: str | None = None,
             revision: str | None = None, force: bool = False, quantize: int | None = None,
             group_size: int = 64, weights: str | None = None,
-            variant: str | None = None) -> Path:
+            variant: str | None = None, text_quantize: int | None = None) -> Path:
     """Convert `source` (an alias, a .pt/.pth/.safetensors path, or a converted float folder)
     into the folder `out`, optionally quantizing the transformer to `quantize` bits. A CLIP
     model (the scorer alias, a hub repo id or a hub-layout folder) converts into a scorer
     folder (convert/clip.py). `weights`
     picks the weight set of a training checkpoint ("ema" or "model"); by default the set the
     family's upstream samples from. An autoencoder alone converts into an autoencoder folder.
-    `variant` "fp16" reads a diffusers repo's fp16 weights first (aMUSEd)."""
+    `variant` "fp16" reads a diffusers repo's fp16 weights first (aMUSEd, Sana);
+    `text_quantize` quantizes Sana's Gemma text encoder to other bits than the transformer."""
     dtype = resolve_dtype(dtype)
     out = Path(out)
     if out.exists() and not force:
@@ -265,9 +278,15 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
         check_settings(quantize, group_size)
     path = Path(source)
     is_amused = amused.is_amused_source(source) or family == amused.FAMILY
-    if variant is not None and not is_amused:
-        raise ValueError(f"--variant picks the weights of a diffusers pipeline repo (aMUSEd); "
-                         f"leave it out for {source}")
+    is_sana = sana.is_sana_source(source) or family == sana.FAMILY
+    if variant is not None and not (is_amused or is_sana):
+        raise ValueError(f"--variant picks the weights of a diffusers pipeline repo (aMUSEd, "
+                         f"Sana); leave it out for {source}")
+    if text_quantize is not None and not is_sana:
+        raise ValueError(f"--text-quantize sets the bits of Sana's Gemma text encoder; leave it "
+                         f"out for {source}")
+    if text_quantize:
+        check_settings(text_quantize, group_size)
     if clip.is_clip_source(source) or clip.is_converted_clip(path):
         extra = [name for name, value in (("--family", family), ("--config", config),
                                           ("--autoencoder", autoencoder), ("--weights", weights))
@@ -281,6 +300,11 @@ def convert(source: str, out: str | Path, *, family: str | None = None, dtype: s
         if not quantize:
             raise ValueError(f"{path} is a converted CLIP folder; to quantize it pass --quantize")
         return clip.requantize_clip(path, out, quantize, group_size, force)
+    if is_sana:
+        return _convert_sana(source, out, family=family, dtype=dtype, config=config,
+                             autoencoder=autoencoder, weights=weights, quantize=quantize,
+                             group_size=group_size, revision=revision, force=force,
+                             variant=variant, text_quantize=text_quantize)
     if is_amused:
         return _convert_amused(source, out, family=family, dtype=dtype, config=config,
                                autoencoder=autoencoder, weights=weights, quantize=quantize,

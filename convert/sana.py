@@ -195,8 +195,8 @@ def convert_sana(source: str, out: Path, *, dtype: str | None = None,
                                read_json(files.configs["text_encoder"], "download it again"),
                                files.source("text_encoder"), dtype=dtype,
                                quantize=text_quantize or None, group_size=group_size,
-                               settings=common, what=f"{files.file_name('text_encoder')} in "
-                                                     f"{files.where}")
+                               settings=common, where=f"text_encoder/config.json in "
+                                                      f"{files.where}")
     config, transformer_weights, quantization = _transformer(files, fam, dtype, quantize,
                                                               group_size)
     settings = {**common, "dtype": dtype, "quantization": quantization}

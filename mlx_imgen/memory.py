@@ -122,7 +122,7 @@ def sampling_bytes(cfg, paradigm: str, batch: int, activation_bytes: int,
 
     # a model with its own config (aMUSEd's U-ViT): its transformer layers, and its logits
     layers = cfg if isinstance(cfg, BackboneConfig) else cfg.backbone()
-    scores = cfg.output_dims if isinstance(cfg, BackboneConfig) else cfg.vocab_size
+    scores = cfg.output_dims if hasattr(cfg, "output_dims") else cfg.vocab_size
     rows, t, d, b = 2 * batch, layers.seq_len, layers.width, activation_bytes
     if layers.conditioning == "text":
         t += TEXT_PREFIX_TOKENS if prompt_tokens is None else prompt_tokens

@@ -3,7 +3,7 @@
 import difflib
 from dataclasses import dataclass, field
 
-from .families import AMUSED, DIT, JANUS, LLAMAGEN, MASKGIT, SIT
+from .families import AMUSED, DIT, JANUS, LLAMAGEN, MASKGIT, SANA, SIT
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,38 @@ def _amused(image_size: int, parameters: str) -> ModelCard:
 CARDS.update({card.alias: card for card in [
     _amused(256, "604M+88M VQ+124M text"),
     _amused(512, "608M+88M VQ+124M text"),
+]})
+
+
+# Sana (NVIDIA and MIT Han Lab): a linear-attention DiT on the 32x DC-AE's latents, conditioned
+# on Gemma-2-2B-it; the hub repo is a diffusers pipeline whose transformer/, vae/, text_encoder/
+# (sharded), tokenizer/ and scheduler/ convert together (convert/sana.py)
+def _sana(size: str, image_size: int, repo_name: str, parameters: str, geneval: float,
+          fid: float, clip_score: float) -> ModelCard:
+    repo = f"Efficient-Large-Model/{repo_name}"
+
+    def component(folder: str) -> Source:
+        return Source(repo, f"{folder}/diffusion_pytorch_model.safetensors",
+                      config=f"{folder}/config.json",
+                      fallback=f"{folder}/diffusion_pytorch_model.fp16.safetensors")
+
+    return ModelCard(
+        alias=f"sana-{size}-{image_size}", family="sana", paradigm="diffusion", size=size,
+        image_size=image_size, parameters=parameters, transformer=component("transformer"),
+        autoencoder=component("vae"), license=SANA.license,
+        published="Sana paper (Xie et al. 2024), its 512/1024 px table: GenEval overall, "
+                  "FID and CLIP score on MJHQ-30K; 20 DPM-Solver++ steps, guidance 4.5",
+        sampling=SANA.sampling, condition="text",
+        benchmarks={"GenEval": geneval, "MJHQ FID": fid, "MJHQ CLIP": clip_score})
+
+
+# parameters: the transformer, the DC-AE's decoder and Gemma-2-2B, counted on the published
+# configs (mlx_imgen.memory.counted_parameters)
+CARDS.update({card.alias: card for card in [
+    _sana("0.6b", 512, "Sana_600M_512px_diffusers", "592M+159M DC-AE+2.6B text", 0.64, 5.67,
+          27.92),
+    _sana("1.6b", 1024, "Sana_1600M_1024px_diffusers", "1.6B+159M DC-AE+2.6B text", 0.66,
+          5.76, 28.67),
 ]})
 
 

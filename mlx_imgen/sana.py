@@ -108,6 +108,16 @@ class SanaConfig(DictConfig):
         return self.sample_size // self.patch_size
 
     @property
+    def output_dims(self) -> int:
+        """What the head predicts per token: a patch of velocity."""
+        return self.patch_size ** 2 * self.output_channels
+
+    @property
+    def any_size(self) -> bool:
+        """Sana has no position embedding, so one model samples latents of any size."""
+        return True
+
+    @property
     def num_tokens(self) -> int:
         return self.grid_size * self.grid_size
 

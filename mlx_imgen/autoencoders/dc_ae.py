@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_imgen.configs import DictConfig
-from mlx_imgen.nn import RMSNorm
+from mlx_imgen.nn import BandedConv2d, RMSNorm
 from mlx_imgen.weights.keymap import (Rule, concatenate_rows, conv_weight, map_keys,
                                       pointwise_conv_as_linear, shape_of)
 
@@ -52,8 +52,8 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv1 = BandedConv2d(channels, channels, 3)
+        self.conv2 = BandedConv2d(channels, channels, 3, bias=False)
         self.norm = RMSNorm(channels, eps=NORM_EPS, bias=True)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -67,7 +67,7 @@ class UpBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv = BandedConv2d(cin, cout, 3)
         self.repeats = 4 * cout // cin
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -81,7 +81,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DCAEConfig):
         super().__init__()
         widths = cfg.decoder_block_out_channels
-        self.conv_in = nn.Conv2d(cfg.latent_channels, widths[-1], 3, padding=1)
+        self.conv_in = BandedConv2d(cfg.latent_channels, widths[-1], 3)
         self.in_repeats = widths[-1] // cfg.latent_channels
         self.up_blocks = []  # indexed by stage, shallowest first, as diffusers' up_blocks
         for i, (width, layers) in enumerate(zip(widths, cfg.decoder_layers_per_block)):
@@ -92,7 +92,7 @@ class Decoder(nn.Module):
                                                cfg.decoder_qkv_multiscales[i]))
             self.up_blocks.append(stage)
         self.norm_out = RMSNorm(widths[0], eps=NORM_EPS, bias=True)
-        self.conv_out = nn.Conv2d(widths[0], cfg.in_channels, 3, padding=1)
+        self.conv_out = BandedConv2d(widths[0], cfg.in_channels, 3)
 
     def __call__(self, z: mx.array) -> mx.array:
         x = self.conv_in(z) + mx.repeat(z, self.in_repeats, axis=-1)
