@@ -9,6 +9,7 @@ read: its solver, order and flow shift become the folder's sampling defaults (th
 preset), and a scheduler the sampler does not run is refused."""
 
 import datetime
+import math
 from pathlib import Path
 
 import mlx.core as mx
@@ -98,7 +99,8 @@ def sampling_from_scheduler(config: dict | None, where: str) -> dict:
         sampler = {"sampler": "euler"}
     else:
         raise _unsupported(where, f"the scheduler {name!r}")
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not shift > 0:
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) \
+            or not math.isfinite(shift) or shift <= 0:
         raise ValueError(f"{repo.SCHEDULER_CONFIG} in {where} has the time shift {shift!r}, "
                          "not a positive number; download it again")
     return {**SANA_DEFAULTS, **sampler, "shift": float(shift)}

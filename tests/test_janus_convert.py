@@ -215,11 +215,25 @@ def test_quantized_conversion_and_info(hub, offline, tmp_path):
     assert (tmp_path / "q4" / "tokenizer" / "tokenizer.json").is_file()
 
 
+def table_rows(output: str) -> dict[str, str]:
+    """Each row of the printed tables by its alias, its wrapped cells' lines joined."""
+    rows, alias = {}, None
+    for line in output.splitlines():
+        if line.startswith("│ ") and line[2] != " ":
+            alias = line.split()[1]
+            rows[alias] = line
+        elif line.startswith("│") and alias:
+            rows[alias] += " " + line
+        else:
+            alias = None
+    return {a: " ".join(r.replace("│", " ").split()) for a, r in rows.items()}
+
+
 def test_models_lists_the_janus_aliases_with_text_conditioning():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
-    lines = {line.split()[1]: line for line in result.output.splitlines()
-             if line.startswith("│ janus")}
+    lines = {alias: row for alias, row in table_rows(result.output).items()
+             if alias.startswith("janus")}
     assert set(lines) == {"janus-pro-1b", "janus-pro-7b"}
     assert "0.73" in lines["janus-pro-1b"] and "82.63" in lines["janus-pro-1b"]
     assert "0.80" in lines["janus-pro-7b"] and "84.19" in lines["janus-pro-7b"]
