@@ -244,7 +244,6 @@ def _standalone_autoencoder(source: str, path: Path) -> tuple[str, Source | None
     return None
 
 
-@holding_lock_on("out")
 def _convert_sana(source: str, out: Path, *, family, dtype, config, autoencoder, weights,
                   quantize, group_size, revision, force, variant, text_quantize) -> Path:
     """Sana: the DC-AE, the Gemma text encoder, the tokenizer and the scheduler come with the
@@ -257,6 +256,7 @@ def _convert_sana(source: str, out: Path, *, family, dtype, config, autoencoder,
                              text_quantize=text_quantize)
 
 
+@holding_lock_on("out")
 def convert(source: str, out: str | Path, *, family: str | None = None, dtype: str | None = None,
             config: str | dict | None = None, autoencoder: str | None = None,
             revision: str | None = None, force: bool = False, quantize: int | None = None,
