@@ -18,6 +18,7 @@ from .prompts import Prompt, as_prompts, check_condition, image_seeds
 from .quantize import apply_structure, quantization_record, quantize_model
 from .registry import get_card
 from .text.stored import build_encoder, load_text_encoder
+from .text.stored import quantizable_layers as encoder_layers
 from .version import __version__
 from .weights.dtypes import DTYPES
 from .weights.jsonfile import read_json
@@ -122,16 +123,21 @@ class Pipeline:
         self.autoencoder = self.autoencoder_kind.model(self.autoencoder_config)
         _load_weights(self.autoencoder, self.folder / "autoencoder")
         self.text_encoder = None  # a family with a text tower of its own (aMUSEd's CLIP)
+        self.tokenizer_folder = self.folder / TOKENIZER_FOLDER
         if (self.folder / TEXT_ENCODER_FOLDER).is_dir():
             encoder_config = read_json(self.folder / TEXT_ENCODER_FOLDER / "config.json")
             self.sources[TEXT_ENCODER_FOLDER] = encoder_config.get("source")
             self.text_encoder = load_text_encoder(self.folder / TEXT_ENCODER_FOLDER)
 
     @classmethod
-    def random(cls, alias: str, dtype: str = "float32", bits: int | None = None) -> "Pipeline":
+    def random(cls, alias: str, dtype: str = "float32", bits: int | None = None, *,
+               text_bits: int | None = None, group_size: int = 64,
+               tokenizer: Path | None = None) -> "Pipeline":
         """The alias's architecture with random weights, to profile a model without a download;
         with `bits`, its transformer quantized before any weight is computed, so that no float
-        copy of it is ever held (Janus-Pro-7B in float32 would need 30 GB)."""
+        copy of it is ever held (Janus-Pro-7B in float32 would need 30 GB); `text_bits` does
+        the same for a family's own text encoder (Sana's Gemma). `tokenizer`, a tokenizer
+        folder, lets a text family's random pipeline read prompts."""
         card = get_card(alias)
         pipe = cls.__new__(cls)
         pipe.folder = None
@@ -143,8 +149,9 @@ class Pipeline:
         pipe.config = pipe.family.config_for(card.size, card.image_size)
         pipe.transformer = pipe.family.model_class(pipe.config)
         pipe.transformer.set_dtype(DTYPES[dtype])
+        pipe.tokenizer_folder = None if tokenizer is None else Path(tokenizer)
         if bits:
-            pipe.quantize(bits)
+            pipe.quantize(bits, group_size)
         pipe.autoencoder_kind = AUTOENCODERS[pipe.family.autoencoder]
         pipe.autoencoder_config = pipe.autoencoder_kind.config()
         pipe.autoencoder = pipe.autoencoder_kind.model(pipe.autoencoder_config)
@@ -152,6 +159,9 @@ class Pipeline:
         if pipe.family.text_encoder is not None:
             pipe.text_encoder = build_encoder(*pipe.family.text_encoder)
             pipe.text_encoder.set_dtype(DTYPES[dtype])
+            if text_bits:
+                apply_structure(pipe.text_encoder, quantization_record(
+                    text_bits, group_size, encoder_layers(pipe.text_encoder, group_size)))
             mx.eval(pipe.text_encoder.parameters())
         mx.eval(pipe.transformer.parameters(), pipe.autoencoder.parameters())
         return pipe
@@ -276,7 +286,7 @@ class Pipeline:
     def prompting(self):
         """The family's prompt rows from the folder's tokenizer, read on first use."""
         if getattr(self, "_prompting", None) is None:
-            folder = self.folder / TOKENIZER_FOLDER if self.folder else None
+            folder = self.tokenizer_folder
             if folder is None or not folder.is_dir():
                 where = f"{self.folder} has no {TOKENIZER_FOLDER}/ folder" if self.folder else \
                     "a random-weight pipeline has no tokenizer"
@@ -338,9 +348,10 @@ class Pipeline:
                  height: int | None = None, **overrides) -> list[Image.Image]:
         """Sample and decode one image per class id, the images `first_index`, ... of the run
         with `seed`: image i draws its random numbers from (seed, i) alone, so `batch_size`
-        does not change the images and `first_index` regenerates one alone. `low_memory` frees the transformer before
-        decoding (the pipeline cannot sample again), decodes one image at a time and keeps
-        MLX's buffer cache small. Diffusion takes explicit initial `noise` (one latent per
+        does not change the images and `first_index` regenerates one alone. `low_memory` frees
+        the text encoder once the prompts are encoded and the transformer before decoding (the
+        pipeline cannot sample again), decodes one image at a time and keeps MLX's buffer
+        cache small. Diffusion takes explicit initial `noise` (one latent per
         class); `image_size` only confirms the model's; `decode_batch_size` sets how many
         images decode together (default: the sampling batch). `plan` (from `self.plan`) replaces
         the overrides, so a caller can keep the plan it ran (dopri5 records its steps there).
@@ -388,6 +399,11 @@ class Pipeline:
             keys = image_seeds(entries, seed=seed, first_index=first_index)
         if low_memory:
             mx.set_cache_limit(256 * 1024 ** 2)
+            if entries is not None and self.text_encoder is not None:
+                # every prompt is encoded: sampling and decoding get the encoder's memory
+                mx.eval([c.arguments(self.transformer, False) for c in conditions])
+                self.text_encoder = None
+                mx.clear_cache()
         samples = []
         for n, start in enumerate(batches):
             if entries is not None:
