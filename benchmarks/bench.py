@@ -5,7 +5,9 @@ PyTorch reference on the same weights and plans; 8-bit and 4-bit rows for one mo
 paradigm; Janus-Pro-1B with random weights (benchmarks/janus.py: prefill, time per image token,
 the decode's fraction of its weight-bandwidth bound; `--no-janus` skips it); aMUSEd-256 and -512's
 stages (CLIP text, 12-step loop, VQ decode) against diffusers' (benchmarks/amused.py; `--no-amused`
-skips it); the BLAS that MLX's
+skips it); Sana-0.6B-512 and -1.6B-1024's stages (Gemma-2 text, 20-step DPM-Solver++ loop, DC-AE
+decode) against diffusers' and transformers' (benchmarks/sana.py; `--no-sana` skips it); the BLAS
+that MLX's
 CPU backend runs on, against numpy and torch. The reference runs in a child process without
 the BLAS preloaded for MLX, at its faster thread count (`mlx_imgen.reference.child`). Every row
 times at least --min-steps steps per trial (a step budget never cuts a loop below that) and
@@ -92,6 +94,8 @@ def main() -> None:
                         "the torch row included)")
     parser.add_argument("--no-amused", action="store_true",
                         help="skip the aMUSEd rows (minutes on a 2-core CPU)")
+    parser.add_argument("--no-sana", action="store_true",
+                        help="skip the Sana rows (tens of minutes on a 2-core CPU)")
     parser.add_argument("--clip-repeats", type=int, default=3,
                         help="repeats of the CLIP ViT-L/14 tower rows (0: none)")
     args = parser.parse_args()
@@ -139,6 +143,12 @@ def main() -> None:
         # torch at every core: on the 2-core EPYC it beat one thread for both sizes
         rep["amused"] = amused.measure(["256", "512"], [1, 2], repeats=1, steps_timed=2,
                                        torch_threads=[os.cpu_count() or 1], fit_row=True)
+    if not args.no_sana:
+        import sana  # beside this script
+
+        print("timing Sana-0.6B-512 and -1.6B-1024's stages", flush=True)
+        rep["sana"] = sana.measure(["0.6b", "1.6b"], [1, 2], repeats=1, steps_timed=1,
+                                   torch_threads=[os.cpu_count() or 1])
     atomic_write_text(args.out / "bench.json", json.dumps(rep, indent=2) + "\n")
     atomic_write_text(args.out / "bench.md", render(rep))
     for path in write_plots(rep, args.out):
@@ -167,6 +177,14 @@ def render(rep: dict) -> str:
 
         text += ("\n## aMUSEd text-to-image: text encoding, sampling loop, decode\n\n"
                  + amused.markdown(rep["amused"]))
+    if rep.get("sana"):
+        import sana
+
+        text += ("
+## Sana text-to-image: text encoding, sampling loop, decode
+
+"
+                 + sana.markdown(rep["sana"]))
     return text
 
 

@@ -169,10 +169,10 @@ def torch_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
     device, torch_dtype = stages.torch_device(), getattr(torch, dtype)
     sync = stages.torch_sync(device)
     torch.manual_seed(0)
-    text = Gemma2Model(Gemma2Config(**gemma_kwargs(text_cfg))).eval().to(device, torch_dtype)
-    model = SanaTransformer2DModel(**transformer_kwargs(sana_cfg)).eval().to(device,
-                                                                              torch_dtype)
-    ae = AutoencoderDC(**dc_ae_kwargs(ae_cfg)).eval().to(device)  # float32, as the pipeline's
+    with torch.device(device):  # initialised where they run (a CPU init of 4B weights is slow)
+        text = Gemma2Model(Gemma2Config(**gemma_kwargs(text_cfg))).eval().to(torch_dtype)
+        model = SanaTransformer2DModel(**transformer_kwargs(sana_cfg)).eval().to(torch_dtype)
+        ae = AutoencoderDC(**dc_ae_kwargs(ae_cfg)).eval()  # float32, as the pipeline's
     scheduler = DPMSolverMultistepScheduler(
         algorithm_type="dpmsolver++", solver_order=2, prediction_type="flow_prediction",
         use_flow_sigmas=True, flow_shift=SHIFT, final_sigmas_type="zero")

@@ -2,10 +2,6 @@
 process: both frameworks build the same architectures, every stage is timed, the rows, FLOPs and
 the batch estimate are filled, the table renders. No timings are asserted."""
 
-import argparse
-import contextlib
-import io
-import json
 import sys
 from pathlib import Path
 
@@ -14,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig as HFTextConfig, CLIPTextModelWithProjection
 
 from diffusers_vq_files import TINY_VQ
+from stage_bench import in_process
 from mlx_imgen.autoencoders.diffusers_vq import DiffusersVQConfig
 from mlx_imgen.families.amused import config_from_json
 from mlx_imgen.flops import clip_text_flops, uvit_forward_flops
@@ -55,24 +52,7 @@ def test_clip_text_flops_equal_torchs_count():
 def test_rows_of_both_frameworks_on_tiny_parts(monkeypatch):
     monkeypatch.setattr(amused, "parts", tiny_parts)
 
-    def in_process(script, name, argv, threads):
-        options = dict(zip(argv[::2], argv[1::2]))
-        args = argparse.Namespace(worker=name, threads=threads or 1, sizes=[options["--sizes"]],
-                                  batches=[int(options["--batches"])], dtype=options["--dtype"],
-                                  steps_timed=int(options["--steps-timed"]))
-        out = io.StringIO()
-        # a worker owns its process: it turns torch's autograd off and sets its threads, which
-        # must not outlive it here
-        threads = torch.get_num_threads()
-        try:
-            with contextlib.redirect_stdout(out), torch.no_grad():
-                amused.worker(args)
-        finally:
-            torch.set_num_threads(threads)
-        line = next(ln for ln in out.getvalue().splitlines() if ln.startswith("RESULT "))
-        return json.loads(line[len("RESULT "):])
-
-    monkeypatch.setattr(amused.workers, "run_worker", in_process)
+    monkeypatch.setattr(amused.workers, "run_worker", in_process(amused))
     monkeypatch.setattr(amused.workers, "mlx_setup", lambda: "MLX setup")
     result = amused.measure(["256", "512"], [1, 2], repeats=1, steps_timed=2,
                             torch_threads=[1])

@@ -225,3 +225,23 @@ def test_a_prompt_over_the_limit_is_cut_with_a_warning(converted, tmp_path, capl
     assert result.exit_code == 0, result.output
     assert any("cut" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "long.png").is_file()
+
+
+def test_the_fp16_variant_converts_where_float32_is_absent_or_when_asked(tmp_path):
+    models = write_tiny_sana(tmp_path / "repo", fp16_transformer=True)
+    result = invoke("convert", tmp_path / "repo", "--out", tmp_path / "half", "--variant",
+                    "fp16", "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+    source = json.loads((tmp_path / "half" / "transformer" / "config.json").read_text())
+    assert source["source"]["file"] == "transformer/diffusion_pytorch_model.fp16.safetensors"
+    weights = load_weights(tmp_path / "half" / "transformer")
+    table = weights["blocks.0.scale_shift_table"]
+    expected = models["transformer"].transformer_blocks[0].scale_shift_table.detach()
+    # float16's rounding of the published float32 values, widened again
+    assert np.array_equal(np.array(table).reshape(-1),
+                          expected.half().float().numpy().reshape(-1))
+    (tmp_path / "repo" / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    result = invoke("convert", tmp_path / "repo", "--out", tmp_path / "only")
+    assert result.exit_code == 0, result.output
+    result = invoke("convert", tmp_path / "repo", "--out", tmp_path / "bad", "--variant", "bf8")
+    assert result.exit_code == 2 and "unknown weights variant" in result.output
