@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from .backbone import BackboneConfig
 from .paradigms import MaskedTokenPlan, NextTokenPlan, diffusion
 from .sana import SanaConfig
+from .text.clip import CLIPTextConfig
+from .text.gemma import GemmaConfig
 from .uvit import TEXT_LENGTH, UVitConfig
 
 # Sana's caption: Gemma-2's states of 300 positions (text.gemma_prompts.MAX_TOKENS)
@@ -160,6 +162,15 @@ def gemma_text_flops(config, length: int) -> Flops:
     attention = 2 * 2 * length * length * q_width
     return Flops(float(config.num_hidden_layers * per_token * length),
                  float(config.num_hidden_layers * attention))
+
+
+def text_encoder_flops(config, length: int) -> float:
+    """One row of `length` tokens through a family's own text encoder, by its config's kind."""
+    if isinstance(config, CLIPTextConfig):
+        return clip_text_flops(config, length)
+    if isinstance(config, GemmaConfig):
+        return gemma_text_flops(config, length).total
+    raise TypeError(f"no FLOPs rule for text encoder config {type(config).__name__}")
 
 
 def _token_by_token(config: BackboneConfig, plan: NextTokenPlan, prompt_length: int = 0) -> Flops:
