@@ -65,7 +65,7 @@ def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
                        decode=pipe.decode_samples, autoencoder=pipe.autoencoder,
                        decode_flops_per_image=pipe.decode_flops_per_image(),
                        prompt_tokens=PROFILE_PROMPT_TOKENS if prefixed else 0,
-                       text_encoder=pipe.text_encoder,
+                       text_encoder=pipe.text_encoder, stand_in_text=pipe.family.stand_in_text,
                        extra={"random_weights": random_weights,
                               "quantization": pipe.index.get("quantization")})
 

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 from .backbone import BackboneConfig
 from .paradigms import MaskedTokenPlan, NextTokenPlan, diffusion
+from .sana import SanaConfig
+from .text.clip import CLIPTextConfig
+from .text.gemma import GemmaConfig
 from .uvit import TEXT_LENGTH, UVitConfig
+
+# Sana's caption: Gemma-2's states of 300 positions (text.gemma_prompts.MAX_TOKENS)
+SANA_TEXT_LENGTH = 300
 
 
 @dataclass
@@ -39,6 +45,9 @@ def forward_flops(config: BackboneConfig, length: int | None = None, context: in
     """
     if isinstance(config, UVitConfig):
         return uvit_forward_flops(config, text_length or TEXT_LENGTH)
+    if isinstance(config, SanaConfig):
+        side = config.grid_size * config.patch_size
+        return sana_forward_flops(config, side, side, text_length or SANA_TEXT_LENGTH)
     q = config.seq_len if length is None else length
     kv = q if context is None else context
     w, inner = config.width, config.heads * config.dims_per_head
@@ -110,6 +119,60 @@ def uvit_forward_flops(config: UVitConfig, text_length: int = TEXT_LENGTH) -> Fl
     return Flops(float(linear), float(attention))
 
 
+def sana_forward_flops(config: SanaConfig, height: int, width: int, text_length: int) -> Flops:
+    """One sample's pass of Sana's transformer over a `height` x `width` latent grid (latent
+    cells, multiples of the patch size) with a caption of `text_length` states.
+
+    Linear: the patch projection; the caption projection (two Linears over every caption
+    position); the timestep MLP and the shared Linear to six modulations (once per sample);
+    per block the self-attention's q, k, v and out, the cross-attention's q and out on the
+    image and k and v on the caption, the Mix-FFN's pointwise expand to 2 x hidden, its 3x3
+    depthwise conv (9 multiply-adds per channel and token) and its pointwise projection back;
+    the final Linear. Attention: the linear kernel, per head of size d over N tokens, phi(K)^T V
+    and phi(Q) (KV) (N d^2 each) and the normaliser, phi(K) summed over the tokens and
+    dotted with each phi(q) (N d each): 2 N d (d + 1) multiply-adds; cross-attention's QK^T
+    and AV over `text_length` keys. Masked caption positions are computed like the others."""
+    p, w, hidden = config.patch_size, config.width, config.hidden
+    tokens = (height // p) * (width // p)
+    heads, d = config.num_attention_heads, config.attention_head_dim
+    cross = config.num_cross_attention_heads * config.cross_attention_head_dim
+    linear = 2 * tokens * p * p * config.in_channels * w
+    linear += 2 * text_length * (config.caption_channels * w + w * w)
+    linear += 2 * (256 * w + w * w) + 2 * w * 6 * w
+    block = 2 * tokens * (w * 3 * heads * d + heads * d * w)             # self-attention
+    block += 2 * (2 * tokens * w * cross + 2 * text_length * w * cross)  # cross-attention
+    block += 2 * tokens * (w * 2 * hidden + 2 * hidden * 9 + hidden * w)  # Mix-FFN
+    linear += config.num_layers * block
+    linear += 2 * tokens * w * config.output_dims
+    attention = config.num_layers * (2 * 2 * tokens * heads * d * (d + 1)
+                                     + 2 * 2 * tokens * text_length * cross)
+    return Flops(float(linear), float(attention))
+
+
+def gemma_text_flops(config, length: int) -> Flops:
+    """One row of `length` tokens through a Gemma-2 text encoder (mlx_imgen.text.gemma's
+    GemmaConfig, no LM head): per layer q and o at the query heads' width, k and v at the
+    key/value heads' (grouped-query attention), QK^T and AV of every query head over the whole
+    row (masked and sliding-window positions are computed like the others), and the GeGLU
+    MLP's gate, up and down matrices. The embedding lookup is free."""
+    hid, d = config.hidden_size, config.head_dim
+    q_width, kv_width = config.num_attention_heads * d, config.num_key_value_heads * d
+    per_token = 2 * (hid * q_width + 2 * hid * kv_width + q_width * hid
+                     + 3 * hid * config.intermediate_size)
+    attention = 2 * 2 * length * length * q_width
+    return Flops(float(config.num_hidden_layers * per_token * length),
+                 float(config.num_hidden_layers * attention))
+
+
+def text_encoder_flops(config, length: int) -> float:
+    """One row of `length` tokens through a family's own text encoder, by its config's kind."""
+    if isinstance(config, CLIPTextConfig):
+        return clip_text_flops(config, length)
+    if isinstance(config, GemmaConfig):
+        return gemma_text_flops(config, length).total
+    raise TypeError(f"no FLOPs rule for text encoder config {type(config).__name__}")
+
+
 def _token_by_token(config: BackboneConfig, plan: NextTokenPlan, prompt_length: int = 0) -> Flops:
     """A prefill over the prefix (a text model's prompt of `prompt_length` tokens: its head runs
     at the last position only, whose logits give the first image token), then one pass per
@@ -149,10 +212,11 @@ def _head_linear(config: BackboneConfig, w: int) -> float:
     return 2.0 * w * config.output_dims
 
 
-def _full_passes(config: BackboneConfig, plan) -> Flops:
-    """Full passes over every position; an adaptive diffusion plan (dopri5) counts the passes
-    its last run used."""
-    return forward_flops(config) * plan.forward_passes()
+def _full_passes(config: BackboneConfig, plan, text_length: int = 0) -> Flops:
+    """Full passes over every position, cross-attending to `text_length` text states (0: the
+    family's length); an adaptive diffusion plan (dopri5) counts the passes its last run
+    used."""
+    return forward_flops(config, text_length=text_length) * plan.forward_passes()
 
 
 # how each plan type spends its transformer passes, as paradigms.SAMPLERS dispatches its loops
@@ -162,7 +226,8 @@ PLAN_FLOPS = {NextTokenPlan: _token_by_token, MaskedTokenPlan: _full_passes,
 
 def plan_flops(config: BackboneConfig, plan, prompt_length: int = 0) -> Flops:
     """FLOPs of the transformer passes that sample one image, CFG included; a text model's
-    prompt (template and BOS included) is `prompt_length` tokens long."""
+    prompt (template and BOS included) is `prompt_length` tokens long, and a cross-attention
+    model's caption `prompt_length` states (0: its family's length, 300 for Sana)."""
     guidance = 2 if plan.cfg_scale != 1.0 else 1
     for kind in type(plan).__mro__:
         if kind in PLAN_FLOPS:

@@ -22,11 +22,10 @@ from mlx.utils import tree_flatten
 
 from . import blas
 from .devices import copy_bandwidth, cpu_name, datasheet_peak, measured_cpu_peak
-from .flops import plan_flops
+from .flops import plan_flops, text_encoder_flops
 from .paradigms import iterate, paradigm_of
-from .paradigms.masked_token import CrossAttentionText
 from .paradigms.next_token import TextPrefix
-from .text.clip_prompts import CONTEXT_LAYER
+from .text.stand_in import StandInText
 
 SCHEMA_VERSION = 1  # bump on any incompatible change of the report layout (see README)
 # The report layout (schema_version 1); README "Report schema" documents each field.
@@ -56,9 +55,11 @@ class Workload:
     # a text-prefixed model's prompt length in tokens (template and BOS included): each image
     # is conditioned on a stand-in prompt of this length; 0 for class-conditioned models
     prompt_tokens: int = 0
-    # a cross-attention text model's encoder (aMUSEd's CLIP tower): each image is conditioned
-    # on a stand-in prompt of the tower's full length, encoded in the conditioning time
+    # a cross-attention text model's encoder (aMUSEd's CLIP tower, Sana's Gemma-2): each image
+    # is conditioned on a stand-in prompt laid out by `stand_in_text` (the family's:
+    # (text encoder, batch) -> text.stand_in.StandInText), encoded in the conditioning time
     text_encoder: nn.Module | None = None
+    stand_in_text: Callable | None = None
     # decode at most this many images per run and scale its time to the batch (a decode costs
     # the same per image; a 384-px VQ decode takes 15 s on a 2-core CPU); None decodes all
     decode_images: int | None = None
@@ -174,7 +175,7 @@ class MLXFramework(Framework):
     def labels(self, batch_size: int):
         config = self.work.model.config
         if self.work.text_encoder is not None:
-            return StandInText(self.work.text_encoder, batch_size)
+            return self.work.stand_in_text(self.work.text_encoder, batch_size)
         if self.work.prompt_tokens:
             return stand_in_prompts(config, batch_size, self.work.prompt_tokens)
         return mx.arange(batch_size, dtype=mx.int32) % config.num_classes
@@ -186,7 +187,9 @@ class MLXFramework(Framework):
         # each run encodes its stand-in prompts anew, so the conditioning time is the encoder's
         if isinstance(labels, StandInText):
             encoded = labels.encode()
-            return [encoded.states, encoded.pooled, encoded.null_states, encoded.null_pooled]
+            return [x for x in (encoded.states, encoded.pooled, encoded.null_states,
+                                encoded.null_pooled, encoded.mask, encoded.null_mask)
+                    if x is not None]
         return self.work.model.class_embed(labels)
 
     def sampling(self, labels: mx.array, seed: int) -> Callable[[], Iterator]:
@@ -236,25 +239,6 @@ def stand_in_prompts(config, batch_size: int, length: int) -> TextPrefix:
     return TextPrefix(ids, mx.zeros_like(ids))
 
 
-class StandInText:
-    """`batch` distinct stand-in prompts and as many unconditional rows, each the text tower's
-    full length (a CLIP tower pads every prompt to it), for a cross-attention text model: each
-    run encodes them in one batch (`encode`) and samples on that encoding."""
-
-    def __init__(self, text_encoder, batch: int):
-        config = text_encoder.config
-        rows = mx.arange(2 * batch, dtype=mx.int32)[:, None] * 7919
-        self.ids = (rows + mx.arange(config.max_positions, dtype=mx.int32)[None] * 104729) \
-            % config.vocab_size
-        self.text_encoder, self.batch, self.encoded = text_encoder, batch, None
-
-    def encode(self) -> CrossAttentionText:
-        encoding = self.text_encoder.encode(self.ids, layer=CONTEXT_LAYER)
-        states, pooled, b = encoding.hidden_states, encoding.pooled, self.batch
-        self.encoded = CrossAttentionText(states[:b], pooled[:b], states[b:], pooled[b:])
-        return self.encoded
-
-
 def condition_batch(labels) -> int:
     """The number of images a profile's condition (class labels, a TextPrefix or stand-in
     text) asks for."""
@@ -292,12 +276,25 @@ def profile_workload(work: Workload, batch_size: int, *, trials: int = 3,
             mx.set_memory_limit(previous_limit)
 
 
+def text_work(work: Workload) -> tuple[float, int]:
+    """A cross-attention text model's text-encoder FLOPs per image (its stand-in prompt's rows,
+    the unconditional one included: the profile encodes both) and the number of text states
+    its transformer attends to; (0, 0) for other models."""
+    if work.text_encoder is None:
+        return 0.0, 0
+    stand_in = work.stand_in_text(work.text_encoder, 1)  # ids only: nothing is encoded
+    config = work.text_encoder.config
+    return (sum(text_encoder_flops(config, n) for n in stand_in.row_lengths),
+            stand_in.context_length)
+
+
 def record_identity(work: Workload, batch_size: int, *, plan=None,
                     decode: bool | None = None) -> dict:
     """The record's fields that do not depend on timing; `plan` stands in for the workload's
     (a torch run's own adaptive counts), `decode` says whether the decode stage is timed."""
     plan = plan or work.plan
-    flops = plan_flops(work.model.config, plan, work.prompt_tokens)
+    text_flops, caption = text_work(work)
+    flops = plan_flops(work.model.config, plan, work.prompt_tokens or caption)
     decoding = work.decode is not None if decode is None else decode
     decode_flops = work.decode_flops_per_image if decoding else 0.0
     return {
@@ -310,9 +307,10 @@ def record_identity(work: Workload, batch_size: int, *, plan=None,
         **({"decode_images": work.decode_images} if decoding and work.decode_images else {}),
         **({"weight_bytes_per_token": decode_weight_bytes(work.model)}
            if work.paradigm == "next-token" else {}),
-        "gflops_per_image": (flops.total + decode_flops) / 1e9,
+        "gflops_per_image": (flops.total + text_flops + decode_flops) / 1e9,
         "gflops_breakdown": {"transformer_linear": flops.linear / 1e9,
                              "transformer_attention": flops.attention / 1e9,
+                             **({"text_encoder": text_flops / 1e9} if text_flops else {}),
                              "decode": decode_flops / 1e9},
         **work.extra,
     }

@@ -8,7 +8,7 @@ down/up stage; amused-512 runs 32 x 32 and halves it around the transformer laye
 from mlx.utils import tree_flatten
 
 from mlx_imgen.text.clip import CLIP_L14_TEXT
-from mlx_imgen.text.clip_prompts import CLIPPrompts
+from mlx_imgen.text.clip_prompts import CLIPPrompts, CLIPStandIn
 from mlx_imgen.uvit import UVit, UVitConfig
 from mlx_imgen.weights.keymap import (KeyMap, Rule, concatenate_rows, conv_transpose_weight,
                                       conv_weight, count_blocks, pointwise_conv_as_linear,
@@ -154,4 +154,5 @@ AMUSED = Family(
     sizes=SIZES, config_for=config_for, preset_table="amused", condition="text",
     config_class=UVitConfig, model_class=UVit,
     # prompts through CLIP-L/14's text tower (penultimate states, projected pooled features)
-    prompting=CLIPPrompts.from_folder, text_encoder=("clip_text", CLIP_L14_TEXT))
+    prompting=CLIPPrompts.from_folder, text_encoder=("clip_text", CLIP_L14_TEXT),
+    stand_in_text=CLIPStandIn)

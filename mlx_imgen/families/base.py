@@ -43,6 +43,9 @@ class Family:
     # (model type, config) of a text tower the family runs itself (aMUSEd's CLIP-L text with
     # projection), for random-weight pipelines and memory estimates; None: it has none
     text_encoder: tuple | None = None
+    # stand-in prompts for profiling it without a tokenizer: (text encoder, batch) ->
+    # text.stand_in.StandInText (text.clip_prompts.CLIPStandIn, text.gemma_prompts.GemmaStandIn)
+    stand_in_text: Callable | None = None
     # the transformer's config dataclass and module: the shared Transformer for every family
     # but one with its own architecture around the backbone's Blocks (aMUSEd's U-ViT)
     config_class: type = BackboneConfig

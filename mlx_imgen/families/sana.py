@@ -12,7 +12,7 @@ from mlx.utils import tree_flatten
 
 from mlx_imgen.sana import SanaConfig, SanaTransformer
 from mlx_imgen.text.gemma import GEMMA2_2B
-from mlx_imgen.text.gemma_prompts import GemmaPrompts
+from mlx_imgen.text.gemma_prompts import GemmaPrompts, GemmaStandIn
 from mlx_imgen.weights.keymap import (KeyMap, Rule, concatenate_rows, conv_weight, count_blocks,
                                       pointwise_conv_as_linear, shape_of)
 
@@ -120,4 +120,5 @@ SANA = Family(
     sizes=SIZES, config_for=config_for, preset_table="sana", condition="text",
     config_class=SanaConfig, model_class=SanaTransformer,
     # prompts through Gemma-2-2B-it's last hidden states, with Sana's instruction prefix
-    prompting=GemmaPrompts.from_folder, text_encoder=("gemma2", GEMMA2_2B))
+    prompting=GemmaPrompts.from_folder, text_encoder=("gemma2", GEMMA2_2B),
+    stand_in_text=GemmaStandIn)

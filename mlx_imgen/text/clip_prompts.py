@@ -7,6 +7,7 @@ unconditional row diffusers runs when guidance is on."""
 import mlx.core as mx
 
 from ..paradigms.masked_token import CrossAttentionText
+from .stand_in import StandInText, stand_in_ids
 from .tokenizer import PromptTokenizer
 
 # aMUSEd's text states: hidden_states[-2] of CLIPTextModelWithProjection
@@ -55,3 +56,22 @@ class CLIPPrompts:
         r = len(pairs)
         return CrossAttentionText(states[:r], pooled[:r], states[r:], pooled[r:],
                                   images=None if images is None else mx.array(images, mx.int32))
+
+
+class CLIPStandIn(StandInText):
+    """Stand-in prompts for a profile: each row the tower's full length (a CLIP tokenizer pads
+    every prompt to it), prompts and unconditional rows encoded in one batch, unmasked."""
+
+    def __init__(self, text_encoder, batch: int, layer: int = CONTEXT_LAYER):
+        super().__init__(text_encoder, batch)
+        config = text_encoder.config
+        self.layer = layer
+        self.ids = stand_in_ids(2 * batch, config.max_positions, config.vocab_size)
+        self.row_lengths = (config.max_positions, config.max_positions)
+        self.context_length = config.max_positions
+
+    def encode(self) -> CrossAttentionText:
+        encoding = self.text_encoder.encode(self.ids, layer=self.layer)
+        states, pooled, b = encoding.hidden_states, encoding.pooled, self.batch
+        self.encoded = CrossAttentionText(states[:b], pooled[:b], states[b:], pooled[b:])
+        return self.encoded

@@ -13,6 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..paradigms.conditions import CrossAttentionText
+from .stand_in import StandInText, stand_in_ids
 from .tokenizer import PromptTokenizer
 
 # Sana's instruction prefix: model input data, as SanaPipeline's default lists it
@@ -37,6 +38,24 @@ INSTRUCTION = (
 )
 MAX_TOKENS = 300
 EMPTY_NEGATIVE = ""
+# Gemma's token count of the instruction prefix, BOS included, for a profile without the
+# tokenizer: an estimate (its 1,057 characters are 198 words and punctuation marks and 7
+# newlines; a few rare words split in two). A profile's Gemma FLOPs move by 2 x 26 layers of
+# one token's work per token it is off, under 0.3% of a pass per token.
+INSTRUCTION_TOKENS = 210
+# the stand-in prompt's own tokens after the prefix (a one-sentence prompt)
+STAND_IN_PROMPT_TOKENS = 20
+
+
+def instructed_length(prefix_tokens: int, max_tokens: int = MAX_TOKENS) -> int:
+    """An instructed row's padded length: the prefix with its BOS, then max_tokens - 2 more
+    (SanaPipeline's arithmetic)."""
+    return prefix_tokens + max_tokens - 2
+
+
+def kept_positions(length: int, max_tokens: int = MAX_TOKENS) -> np.ndarray:
+    """The positions kept of an instructed row of `length`: BOS, then the last max_tokens - 1."""
+    return np.array([0, *range(length - max_tokens + 1, length)], dtype=np.int32)
 
 
 class GemmaPrompts:
@@ -53,8 +72,8 @@ class GemmaPrompts:
         self.max_tokens = max_tokens
         self.prefix = "\n".join(instruction)
         # the pipeline counts the prefix with its BOS and gives the prompt max_tokens - 2 more
-        self.instructed_length = (tokenizer.count(self.prefix) + max_tokens - 2 if self.prefix
-                                  else max_tokens)
+        self.instructed_length = (instructed_length(tokenizer.count(self.prefix), max_tokens)
+                                  if self.prefix else max_tokens)
 
     @classmethod
     def from_folder(cls, folder, **settings) -> "GemmaPrompts":
@@ -63,8 +82,7 @@ class GemmaPrompts:
     @property
     def kept(self) -> np.ndarray:
         """The positions kept of an instructed row: BOS, then the last max_tokens - 1."""
-        length = self.instructed_length
-        return np.array([0, *range(length - self.max_tokens + 1, length)], dtype=np.int32)
+        return kept_positions(self.instructed_length, self.max_tokens)
 
     def tokenize(self, texts: list[str], *, instructed: bool):
         """The padded ids and mask of `texts` (TokenizedPrompts); a text cut to fit is reported
@@ -104,3 +122,34 @@ class GemmaPrompts:
         return CrossAttentionText(states[rows], None, null_states[null_rows], None,
                                   images=None if images is None else mx.array(images, mx.int32),
                                   mask=mask[rows], null_mask=null_mask[null_rows])
+
+
+class GemmaStandIn(StandInText):
+    """Stand-in prompts for a profile, laid out as GemmaPrompts lays out real ones: each prompt
+    row the instructed length (INSTRUCTION_TOKENS of prefix, STAND_IN_PROMPT_TOKENS of prompt,
+    then padding), of whose states BOS and the last MAX_TOKENS - 1 are kept; each
+    unconditional row the empty negative prompt (BOS, then padding) at MAX_TOKENS. Both
+    carry their attention masks to the transformer."""
+
+    def __init__(self, text_encoder, batch: int, *, prefix_tokens: int = INSTRUCTION_TOKENS,
+                 max_tokens: int = MAX_TOKENS):
+        super().__init__(text_encoder, batch)
+        vocab = text_encoder.config.vocab_size
+        length = instructed_length(prefix_tokens, max_tokens)
+        self.kept = mx.array(kept_positions(length, max_tokens))
+        self.ids = stand_in_ids(batch, length, vocab)
+        tokens = min(length, prefix_tokens + STAND_IN_PROMPT_TOKENS)
+        self.mask = mx.broadcast_to((mx.arange(length) < tokens).astype(mx.int32),
+                                    (batch, length))
+        self.null_ids = stand_in_ids(batch, max_tokens, vocab, first_row=batch)
+        self.null_mask = mx.broadcast_to((mx.arange(max_tokens) < 1).astype(mx.int32),
+                                         (batch, max_tokens))
+        self.row_lengths = (length, max_tokens)
+        self.context_length = max_tokens
+
+    def encode(self) -> CrossAttentionText:
+        states = self.text_encoder.encode(self.ids, self.mask).hidden_states
+        null_states = self.text_encoder.encode(self.null_ids, self.null_mask).hidden_states
+        self.encoded = CrossAttentionText(states[:, self.kept], None, null_states, None,
+                                          mask=self.mask[:, self.kept], null_mask=self.null_mask)
+        return self.encoded
