@@ -27,14 +27,15 @@ from mlx_imgen.autoencoders.dc_ae import DCAEConfig  # noqa: E402
 from mlx_imgen.families.sana import config_for  # noqa: E402
 from mlx_imgen.flops import gemma_text_flops, sana_forward_flops  # noqa: E402
 from mlx_imgen.text.gemma import GEMMA2_2B  # noqa: E402
-from mlx_imgen.text.gemma_prompts import INSTRUCTION, MAX_TOKENS  # noqa: E402
+from mlx_imgen.text.gemma_prompts import (INSTRUCTION_TOKENS, MAX_TOKENS,  # noqa: E402
+                                           STAND_IN_PROMPT_TOKENS, instructed_length,
+                                           kept_positions)
 
-STEPS, GUIDANCE, SHIFT, PROMPT_TOKENS = 20, 4.5, 3.0, 20
+STEPS, GUIDANCE, SHIFT = 20, 4.5, 3.0
 IMAGE_SIZES = {"0.6b": 512, "1.6b": 1024}
-# the instruction-prefixed prompt row: the prefix's tokens (Gemma's tokenizer makes about one
-# token per 4 characters of English; the real count needs the tokenizer, which random-weight
-# runs lack) + 300 - 2, as SanaPipeline pads it
-INSTRUCTED_TOKENS = len("\n".join(INSTRUCTION)) // 4 + MAX_TOKENS - 2
+# the instruction-prefixed prompt row as SanaPipeline pads it, from the prefix's estimated
+# token count (random-weight runs have no Gemma tokenizer), as `profile` lays it out
+INSTRUCTED_TOKENS = instructed_length(INSTRUCTION_TOKENS)
 
 
 def parts(size: str):
@@ -78,13 +79,13 @@ def gemma_kwargs(config) -> dict:
 
 def text_rows(config, batch: int, instructed: int):
     """(prompt ids (B, instructed), prompt mask, negative ids (B, 300), negative mask): BOS, a
-    stand-in prompt of PROMPT_TOKENS after the instruction's tokens, padding after; the empty
+    stand-in prompt of STAND_IN_PROMPT_TOKENS after the instruction's, padding after; the empty
     negative prompt is BOS and padding."""
     import numpy as np
     rng = np.random.default_rng(0)
     pad, bos = 0, 2
     prompt = np.full((batch, instructed), pad, dtype=np.int64)
-    words = instructed - MAX_TOKENS + 2 + PROMPT_TOKENS
+    words = instructed - MAX_TOKENS + 2 + STAND_IN_PROMPT_TOKENS
     prompt[:, 0] = bos
     prompt[:, 1:words] = rng.integers(4, config.vocab_size, (batch, words - 1))
     negative = np.full((batch, MAX_TOKENS), pad, dtype=np.int64)
@@ -94,7 +95,7 @@ def text_rows(config, batch: int, instructed: int):
 
 def kept(states, mask):
     """BOS and the last 299 positions, as SanaPipeline keeps them."""
-    index = [0] + list(range(states.shape[1] - MAX_TOKENS + 1, states.shape[1]))
+    index = kept_positions(states.shape[1]).tolist()
     return states[:, index], mask[:, index]
 
 
@@ -229,7 +230,8 @@ def flops_per_image(size: str) -> dict:
 
     sana_cfg, ae_cfg, text_cfg, instructed = parts(size)
     g = sana_cfg.sample_size
-    text = gemma_text_flops(text_cfg, instructed) + gemma_text_flops(text_cfg, MAX_TOKENS)
+    text = (gemma_text_flops(text_cfg, instructed).total
+            + gemma_text_flops(text_cfg, MAX_TOKENS).total)
     sampling = STEPS * 2 * sana_forward_flops(sana_cfg, g, g, MAX_TOKENS).total
     decode = AUTOENCODERS["dc-ae"].decode_flops(ae_cfg, g, g)
     return {"text": text, "sampling": sampling, "decode": decode,
