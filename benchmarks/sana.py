@@ -72,7 +72,8 @@ def gemma_kwargs(config) -> dict:
                 num_attention_heads=config.num_attention_heads,
                 num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim,
                 vocab_size=config.vocab_size, rms_norm_eps=config.rms_norm_eps,
-                rope_theta=config.rope_theta, query_pre_attn_scalar=config.query_pre_attn_scalar,
+                rope_theta=config.rope_theta,
+                query_pre_attn_scalar=int(config.query_pre_attn_scalar),  # an int in transformers
                 attn_logit_softcapping=config.attn_logit_softcapping,
                 sliding_window=config.sliding_window, hidden_activation="gelu_pytorch_tanh")
 
