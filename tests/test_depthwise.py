@@ -8,6 +8,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_imgen.nn import DepthwiseConv2d, depthwise_conv2d
+from mlx_imgen.nn import depthwise as depthwise_module
 
 CHANNELS = 40
 
@@ -25,8 +26,21 @@ def _random_conv(kernel: int, bias: bool) -> DepthwiseConv2d:
 
 
 def test_the_cpu_is_the_device_under_test():
-    # the fast form only runs on the CPU; elsewhere the module is nn.Conv2d's own call
+    # the fast form only runs on the CPU: the tests below exercise it
     assert mx.default_device().type == mx.cpu
+
+
+def test_other_devices_take_the_grouped_conv(monkeypatch):
+    # on Metal or CUDA the module is nn.Conv2d's own call (the device is faked: the branch is
+    # what is checked, and the grouped conv then still runs on the CPU)
+    def no_shifted_sum(*args):
+        raise AssertionError("the shifted-sum form ran off the CPU")
+
+    monkeypatch.setattr(depthwise_module, "depthwise_conv2d", no_shifted_sum)
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu))
+    conv = _random_conv(3, True)
+    x = mx.random.normal((2, 5, 6, CHANNELS))
+    np.testing.assert_array_equal(np.array(conv(x)), np.array(nn.Conv2d.__call__(conv, x)))
 
 
 @pytest.mark.parametrize("kernel", [3, 5])
