@@ -112,14 +112,16 @@ def alternate(label, fns):
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter(); mx.eval(fn())
-            res.setdefault(label, {}).setdefault(name, []).append((time.perf_counter() - start) * 1e3)
+            elapsed = (time.perf_counter() - start) * 1e3
+            res.setdefault(label, {}).setdefault(name, []).append(elapsed)
 
 for label, b, h, w, c, k in cases:
     mx.random.seed(0)
     conv = DepthwiseConv2d(c, k)
     x = mx.random.normal((b, h, w, c)); mx.eval(x, conv.parameters())
     alternate(f"{label} ({b}, {h}, {w}, {c}) k{k}",
-              {"MLX grouped conv": lambda: nn.Conv2d.__call__(conv, x), "DepthwiseConv2d": lambda: conv(x)})
+              {"MLX grouped conv": lambda: nn.Conv2d.__call__(conv, x),
+               "DepthwiseConv2d": lambda: conv(x)})
 
 cfg = config_for("0.6b", 512)
 mx.random.seed(0)
