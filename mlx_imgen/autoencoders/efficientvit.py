@@ -8,7 +8,7 @@ Module and parameter names mirror diffusers' (autoencoder_dc.py), so its keys ma
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_imgen.nn import MixFFN, RMSNorm, relu_linear_attention
+from mlx_imgen.nn import DepthwiseConv2d, MixFFN, RMSNorm, relu_linear_attention
 
 NORM_EPS = 1e-5  # DC-AE's RMSNorms (diffusers' get_normalization default)
 ATTENTION_EPS = 1e-15  # the linear attention's normaliser guard, as in DC-AE
@@ -25,8 +25,7 @@ class ScaleAggregation(nn.Module):
     def __init__(self, channels: int, groups: int, kernel: int):
         super().__init__()
         self.groups = groups
-        self.proj_in = nn.Conv2d(channels, channels, kernel, padding=kernel // 2,
-                                 groups=channels, bias=False)
+        self.proj_in = DepthwiseConv2d(channels, kernel, bias=False)
         self.proj_out = nn.Conv2d(channels, channels, 1, groups=groups, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:

@@ -4,6 +4,7 @@
 import mlx.core as mx
 import mlx.nn as nn
 
+from .depthwise import DepthwiseConv2d
 from .norms import RMSNorm
 
 
@@ -32,7 +33,7 @@ class ConvNeXtBlock(nn.Module):
                  bias: bool = True, expansion: int = 4):
         super().__init__()
         hidden = channels * expansion
-        self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=bias)
+        self.depthwise = DepthwiseConv2d(channels, 3, bias=bias)
         self.norm = RMSNorm(channels, eps, affine)
         self.fc1 = nn.Linear(channels, hidden, bias=bias)
         self.grn = GlobalResponseNorm(hidden)

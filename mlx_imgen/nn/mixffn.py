@@ -4,6 +4,8 @@ pointwise layers, so each token also sees its grid neighbours (Sana has no posit
 import mlx.core as mx
 import mlx.nn as nn
 
+from .depthwise import DepthwiseConv2d
+
 
 class MixFFN(nn.Module):
     """Pointwise expand to 2 x `hidden`, SiLU, 3x3 depthwise conv over the token grid, split
@@ -17,7 +19,7 @@ class MixFFN(nn.Module):
     def __init__(self, dims: int, hidden: int, out_dims: int | None = None):
         super().__init__()
         self.expand = nn.Linear(dims, 2 * hidden)
-        self.depthwise = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
+        self.depthwise = DepthwiseConv2d(2 * hidden, 3)
         self.project = nn.Linear(hidden, out_dims or dims, bias=False)
 
     def __call__(self, x: mx.array, height: int, width: int) -> mx.array:
