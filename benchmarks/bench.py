@@ -180,10 +180,7 @@ def render(rep: dict) -> str:
     if rep.get("sana"):
         import sana
 
-        text += ("
-## Sana text-to-image: text encoding, sampling loop, decode
-
-"
+        text += ("\n## Sana text-to-image: text encoding, sampling loop, decode\n\n"
                  + sana.markdown(rep["sana"]))
     return text
 
