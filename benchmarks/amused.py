@@ -18,6 +18,7 @@ estimated from the peaks of the two largest batches run (peak memory grows linea
 batch) against the memory MLX may use; `--fit-row` (make bench sets it) then runs that batch too.
 """
 
+import functools
 import os
 import sys
 import time
@@ -210,19 +211,10 @@ BENCH = stages.StageBench(
     preface="Random weights of the published shapes (the VQ-GAN float32 in both)")
 
 
-def measure(sizes, batches, repeats: int = 1, steps_timed: int = 2, dtype: str = "float32",
-            torch_threads: list[int] | None = None, fit_row: bool = False) -> dict:
-    """The aMUSEd rows (stages.measure)."""
-    return stages.measure(BENCH, sizes, batches, repeats, steps_timed, dtype, torch_threads,
-                          fit_row)
-
-
-def markdown(result: dict) -> str:
-    return stages.markdown(BENCH, result)
-
-
-def worker(args) -> None:
-    stages.worker(BENCH, args)
+# the module's entry points, as bench.py and the tests call them
+measure = functools.partial(stages.measure, BENCH)
+markdown = functools.partial(stages.markdown, BENCH)
+worker = functools.partial(stages.worker, BENCH)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ and scaled to 20. The rest of the machinery (rows, the largest batch that fits, 
 benchmarks/stages.py's.
 """
 
+import functools
 import os
 import sys
 import time
@@ -248,19 +249,10 @@ BENCH = stages.StageBench(
             "float32 in both)")
 
 
-def measure(sizes, batches, repeats: int = 1, steps_timed: int = 2, dtype: str = "float32",
-            torch_threads: list[int] | None = None, fit_row: bool = False) -> dict:
-    """The Sana rows (stages.measure)."""
-    return stages.measure(BENCH, sizes, batches, repeats, steps_timed, dtype, torch_threads,
-                          fit_row)
-
-
-def markdown(result: dict) -> str:
-    return stages.markdown(BENCH, result)
-
-
-def worker(args) -> None:
-    stages.worker(BENCH, args)
+# the module's entry points, as bench.py and the tests call them
+measure = functools.partial(stages.measure, BENCH)
+markdown = functools.partial(stages.markdown, BENCH)
+worker = functools.partial(stages.worker, BENCH)
 
 
 if __name__ == "__main__":

@@ -11,25 +11,17 @@ mask id must be one the transformer embeds."""
 import datetime
 from pathlib import Path
 
-import mlx.core as mx
-
 from mlx_imgen import families
 from mlx_imgen.quantize import check_settings
-from mlx_imgen.registry import CARDS, ModelCard
 from mlx_imgen.text.clip import configs_from_hf
 from mlx_imgen.text.clip_keys import clip_weights_from_hf
 from mlx_imgen.version import __version__
-from mlx_imgen.weights.dtypes import cast, resolve_dtype
+from mlx_imgen.weights.dtypes import resolve_dtype
 from mlx_imgen.weights.jsonfile import read_json
-from mlx_imgen.weights.keymap import as_mlx
-from mlx_imgen.weights.readers import read_checkpoint
 
-from . import autoencoder_store as store
 from . import diffusers_repo as repo
-from .clip import copied, write_text_encoder
-from .hub import HUB_ID, is_family_source
-from .streaming import stream_weights
-from .writer import write_pipeline
+from .clip import write_text_encoder
+from .hub import is_family_source
 
 FAMILY = "amused"
 AUTOENCODER_KIND = "diffusers-vq"
@@ -42,7 +34,8 @@ LAYOUT = repo.RepoLayout(
     tokenizer_files=("vocab.json", "merges.txt", "special_tokens_map.json",
                      "tokenizer_config.json"),
     tokenizer_needs=("vocab.json", "merges.txt"),
-    repos="amused/amused-256 or amused/amused-512")
+    repos="amused/amused-256 or amused/amused-512", aliases="amused-256, amused-512",
+    model="an aMUSEd U-ViT")
 
 
 def is_amused_folder(path: Path) -> bool:
@@ -86,30 +79,6 @@ def check_mask_id(config, mask_id: int | None, where: str) -> None:
                      f"mask {config.mask_id}); pass the scheduler config of these weights")
 
 
-def _transformer(files: repo.RepoFiles, fam, mask_id, dtype, quantize, group_size):
-    """(config, weights, quantization record) of the U-ViT, streamed one tensor at a time."""
-    name = files.file_name("transformer")
-    state = files.state("transformer")
-    if fam.layout(state) is None:
-        found = ", ".join(sorted(state)[:3]) or "none"
-        raise ValueError(f"{name} in {files.where} is not an aMUSEd U-ViT: "
-                         f"expected keys {', '.join(fam.signature)}, found keys like {found}; "
-                         "pass the amused repo's transformer/ folder")
-    hints = {"config_json": read_json(files.configs["transformer"], "download it again")}
-    try:
-        config = fam.infer_config(state, hints)
-    except KeyError as err:  # a key the layout always has
-        raise ValueError(f"{name} in {files.where} lacks {err.args[0]}, which "
-                         "every aMUSEd U-ViT has; download it again") from None
-    check_mask_id(config, mask_id, files.where)
-    sources = fam.weights_from_upstream(state, lazy=True)
-    del state
-    weights, record = stream_weights(config, sources, dtype, quantize, group_size,
-                                     f"{name} (as amused)",
-                                     model_class=fam.model_class)
-    return config, weights, record
-
-
 def _text_encoder(files: repo.RepoFiles, dtype, quantize, group_size, settings):
     """The text_encoder/ component: CLIP's text tower with its projection."""
     hf_config = read_json(files.configs["text_encoder"], "download it again")
@@ -129,40 +98,6 @@ def _text_encoder(files: repo.RepoFiles, dtype, quantize, group_size, settings):
                               settings=settings)
 
 
-def _autoencoder(files: repo.RepoFiles, settings: dict) -> store.StoredAutoencoder:
-    """The VQ-GAN from the store (converted on first use), always float32: an fp16 variant is
-    widened as it is read, because aMUSEd's VQ-GAN overflows in float16."""
-    path = files.weights["vqvae"][0]
-    config_json = read_json(files.configs["vqvae"], "download it again")
-    state = {k: cast(as_mlx(v), "float32") for k, v in read_checkpoint(path).state.items()}
-    overflowed = next((k for k, v in state.items() if not mx.all(mx.isfinite(v)).item()), None)
-    if overflowed is not None:
-        raise ValueError(f"vqvae/{path.name} in {files.where} holds non-finite weights "
-                         f"({overflowed}: values past float16's range became inf), which decode "
-                         f"to NaN; download the float32 vqvae/{repo.weights_names('diffusion_pytorch_model')[0]} "
-                         "instead")
-    record = files.source("vqvae")
-    return store.stored(AUTOENCODER_KIND, path, record["sha256"], record, config_json, settings,
-                        state=state)
-
-
-def _files(source: str, card: ModelCard | None, out: Path, revision: str | None,
-           variant: str | None) -> repo.RepoFiles:
-    path = Path(source)
-    if card is not None:
-        return repo.hub_files(LAYOUT, card.transformer.repo, revision or card.transformer.revision, out,
-                         variant)
-    if path.is_dir():
-        return repo.local_files(LAYOUT, path, variant)
-    if path.exists():
-        raise ValueError(f"{source} is a file; pass the folder of a downloaded aMUSEd repo "
-                         "(model_index.json, transformer/, vqvae/, text_encoder/, tokenizer/)")
-    if HUB_ID.fullmatch(source):
-        return repo.hub_files(LAYOUT, source, revision, out, variant)
-    raise ValueError(f"{source} does not exist; pass amused-256, amused-512, a hub repo id or "
-                     "the folder of a downloaded aMUSEd repo")
-
-
 def convert_amused(source: str, out: Path, *, dtype: str | None = None,
                    quantize: int | None = None, group_size: int = 64,
                    revision: str | None = None, force: bool = False,
@@ -175,34 +110,18 @@ def convert_amused(source: str, out: Path, *, dtype: str | None = None,
     if quantize:
         check_settings(quantize, group_size)
     fam = families.get(FAMILY)
-    card: ModelCard | None = CARDS.get(source)
-    files = _files(source, card, out, revision, variant)
-    if card is None and files.repo is not None:
-        card = next((c for c in CARDS.values() if c.family == FAMILY
-                     and c.transformer.repo == files.repo), None)
+    card, files = repo.card_and_files(LAYOUT, FAMILY, source, out, revision, variant)
     files.check_tokenizer()
     mask_id = mask_token_id(files)
 
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     common = {"mlx_imgen_version": __version__, "created": created}
     # the small parts first: an overflowed fp16 VQ-GAN fails before the U-ViT streams in
-    stored_ae = _autoencoder(files, common)
+    stored_ae = repo.stored_autoencoder(files, "vqvae", AUTOENCODER_KIND, common)
     text = _text_encoder(files, dtype, quantize, group_size, common)
-    config, transformer_weights, quantization = _transformer(files, fam, mask_id, dtype,
-                                                              quantize, group_size)
-    settings = {**common, "dtype": dtype, "quantization": quantization}
-    ae_config = {**stored_ae.config, **settings, "dtype": store.DTYPE, "quantization": None}
-    index = {"family": FAMILY, "paradigm": fam.paradigm, "condition": fam.condition,
-             "alias": card.alias if card else None,
-             "license": card.license if card else fam.license,
-             "sampling": dict(card.sampling if card else fam.sampling),
-             "weights": "raw", **settings}
-    components = {
-        "transformer": ({"family": FAMILY, "backbone": config.to_dict(),
-                         "source": files.source("transformer"), **settings},
-                        transformer_weights),
-        "autoencoder": (ae_config, store.linker(stored_ae, ae_config)),
-        "text_encoder": text,
-        repo.TOKENIZER: (None, copied(files.tokenizer)),
-    }
-    return write_pipeline(out, index, components, force=force)
+    transformer = repo.stream_transformer(
+        files, fam, dtype, quantize, group_size,
+        check=lambda config: check_mask_id(config, mask_id, files.where))
+    return repo.write_converted(out, files, fam, card, sampling=dict(card.sampling if card else fam.sampling), common=common,
+                                transformer=transformer, stored_ae=stored_ae, text=text,
+                                dtype=dtype, force=force)

@@ -8,12 +8,19 @@ index, then `.bin`), the `.fp16` variant last, or first when the variant is aske
 import dataclasses
 from pathlib import Path
 
-from mlx_imgen.registry import Source
+import mlx.core as mx
+
+from mlx_imgen.registry import CARDS, Source
+from mlx_imgen.weights.dtypes import cast
 from mlx_imgen.weights.jsonfile import read_json
+from mlx_imgen.weights.keymap import as_mlx
 from mlx_imgen.weights.readers import read_checkpoint
 
-from .hub import download_hint, fetch, fetch_optional, require
-from .writer import sha256_of
+from . import autoencoder_store as store
+from .clip import copied
+from .hub import HUB_ID, download_hint, fetch, fetch_optional, require
+from .streaming import stream_weights
+from .writer import sha256_of, write_pipeline
 
 VARIANTS = (None, "fp16")
 TOKENIZER = "tokenizer"
@@ -30,6 +37,8 @@ class RepoLayout:
     tokenizer_files: tuple[str, ...]  # the tokenizer folder's files, copied where present
     tokenizer_needs: tuple[str, ...]  # of which these must be present
     repos: str                       # the published repos, as a message names them
+    aliases: str                     # the family's aliases, as a message names them
+    model: str                       # what the transformer is, in words ("an aMUSEd U-ViT")
 
     def hint(self, repo: str, out: Path | None) -> str:
         folders = ", ".join(f"{c}/" for c in (*self.components, TOKENIZER, "scheduler"))
@@ -188,3 +197,111 @@ def local_files(layout: RepoLayout, folder: Path, variant: str | None = None) ->
 def is_pipeline_folder(path: Path, layout: RepoLayout) -> bool:
     """A folder of the layout's repo files (its model_index.json names the pipeline class)."""
     return path.is_dir() and pipeline_class(path) == layout.pipeline_class
+
+
+def card_and_files(layout: RepoLayout, family: str, source: str, out: Path | None,
+                   revision: str | None, variant: str | None):
+    """(the model card, or None for an unknown repo or a folder; the repo's files) of `source`:
+    an alias of `family`, a folder of the repo's files, or a hub repo id (a published repo's id
+    finds its card)."""
+    card = CARDS.get(source)
+    files = repo_files(layout, source, card, out, revision, variant)
+    if card is None and files.repo is not None:
+        card = next((c for c in CARDS.values() if c.family == family
+                     and c.transformer.repo == files.repo), None)
+    return card, files
+
+
+def stored_autoencoder(files: RepoFiles, component: str, kind: str,
+                       settings: dict) -> store.StoredAutoencoder:
+    """The component's autoencoder from the store (converted on first use), always float32: an
+    fp16 variant is widened as it is read (aMUSEd's VQ-GAN overflows in float16), and a file
+    holding inf or NaN is refused."""
+    paths = files.weights[component]
+    if len(paths) > 1:
+        raise ValueError(f"{component}/ in {files.where} is sharded; the autoencoder is one "
+                         f"file: download {component}/diffusion_pytorch_model.safetensors")
+    config_json = read_json(files.configs[component], "download it again")
+    state = {k: cast(as_mlx(v), "float32") for k, v in read_checkpoint(paths[0]).state.items()}
+    overflowed = next((k for k, v in state.items() if not mx.all(mx.isfinite(v)).item()), None)
+    if overflowed is not None:
+        raise ValueError(f"{component}/{paths[0].name} in {files.where} holds non-finite weights "
+                         f"({overflowed}: values past float16's range became inf), which decode "
+                         f"to NaN; download the float32 {component}/"
+                         f"{weights_names('diffusion_pytorch_model')[0]} instead")
+    record = files.source(component)
+    return store.stored(kind, paths[0], record["sha256"], record, config_json, settings,
+                        state=state)
+
+
+def repo_files(layout: RepoLayout, source: str, card, out: Path | None, revision: str | None,
+               variant: str | None) -> RepoFiles:
+    """The files of `source`: an alias (its card), a folder of the repo's files, or a hub repo
+    id."""
+    path = Path(source)
+    if card is not None:
+        return hub_files(layout, card.transformer.repo, revision or card.transformer.revision,
+                         out, variant)
+    if path.is_dir():
+        return local_files(layout, path, variant)
+    folders = ", ".join(f"{c}/" for c in (*layout.components, TOKENIZER))
+    if path.exists():
+        raise ValueError(f"{source} is a file; pass the folder of a downloaded {layout.title} "
+                         f"repo (model_index.json, {folders})")
+    if HUB_ID.fullmatch(source):
+        return hub_files(layout, source, revision, out, variant)
+    raise ValueError(f"{source} does not exist; pass {layout.aliases}, a hub repo id or the "
+                     f"folder of a downloaded {layout.title} repo")
+
+
+def stream_transformer(files: RepoFiles, family, dtype: str | None, quantize: int | None,
+                       group_size: int, check=None):
+    """(config, weights, quantization record) of the repo's transformer/, its config read from
+    its config.json and checked against the weights, streamed one tensor at a time; `check`
+    (config -> None) refuses a config before any tensor is read."""
+    name = files.file_name("transformer")
+    state = files.state("transformer")
+    model = files.layout.model
+    if family.layout(state) is None:
+        found = ", ".join(sorted(state)[:3]) or "none"
+        raise ValueError(f"{name} in {files.where} is not {model}: expected keys "
+                         f"{', '.join(family.signature)}, found keys like {found}; pass the "
+                         f"{files.layout.title} repo's transformer/ folder")
+    hints = {"config_json": read_json(files.configs["transformer"], "download it again")}
+    try:
+        config = family.infer_config(state, hints)
+    except KeyError as err:  # a key the layout always has
+        raise ValueError(f"{name} in {files.where} lacks {err.args[0]}, which every "
+                         f"{model.split(' ', 1)[1]} has; download it again") from None
+    if check is not None:
+        check(config)
+    sources = family.weights_from_upstream(state, lazy=True)
+    del state
+    weights, record = stream_weights(config, sources, dtype, quantize, group_size,
+                                     f"{name} (as {family.name})",
+                                     model_class=family.model_class)
+    return config, weights, record
+
+
+def write_converted(out: Path, files: RepoFiles, family, card, *, sampling: dict, common: dict,
+                    transformer: tuple, stored_ae: store.StoredAutoencoder, text: tuple,
+                    dtype: str | None, force: bool) -> Path:
+    """The pipeline folder of a converted repo: model_index.json (the card's alias and license,
+    the sampling defaults), transformer/ from `transformer` (config, weights, quantization
+    record), autoencoder/ linked from the store, text_encoder/ (`text`: config dict and
+    weights) and the repo's tokenizer files."""
+    config, weights, quantization = transformer
+    settings = {**common, "dtype": dtype, "quantization": quantization}
+    ae_config = {**stored_ae.config, **settings, "dtype": store.DTYPE, "quantization": None}
+    index = {"family": family.name, "paradigm": family.paradigm, "condition": family.condition,
+             "alias": card.alias if card else None,
+             "license": card.license if card else family.license,
+             "sampling": sampling, "weights": "raw", **settings}
+    components = {
+        "transformer": ({"family": family.name, "backbone": config.to_dict(),
+                         "source": files.source("transformer"), **settings}, weights),
+        "autoencoder": (ae_config, store.linker(stored_ae, ae_config)),
+        "text_encoder": text,
+        TOKENIZER: (None, copied(files.tokenizer)),
+    }
+    return write_pipeline(out, index, components, force=force)

@@ -12,24 +12,16 @@ import datetime
 import math
 from pathlib import Path
 
-import mlx.core as mx
-
 from mlx_imgen import families
 from mlx_imgen.paradigms.presets import SANA_DEFAULTS
 from mlx_imgen.quantize import check_settings
-from mlx_imgen.registry import CARDS, ModelCard
 from mlx_imgen.version import __version__
-from mlx_imgen.weights.dtypes import cast, resolve_dtype
+from mlx_imgen.weights.dtypes import resolve_dtype
 from mlx_imgen.weights.jsonfile import read_json
-from mlx_imgen.weights.keymap import as_mlx
 
-from . import autoencoder_store as store
 from . import diffusers_repo as repo
-from .clip import copied
 from .gemma import write_gemma_encoder
-from .hub import HUB_ID, is_family_source
-from .streaming import stream_weights
-from .writer import write_pipeline
+from .hub import is_family_source
 
 FAMILY = "sana"
 AUTOENCODER_KIND = "dc-ae"
@@ -42,7 +34,8 @@ LAYOUT = repo.RepoLayout(
                      "tokenizer.model"),
     tokenizer_needs=("tokenizer.json", "tokenizer_config.json"),
     repos="Efficient-Large-Model/Sana_600M_512px_diffusers or "
-          "Efficient-Large-Model/Sana_1600M_1024px_diffusers")
+          "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
+    aliases="sana-0.6b-512, sana-1.6b-1024", model="a Sana transformer")
 # the schedulers the "sana" preset runs, and what their config must say for it to run them
 DPM_SOLVER = "DPMSolverMultistepScheduler"
 FLOW_EULER = "FlowMatchEulerDiscreteScheduler"
@@ -106,64 +99,6 @@ def sampling_from_scheduler(config: dict | None, where: str) -> dict:
     return {**SANA_DEFAULTS, **sampler, "shift": float(shift)}
 
 
-def _transformer(files: repo.RepoFiles, fam, dtype, quantize, group_size):
-    """(config, weights, quantization record) of the transformer, streamed one tensor at a
-    time."""
-    name = files.file_name("transformer")
-    state = files.state("transformer")
-    if fam.layout(state) is None:
-        found = ", ".join(sorted(state)[:3]) or "none"
-        raise ValueError(f"{name} in {files.where} is not a Sana transformer: expected keys "
-                         f"{', '.join(fam.signature)}, found keys like {found}; pass the Sana "
-                         "repo's transformer/ folder")
-    hints = {"config_json": read_json(files.configs["transformer"], "download it again")}
-    try:
-        config = fam.infer_config(state, hints)
-    except KeyError as err:  # a key the layout always has
-        raise ValueError(f"{name} in {files.where} lacks {err.args[0]}, which every Sana "
-                         "transformer has; download it again") from None
-    sources = fam.weights_from_upstream(state, lazy=True)
-    del state
-    weights, record = stream_weights(config, sources, dtype, quantize, group_size,
-                                     f"{name} (as sana)", model_class=fam.model_class)
-    return config, weights, record
-
-
-def _autoencoder(files: repo.RepoFiles, settings: dict) -> store.StoredAutoencoder:
-    """The DC-AE from the store (converted on first use), always float32."""
-    path = files.weights["vae"][0]
-    if len(files.weights["vae"]) > 1:
-        raise ValueError(f"vae/ in {files.where} is sharded; Sana's DC-AE is one file: "
-                         "download vae/diffusion_pytorch_model.safetensors")
-    config_json = read_json(files.configs["vae"], "download it again")
-    state = {k: cast(as_mlx(v), "float32") for k, v in files.state("vae").items()}
-    overflowed = next((k for k, v in state.items() if not mx.all(mx.isfinite(v)).item()), None)
-    if overflowed is not None:
-        raise ValueError(f"vae/{path.name} in {files.where} holds non-finite weights "
-                         f"({overflowed}), which decode to NaN; download the float32 "
-                         f"vae/{repo.weights_names('diffusion_pytorch_model')[0]} instead")
-    record = files.source("vae")
-    return store.stored(AUTOENCODER_KIND, path, record["sha256"], record, config_json, settings,
-                        state=state)
-
-
-def _files(source: str, card: ModelCard | None, out: Path, revision: str | None,
-           variant: str | None) -> repo.RepoFiles:
-    path = Path(source)
-    if card is not None:
-        return repo.hub_files(LAYOUT, card.transformer.repo,
-                              revision or card.transformer.revision, out, variant)
-    if path.is_dir():
-        return repo.local_files(LAYOUT, path, variant)
-    if path.exists():
-        raise ValueError(f"{source} is a file; pass the folder of a downloaded Sana repo "
-                         "(model_index.json, transformer/, vae/, text_encoder/, tokenizer/)")
-    if HUB_ID.fullmatch(source):
-        return repo.hub_files(LAYOUT, source, revision, out, variant)
-    raise ValueError(f"{source} does not exist; pass sana-0.6b-512, sana-1.6b-1024, a hub repo "
-                     "id or the folder of a downloaded Sana repo")
-
-
 def convert_sana(source: str, out: Path, *, dtype: str | None = None,
                  quantize: int | None = None, group_size: int = 64,
                  revision: str | None = None, force: bool = False,
@@ -179,11 +114,7 @@ def convert_sana(source: str, out: Path, *, dtype: str | None = None,
         if bits:
             check_settings(bits, group_size)
     fam = families.get(FAMILY)
-    card: ModelCard | None = CARDS.get(source)
-    files = _files(source, card, out, revision, variant)
-    if card is None and files.repo is not None:
-        card = next((c for c in CARDS.values() if c.family == FAMILY
-                     and c.transformer.repo == files.repo), None)
+    card, files = repo.card_and_files(LAYOUT, FAMILY, source, out, revision, variant)
     files.check_tokenizer()
     scheduler = None if files.scheduler is None else \
         read_json(files.scheduler, "download it again")
@@ -192,27 +123,14 @@ def convert_sana(source: str, out: Path, *, dtype: str | None = None,
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     common = {"mlx_imgen_version": __version__, "created": created}
     # the small parts first: a broken DC-AE fails before the text encoder and transformer load
-    stored_ae = _autoencoder(files, common)
+    stored_ae = repo.stored_autoencoder(files, "vae", AUTOENCODER_KIND, common)
     text = write_gemma_encoder(files.state("text_encoder"),
                                read_json(files.configs["text_encoder"], "download it again"),
                                files.source("text_encoder"), dtype=dtype,
                                quantize=text_quantize or None, group_size=group_size,
                                settings=common, where=f"text_encoder/config.json in "
                                                       f"{files.where}")
-    config, transformer_weights, quantization = _transformer(files, fam, dtype, quantize,
-                                                              group_size)
-    settings = {**common, "dtype": dtype, "quantization": quantization}
-    ae_config = {**stored_ae.config, **settings, "dtype": store.DTYPE, "quantization": None}
-    index = {"family": FAMILY, "paradigm": fam.paradigm, "condition": fam.condition,
-             "alias": card.alias if card else None,
-             "license": card.license if card else fam.license,
-             "sampling": sampling, "weights": "raw", **settings}
-    components = {
-        "transformer": ({"family": FAMILY, "backbone": config.to_dict(),
-                         "source": files.source("transformer"), **settings},
-                        transformer_weights),
-        "autoencoder": (ae_config, store.linker(stored_ae, ae_config)),
-        "text_encoder": text,
-        repo.TOKENIZER: (None, copied(files.tokenizer)),
-    }
-    return write_pipeline(out, index, components, force=force)
+    transformer = repo.stream_transformer(files, fam, dtype, quantize, group_size)
+    return repo.write_converted(out, files, fam, card, sampling=sampling, common=common,
+                                transformer=transformer, stored_ae=stored_ae, text=text,
+                                dtype=dtype, force=force)

@@ -19,7 +19,7 @@ from mlx_imgen.weights.keymap import (Rule, concatenate_rows, conv_weight, map_k
                                       pointwise_conv_as_linear, shape_of)
 
 from .efficientvit import NORM_EPS, EfficientViTBlock, efficientvit_flops
-from .layers import conv_flops, nearest_2x
+from .layers import conv_flops, decode_in_batches, nearest_2x
 
 RES_BLOCK, VIT_BLOCK = "ResBlock", "EfficientViTBlock"
 
@@ -121,15 +121,7 @@ class DCAE(nn.Module):
         """Scaled latents (what a sampler returns) -> images, `batch_size` images at a time;
         as diffusers' SanaPipeline, latents are divided by the scaling factor first."""
         z = latents.astype(mx.float32) / self.config.scaling_factor
-        step = batch_size or z.shape[0]
-        if step < 1:
-            raise ValueError(f"the decode batch size must be at least 1, got {step}")
-        parts = []
-        for start in range(0, z.shape[0], step):
-            parts.append(self.decode(z[start:start + step]))
-            mx.eval(parts[-1])
-            self._check_finite(parts[-1], z[start:start + step])
-        return parts[0] if len(parts) == 1 else mx.concatenate(parts)
+        return decode_in_batches(self.decode, z, batch_size, check=self._check_finite)
 
     def _check_finite(self, images: mx.array, z: mx.array) -> None:
         if mx.all(mx.isfinite(images)).item():

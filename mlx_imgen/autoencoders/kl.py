@@ -13,8 +13,8 @@ from mlx_imgen.nn import BandedConv2d
 from mlx_imgen.weights.keymap import Rule, conv_weight, map_keys
 
 from .layers import (Downsample, ResnetBlock, SpatialSelfAttention, UpstreamAttentionNames,
-                     Upsample, attention_flops, attention_rules, conv_flops, group_norm,
-                     resnet_flops)
+                     Upsample, attention_flops, attention_rules, conv_flops, decode_in_batches,
+                     group_norm, resnet_flops)
 
 _SHORTCUT = "conv_shortcut"  # diffusers' name for the residual's 1x1 conv
 # diffusers' attention-block names -> ours (nn's Attention under `attention`)
@@ -173,14 +173,7 @@ class AutoencoderKL(UpstreamAttentionNames, nn.Module):
     def decode_latents(self, latents: mx.array, batch_size: int | None = None) -> mx.array:
         """Scaled latents (what a sampler returns) -> images, `batch_size` images at a time."""
         z = latents.astype(mx.float32) / self.config.scaling_factor + self.config.shift_factor
-        step = batch_size or z.shape[0]
-        if step < 1:
-            raise ValueError(f"the decode batch size must be at least 1, got {step}")
-        parts = []
-        for start in range(0, z.shape[0], step):
-            parts.append(self.decode(z[start:start + step]))
-            mx.eval(parts[-1])
-        return parts[0] if len(parts) == 1 else mx.concatenate(parts)
+        return decode_in_batches(self.decode, z, batch_size)
 
 
 # ---------------------------------------------------------------- diffusers checkpoint keys

@@ -159,3 +159,20 @@ def resnet_flops(h: int, w: int, cin: int, cout: int) -> float:
 def attention_flops(h: int, w: int, c: int) -> float:
     n = h * w
     return 4 * conv_flops(h, w, c, c) + 2 * (2.0 * n * n * c)  # q, k, v, out; QK^T and AV
+
+
+def decode_in_batches(decode, z: mx.array, batch_size: int | None = None,
+                      check=None) -> mx.array:
+    """`decode` over unscaled latents `z`, `batch_size` images at a time, each part evaluated
+    (and given to `check(images, z_part)`) before the next starts, so one part's activations
+    are held at a time."""
+    step = batch_size or z.shape[0]
+    if step < 1:
+        raise ValueError(f"the decode batch size must be at least 1, got {step}")
+    parts = []
+    for start in range(0, z.shape[0], step):
+        parts.append(decode(z[start:start + step]))
+        mx.eval(parts[-1])
+        if check is not None:
+            check(parts[-1], z[start:start + step])
+    return parts[0] if len(parts) == 1 else mx.concatenate(parts)

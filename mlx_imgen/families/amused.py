@@ -5,16 +5,13 @@ The token grid is the VQ's 16x downsampling of the image: amused-256 runs 16 x 1
 down/up stage; amused-512 runs 32 x 32 and halves it around the transformer layers.
 """
 
-from mlx.utils import tree_flatten
-
 from mlx_imgen.text.clip import CLIP_L14_TEXT
 from mlx_imgen.text.clip_prompts import CLIPPrompts, CLIPStandIn
 from mlx_imgen.uvit import UVit, UVitConfig
 from mlx_imgen.weights.keymap import (KeyMap, Rule, concatenate_rows, conv_transpose_weight,
-                                      conv_weight, count_blocks, pointwise_conv_as_linear,
-                                      shape_of)
+                                      conv_weight, count_blocks, pointwise_conv_as_linear)
 
-from .base import Family, Layout, grid_from_image_size
+from .base import Family, Layout, check_config_fits, grid_from_image_size
 
 # published transformers: layers, width, heads (both sizes share them; 512 adds the stages)
 SIZES = {"256": (22, 1024, 16), "512": (22, 1024, 16)}
@@ -114,24 +111,11 @@ def infer_config(state: dict, hints: dict) -> UVitConfig:
                              f"aMUSEd model's {config.grid_size} x {config.grid_size} token "
                              f"grid; pass {config.grid_size * 16} or leave it out")
     mapped = KEYMAP.apply(state, lazy=True)
-    # the model is only built to read its parameter shapes: nothing is evaluated
-    expected = {k: v.shape for k, v in tree_flatten(UVit(config).parameters())}
     depth = count_blocks(state, _LAYER)
     if depth != config.num_hidden_layers:
         raise ValueError(f"transformer/config.json names {config.num_hidden_layers} layers but "
                          f"the weights hold {depth}; pass the config.json of these weights")
-    for key, value in mapped.items():
-        shape = shape_of(value)
-        if key not in expected or tuple(expected[key]) != shape:
-            wanted = tuple(expected[key]) if key in expected else "no such tensor"
-            raise ValueError(f"transformer/config.json does not fit the weights: {key} is "
-                             f"{shape} in the weights but {wanted} by the config; pass the "
-                             "config.json of these weights")
-    missing = sorted(set(expected) - set(mapped))
-    if missing:
-        raise ValueError(f"transformer/config.json does not fit the weights: the config needs "
-                         f"{missing[0]}, which the weights lack; pass the config.json of these "
-                         "weights")
+    check_config_fits(config, mapped, UVit)
     return config
 
 

@@ -5,9 +5,11 @@ The wrapper-prefix stripping and the head-count inference are written here once 
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mlx.utils import tree_flatten
+
 from mlx_imgen.backbone import BackboneConfig, Transformer
 from mlx_imgen.paradigms import presets
-from mlx_imgen.weights.keymap import KeyMap, strip_prefixes
+from mlx_imgen.weights.keymap import KeyMap, shape_of, strip_prefixes
 
 
 @dataclass(frozen=True)
@@ -120,3 +122,21 @@ def grid_from_image_size(image_size, stride: int = TOKEN_STRIDE) -> int:
         raise ValueError(f"the image size {image_size} px is not a multiple of the tokenizer's "
                          f"{stride} px cells; pass a multiple of {stride}, such as 256 or 384")
     return image_size // stride
+
+
+def check_config_fits(config, mapped: dict, model_class, what: str = "transformer/config.json"
+                      ) -> None:
+    """A config.json read beside the weights must give the model the weights' every key and
+    shape: the first mismatch is refused in one sentence. The model is only built to read its
+    parameter shapes; nothing is evaluated."""
+    expected = {k: v.shape for k, v in tree_flatten(model_class(config).parameters())}
+    for key, value in mapped.items():
+        shape = shape_of(value)
+        if key not in expected or tuple(expected[key]) != shape:
+            wanted = tuple(expected[key]) if key in expected else "no such tensor"
+            raise ValueError(f"{what} does not fit the weights: {key} is {shape} in the weights "
+                             f"but {wanted} by the config; pass the config.json of these weights")
+    missing = sorted(set(expected) - set(mapped))
+    if missing:
+        raise ValueError(f"{what} does not fit the weights: the config needs {missing[0]}, which "
+                         "the weights lack; pass the config.json of these weights")

@@ -8,15 +8,13 @@ The latent grid is DC-AE's 32x downsampling of the image: Sana 512 px runs 16 x 
 
 from dataclasses import replace
 
-from mlx.utils import tree_flatten
-
 from mlx_imgen.sana import SanaConfig, SanaTransformer
 from mlx_imgen.text.gemma import GEMMA2_2B
 from mlx_imgen.text.gemma_prompts import GemmaPrompts, GemmaStandIn
 from mlx_imgen.weights.keymap import (KeyMap, Rule, concatenate_rows, conv_weight, count_blocks,
-                                      pointwise_conv_as_linear, shape_of)
+                                      pointwise_conv_as_linear)
 
-from .base import Family, Layout, grid_from_image_size
+from .base import Family, Layout, check_config_fits, grid_from_image_size
 
 # DC-AE's downsampling: the image px per latent cell
 LATENT_STRIDE = 32
@@ -82,20 +80,7 @@ def infer_config(state: dict, hints: dict) -> SanaConfig:
         raise ValueError(f"transformer/config.json names {config.num_layers} layers but the "
                          f"weights hold {depth}; pass the config.json of these weights")
     mapped = KEYMAP.apply(state, lazy=True)
-    # the model is only built to read its parameter shapes: nothing is evaluated
-    expected = {k: v.shape for k, v in tree_flatten(SanaTransformer(config).parameters())}
-    for key, value in mapped.items():
-        shape = shape_of(value)
-        if key not in expected or tuple(expected[key]) != shape:
-            wanted = tuple(expected[key]) if key in expected else "no such tensor"
-            raise ValueError(f"transformer/config.json does not fit the weights: {key} is "
-                             f"{shape} in the weights but {wanted} by the config; pass the "
-                             "config.json of these weights")
-    missing = sorted(set(expected) - set(mapped))
-    if missing:
-        raise ValueError(f"transformer/config.json does not fit the weights: the config needs "
-                         f"{missing[0]}, which the weights lack; pass the config.json of these "
-                         "weights")
+    check_config_fits(config, mapped, SanaTransformer)
     return config
 
 
