@@ -152,13 +152,7 @@ def mlx_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
             mx.eval(ae.decode_latents(latents[first:first + decode_batch]))
         stages.recorded(seconds, "decode", start)
 
-    run({}, 1, images=1)  # warm-up (MLX compiles its fused kernels on first use), one decode
-    mx.reset_peak_memory()
-    seconds = {}
-    run(seconds, steps_timed)
-    return {**seconds, "peak_gb": mx.get_peak_memory() / 1e9,
-            "memory_limit_gb": mx.get_memory_limit() / 1e9,
-            "device": mx.default_device().type.name}
+    return stages.timed_mlx(run, steps_timed)
 
 
 # ---------------------------------------------------------------- torch (diffusers)
@@ -213,14 +207,7 @@ def torch_run(size: str, batch: int, steps_timed: int, dtype: str) -> dict:
         sync()
         stages.recorded(seconds, "decode", start)
 
-    with torch.no_grad():
-        run({}, 1, images=1)  # warm-up, one decode
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = {}
-        run(seconds, steps_timed)
-    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
-    return {**seconds, "peak_gb": peak, "device": device}
+    return stages.timed_torch(run, steps_timed, device)
 
 
 # ---------------------------------------------------------------- the parent

@@ -60,6 +60,32 @@ def torch_sync(device: str) -> Callable[[], None]:
             "mps": lambda: torch.mps.synchronize()}.get(device, lambda: None)
 
 
+def timed_mlx(run, steps_timed: int) -> dict:
+    """`run(seconds, steps, images=...)` once to warm up (MLX compiles its fused kernels on
+    first use; one image decoded), then timed over `steps_timed` steps, with MLX's peak."""
+    import mlx.core as mx
+    run({}, 1, images=1)
+    mx.reset_peak_memory()
+    seconds = {}
+    run(seconds, steps_timed)
+    return {**seconds, "peak_gb": mx.get_peak_memory() / 1e9,
+            "memory_limit_gb": mx.get_memory_limit() / 1e9,
+            "device": mx.default_device().type.name}
+
+
+def timed_torch(run, steps_timed: int, device: str) -> dict:
+    """As timed_mlx, under torch.no_grad; the peak is CUDA's allocator's (none elsewhere)."""
+    import torch
+    with torch.no_grad():
+        run({}, 1, images=1)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = {}
+        run(seconds, steps_timed)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
+    return {**seconds, "peak_gb": peak, "device": device}
+
+
 def worker(bench: StageBench, args) -> None:
     if args.worker == "torch":
         import torch
