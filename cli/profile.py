@@ -12,7 +12,7 @@ from mlx_imgen.backbone import Transformer
 from mlx_imgen.grid import GRID_SIZES, default_plan, grid_config, latent_shape
 from mlx_imgen.io import atomic_write_text
 from mlx_imgen.paradigms import PARADIGMS
-from mlx_imgen.profiling import Workload, profile_workload, report
+from mlx_imgen.profiling import Workload, pipeline_workload, profile_workload, report
 from mlx_imgen.report_format import markdown, rich_tables
 
 from .errors import parse_names, parse_positive_ints, user_errors
@@ -37,9 +37,6 @@ def grid_workloads(sizes: list[str], paradigms: list[str], image_size: int,
 
 # a text model is profiled on stand-in prompts this long: upstream's template, BOS and
 # <begin_of_image> (about 12 tokens) around a prompt of about 20
-PROFILE_PROMPT_TOKENS = 32
-
-
 def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
                     steps: int | None) -> Iterator[Workload]:
     """Named models (aliases or converted folders) with their decoders, one at a time."""
@@ -56,18 +53,7 @@ def model_workloads(models: list[str], random_weights: bool, dtype: str | None,
             load(name, dtype=dtype)
         # --steps spans the models profiled together; a next-token model has none to set
         plan, _ = pipe.plan(steps=None if pipe.paradigm == "next-token" else steps)
-        cfg = pipe.config
-        # a text prefix (Janus-Pro) is part of the transformer's sequence; a cross-attended
-        # text (aMUSEd) comes from the pipeline's own text encoder
-        prefixed = getattr(cfg, "conditioning", None) == "text"
-        yield Workload(name=name, model=pipe.transformer, plan=plan,
-                       latent_shape=latent_shape(cfg) if cfg.input == "patches" else None,
-                       decode=pipe.decode_samples, autoencoder=pipe.autoencoder,
-                       decode_flops_per_image=pipe.decode_flops_per_image(),
-                       prompt_tokens=PROFILE_PROMPT_TOKENS if prefixed else 0,
-                       text_encoder=pipe.text_encoder, stand_in_text=pipe.family.stand_in_text,
-                       extra={"random_weights": random_weights,
-                              "quantization": pipe.index.get("quantization")})
+        yield pipeline_workload(pipe, name, plan, random_weights=random_weights)
 
 
 def _check_output(path: Path | None) -> None:

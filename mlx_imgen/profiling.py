@@ -231,6 +231,26 @@ class MLXFramework(Framework):
         mx.clear_cache()
 
 
+# a text-prefixed model's (Janus-Pro's) stand-in prompt in tokens, template included
+PROFILE_PROMPT_TOKENS = 32
+
+
+def pipeline_workload(pipe, name: str, plan, *, random_weights: bool = False) -> Workload:
+    """A loaded Pipeline as a profile workload: its transformer and plan, its decoder, and its
+    text conditioning (a text prefix (Janus-Pro) is part of the transformer's sequence, a
+    cross-attended text (aMUSEd, Sana) comes from the pipeline's own text encoder)."""
+    cfg = pipe.config
+    prefixed = getattr(cfg, "conditioning", None) == "text"
+    return Workload(name=name, model=pipe.transformer, plan=plan,
+                    latent_shape=pipe.latent_shape, decode=pipe.decode_samples,
+                    autoencoder=pipe.autoencoder,
+                    decode_flops_per_image=pipe.decode_flops_per_image(),
+                    prompt_tokens=PROFILE_PROMPT_TOKENS if prefixed else 0,
+                    text_encoder=pipe.text_encoder, stand_in_text=pipe.family.stand_in_text,
+                    extra={"random_weights": random_weights,
+                           "quantization": pipe.index.get("quantization")})
+
+
 def stand_in_prompts(config, batch_size: int, length: int) -> TextPrefix:
     """`batch_size` distinct prompts of `length` text token ids (fixed, spread over the
     vocabulary) and unconditional rows of the same length: what a profile conditions on."""

@@ -354,7 +354,7 @@ def test_memory_counts_the_text_embedding_head_mlp_and_prompt_cache(hub, offline
 
 def test_profile_reports_prefill_and_time_per_token_of_a_converted_folder(hub, offline,
                                                                            tmp_path):
-    from mlx_imgen.cli.profile import PROFILE_PROMPT_TOKENS
+    from mlx_imgen.profiling import PROFILE_PROMPT_TOKENS
     from mlx_imgen.flops import plan_flops
 
     folder, cfg = _tiny_backbone(hub, offline, tmp_path)

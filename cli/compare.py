@@ -1,0 +1,90 @@
+"""`mlx-imgen compare`: text-to-image models of the three paradigms side by side on one prompt
+suite: images, CLIP score and prompt following, cost, the study's findings, a gallery."""
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from .errors import loading, user_errors
+from .validate import BATCH, SEED, check_options
+
+console = Console(stderr=True)
+
+
+def check_compare_options(models: list[str], out: Path, limit: int | None) -> None:
+    """Refusals before anything loads: an output folder without its parent, a class model."""
+    from mlx_imgen.registry import CARDS
+
+    if not out.parent.exists():
+        raise ValueError(f"folder {out.parent} does not exist; create it first or choose "
+                         "another --out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit {limit} must be at least 1")
+    for model in models:
+        card = CARDS.get(model)
+        if card is not None and card.condition != "text":
+            raise ValueError(f"{model} is a class-conditional model; compare runs text-to-image "
+                             "models (mlx-imgen models lists them)")
+        if card is None and not Path(model).is_dir():
+            raise ValueError(f"{model} is neither a model alias nor a converted folder; see "
+                             "`mlx-imgen models`")
+
+
+def compare(
+    models: list[str] = typer.Argument(None, help="Text-to-image aliases or converted folders "
+                                       "(default: janus-pro-1b, amused-256, sana-0.6b-512)."),
+    out: Path = typer.Option(..., "--out", "--output", help="The folder for images and "
+                             "reports (a run there before is resumed)."),
+    prompts: Path = typer.Option(None, "--prompts", help="A prompt suite (JSONL with "
+                                 "categories and distractors, or one prompt per line; default: "
+                                 "the built-in suite)."),
+    limit: int = typer.Option(None, help="Only the suite's first N prompts."),
+    seed: int = typer.Option(0, help="Image i of every model draws from (seed, i)."),
+    batch_size: int = typer.Option(4, help="The most images in the throughput batch (lowered "
+                                   "to what the memory estimate fits)."),
+    scorer: str = typer.Option("clip-vit-large-patch14", help="The CLIP scorer (alias, hub id "
+                               "or converted folder)."),
+    dtype: str = typer.Option(None, help="Weights dtype when converting an alias on first use."),
+):
+    """Run text-to-image models on one prompt suite and compare them."""
+    import mlx.core as mx
+
+    from mlx_imgen.loading import load
+    from mlx_imgen.scoring import CLIPScorer
+    from mlx_imgen.study import compare as study
+    from mlx_imgen.study.gallery import write_gallery, write_plots
+    from mlx_imgen.study.report import markdown, write_reports
+    from mlx_imgen.study.suite import load_suite
+
+    with user_errors():
+        models = list(models or study.DEFAULT_MODELS)
+        check_options({"--seed": (seed, SEED), "--batch-size": (batch_size, BATCH)})
+        check_compare_options(models, out, limit)
+        suite = load_suite(prompts)[:limit]
+        out.mkdir(exist_ok=True)
+        runs = []
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=console, disable=not console.is_terminal) as progress:
+            for model in models:
+                task = progress.add_task(model, total=len(suite))
+                with loading(model):
+                    pipe = load(model, dtype=dtype)
+                runs.append(study.run_model(
+                    pipe, model, suite, out, seed=seed, batch=batch_size, dtype=dtype,
+                    on_image=lambda done, total, t=task: progress.update(t, completed=done)))
+                del pipe  # one generator in memory at a time
+                mx.clear_cache()
+        with console.status(f"scoring with {scorer}"), loading(scorer):
+            study.score_runs(runs, suite, CLIPScorer.load(scorer))
+        results = study.results_of(runs, suite, out, suite=str(prompts or "built-in"),
+                                   settings={"models": models, "seed": seed, "limit": limit,
+                                             "batch_size": batch_size, "scorer": scorer})
+        written = write_reports(out, results) + [write_gallery(out, results)]
+        written += write_plots(out, results)
+        console.print(markdown(results))
+        for path in written:
+            console.print(f"wrote {path}")
