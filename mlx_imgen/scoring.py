@@ -141,20 +141,54 @@ class CLIPScorer:
                              "for every image, or a single prompt for all of them")
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        # each distinct prompt tokenized once: one warning per long prompt, not per image
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        # each distinct prompt encoded once: one warning per long prompt, not per image
         unique = list(dict.fromkeys(prompts))
-        # a tokenizer folder that names no model_max_length: the text tower's positions
-        tokens = self.tokenizer(unique, max_length=self.tokenizer.max_length
-                                or self.model.text.config.max_positions)
-        row = {text: i for i, text in enumerate(unique)}
-        rows = [row[text] for text in prompts]
-        per_image = []
+        text, truncated = self._encode_texts(unique)
+        row = {prompt: i for i, prompt in enumerate(unique)}
+        rows = [row[prompt] for prompt in prompts]
+        per_image, mean = clip_score(self.image_features(images, batch_size=batch_size),
+                                     text[mx.array(rows)] if rows else text)
+        return ScoreResult(per_image, mean, [truncated[i] for i in rows])
+
+    def image_features(self, images: list, batch_size: int = DEFAULT_BATCH_SIZE) -> mx.array:
+        """The L2-normalised float32 CLIP features (N, D) of images (PIL images or paths),
+        preprocessed and encoded `batch_size` at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        features = []
         for start in range(0, len(images), batch_size):
-            batch = rows[start:start + batch_size]
-            text = self.model.text_features(mx.array(tokens.input_ids[batch]),
-                                            mx.array(tokens.attention_mask[batch]))
             pixels = preprocess([open_image(image) for image in images[start:start + batch_size]],
                                 self.processor)
-            per_image += clip_score(self.model.image_features(pixels), text)[0]
-        mean = max(float(np.mean(per_image)), 0.0) if per_image else 0.0
-        return ScoreResult(per_image, mean, [tokens.truncated[i] for i in rows])
+            features.append(self.model.image_features(pixels))
+            mx.eval(features[-1])  # one batch's activations alive at a time
+        if not features:
+            return mx.zeros((0, self.model.vision.config.projection_dim), mx.float32)
+        return mx.concatenate(features, axis=0)
+
+    def text_features(self, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE) -> mx.array:
+        """The L2-normalised float32 CLIP features (M, D) of texts, row i for text i; a text
+        longer than the text tower takes is truncated, with the tokenizer's warning."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for i, text in enumerate(texts):
+            check_prompt(text, f"text {i + 1}" if len(texts) > 1 else "the text")
+        return self._encode_texts(texts, batch_size)[0]
+
+    def _encode_texts(self, texts: list[str],
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[mx.array, list[str]]:
+        """(features (M, D), each text's truncated end) of already-checked texts."""
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if not texts:
+            return mx.zeros((0, self.model.text.config.projection_dim), mx.float32), []
+        # a tokenizer folder that names no model_max_length: the text tower's positions
+        tokens = self.tokenizer(texts, max_length=self.tokenizer.max_length
+                                or self.model.text.config.max_positions)
+        features = []
+        for start in range(0, len(texts), batch_size):
+            features.append(self.model.text_features(
+                mx.array(tokens.input_ids[start:start + batch_size]),
+                mx.array(tokens.attention_mask[start:start + batch_size])))
+            mx.eval(features[-1])
+        return mx.concatenate(features, axis=0), list(tokens.truncated)
