@@ -27,7 +27,7 @@ from typing import Callable
 
 import mlx.core as mx
 
-from mlx_imgen.cli.profile import PROFILE_PROMPT_TOKENS
+from mlx_imgen.profiling import PROFILE_PROMPT_TOKENS
 from mlx_imgen.io import atomic_write_text
 from mlx_imgen.pipeline import Pipeline
 from mlx_imgen.profiling import Workload, profile_workload, report

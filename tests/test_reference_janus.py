@@ -144,7 +144,7 @@ def test_the_mirror_masks_left_padding_as_mlx(pipe_and_mirror):
 
 
 def test_profile_with_the_torch_reference_reports_both_frameworks(janus_folder, tmp_path):
-    from mlx_imgen.cli.profile import PROFILE_PROMPT_TOKENS
+    from mlx_imgen.profiling import PROFILE_PROMPT_TOKENS
 
     out = tmp_path / "profile.json"
     result = runner.invoke(app, ["profile", str(janus_folder), "--batch-sizes", "2",

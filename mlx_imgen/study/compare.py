@@ -179,12 +179,15 @@ def run_model(pipe, model: str, prompts: list[SuitePrompt], out: Path, *, seed: 
 
 def score_runs(runs: list[ModelRun], prompts: list[SuitePrompt], scorer) -> None:
     """CLIP score (mean and 95% interval) and prompt following of every model's images."""
+    from ..scoring import clip_score
     from .following import clip_score_interval, prompt_following
 
+    texts = scorer.text_features([p.text for p in prompts])
     for run in runs:
         images = [Image.open(p).convert("RGB") for p in run.paths]
-        scores = scorer.score(images, [p.text for p in prompts]).per_image
-        following = prompt_following(scorer, images, prompts)
+        features = scorer.image_features(images)  # encoded once for both measures
+        scores, _ = clip_score(features, texts)
+        following = prompt_following(scorer, images, prompts, image_features=features)
         run.measures["clip_score"] = clip_score_interval(scores)
         run.measures["following"] = {"overall": following["overall"],
                                      "by_category": following["by_category"]}
