@@ -21,7 +21,7 @@ endif
 comma := ,
 EXTRAS = $(subst $(eval) ,$(comma),$(strip $(MLX_EXTRA) $(1)))
 
-.PHONY: demo test bench blas clean
+.PHONY: demo test bench blas browser clean
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,11 +41,23 @@ ifeq ($(UNAME_S),Linux)
 	    else echo "note: install libopenblas0-pthread (Debian/Ubuntu) for a fast CPU backend"; fi; }
 endif
 
+# The gallery test opens compare's HTML page in a headless Chromium: Debian's where we may.
+browser:
+ifeq ($(UNAME_S),Linux)
+	@command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing Debian's chromium-headless-shell for the gallery test"; \
+	      (apt-get install -y -qq chromium-headless-shell >/dev/null 2>&1 || \
+	       (apt-get update -qq && apt-get install -y -qq chromium-headless-shell)) >/dev/null 2>&1 || \
+	       echo "could not install chromium-headless-shell: the gallery test needs a headless Chromium"; \
+	    else echo "note: install chromium-headless-shell for the gallery test"; fi; }
+endif
+
 demo: $(VENV)/.installed-plot blas
 	mkdir -p $(OUT)
 	$(BIN)/mlx-imgen profile --json $(OUT)/profile.json --markdown $(OUT)/profile.md
 
-test: $(VENV)/.installed-dev blas
+test: $(VENV)/.installed-dev blas browser
 	$(BIN)/python -m mlx_imgen.blas $(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-dev blas

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from amused_files import write_tiny_amused
 from clip_files import write_tiny_clip
 from clip_tokenizer_files import write_clip_tokenizer
+from headless import rendered_images
 from janus_files import write_tiny_janus
 from janus_tokenizer_files import write_janus_tokenizer
 from mlx_imgen.cli.app import app
@@ -92,6 +93,8 @@ def test_compare_runs_the_three_paradigms_and_resumes(study, tmp_path):
     assert len(page.sources) == 3 * len(SUITE)
     assert all((out / src).is_file() for src in page.sources)
     assert "| " in (out / "results.md").read_text()
+    # a browser engine draws every image of the gallery
+    assert rendered_images(out / "index.html") == (3 * len(SUITE), 3 * len(SUITE))
 
     # a second run reuses every image: nothing is written again
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("images/*/*.png")}
@@ -102,6 +105,7 @@ def test_compare_runs_the_three_paradigms_and_resumes(study, tmp_path):
     # an image removed is made again, alone
     gone = sorted(stamps)[0]
     gone.unlink()
+    assert rendered_images(out / "index.html") == (3 * len(SUITE) - 1, 3 * len(SUITE))
     result = run_compare(study, out)
     assert result.exit_code == 0, result.output
     assert gone.is_file()
