@@ -13,8 +13,24 @@ from .validate import BATCH, SEED, check_options
 console = Console(stderr=True)
 
 
-def check_compare_options(models: list[str], out: Path, limit: int | None) -> None:
-    """Refusals before anything loads: an output folder without its parent, a class model."""
+def random_pipeline(alias: str, dtype: str | None, seed: int):
+    """The alias's architecture with random weights drawn from `seed` (so a resumed run draws
+    the same), reading prompts with the repo's own tokenizer."""
+    import mlx.core as mx
+
+    from mlx_imgen.convert.tokenizers import fetch_tokenizer
+    from mlx_imgen.pipeline import Pipeline
+    from mlx_imgen.weights.dtypes import resolve_dtype
+
+    tokenizer = fetch_tokenizer(alias)
+    mx.random.seed(seed)
+    return Pipeline.random(alias, resolve_dtype(dtype), tokenizer=tokenizer)
+
+
+def check_compare_options(models: list[str], out: Path, limit: int | None,
+                          random_weights: bool = False) -> None:
+    """Refusals before anything loads: an output folder without its parent, a class model, a
+    folder given for random weights."""
     from mlx_imgen.registry import CARDS
 
     if not out.parent.exists():
@@ -29,6 +45,9 @@ def check_compare_options(models: list[str], out: Path, limit: int | None) -> No
         if card is not None and card.condition != "text":
             raise ValueError(f"{model} is a class-conditional model; compare runs text-to-image "
                              "models (mlx-imgen models lists them)")
+        if card is None and random_weights:
+            raise ValueError(f"--random-weights takes model aliases, and {model} is not one; "
+                             "see `mlx-imgen models`")
         if card is None and not Path(model).is_dir():
             raise ValueError(f"{model} is neither a model alias nor a converted folder; see "
                              "`mlx-imgen models`")
@@ -48,7 +67,11 @@ def compare(
                                    "to what the memory estimate fits)."),
     scorer: str = typer.Option("clip-vit-large-patch14", help="The CLIP scorer (alias, hub id "
                                "or converted folder)."),
-    dtype: str = typer.Option(None, help="Weights dtype when converting an alias on first use."),
+    dtype: str = typer.Option(None, help="Weights dtype when converting an alias on first use "
+                              "(or of random weights)."),
+    random_weights: bool = typer.Option(False, help="Random weights of the aliases' published "
+                                        "shapes (only their tokenizers are fetched): cost "
+                                        "figures without a download; the images are noise."),
 ):
     """Run text-to-image models on one prompt suite and compare them."""
     import mlx.core as mx
@@ -63,7 +86,7 @@ def compare(
     with user_errors():
         models = list(models or study.DEFAULT_MODELS)
         check_options({"--seed": (seed, SEED), "--batch-size": (batch_size, BATCH)})
-        check_compare_options(models, out, limit)
+        check_compare_options(models, out, limit, random_weights)
         suite = load_suite(prompts)[:limit]
         out.mkdir(exist_ok=True)
         runs = []
@@ -72,7 +95,8 @@ def compare(
             for model in models:
                 task = progress.add_task(model, total=len(suite))
                 with loading(model):
-                    pipe = load(model, dtype=dtype)
+                    pipe = random_pipeline(model, dtype, seed) if random_weights else \
+                        load(model, dtype=dtype)
                 runs.append(study.run_model(
                     pipe, model, suite, out, seed=seed, batch=batch_size, dtype=dtype,
                     on_image=lambda done, total, t=task: progress.update(t, completed=done)))
