@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from .errors import loading, user_errors
+from .generate import model_family
 from .validate import BATCH, SEED, check_options
 
 console = Console(stderr=True)
@@ -42,7 +43,8 @@ def check_compare_options(models: list[str], out: Path, limit: int | None,
         raise ValueError(f"--limit {limit} must be at least 1")
     for model in models:
         card = CARDS.get(model)
-        if card is not None and card.condition != "text":
+        family = model_family(model)
+        if family is not None and family.condition != "text":
             raise ValueError(f"{model} is a class-conditional model; compare runs text-to-image "
                              "models (mlx-imgen models lists them)")
         if card is None and random_weights:
@@ -69,6 +71,8 @@ def compare(
                                "or converted folder)."),
     dtype: str = typer.Option(None, help="Weights dtype when converting an alias on first use "
                               "(or of random weights)."),
+    only: str = typer.Option(None, "--models", help="Comma-separated models, instead of "
+                             "naming them as arguments."),
     random_weights: bool = typer.Option(False, help="Random weights of the aliases' published "
                                         "shapes (only their tokenizers are fetched): cost "
                                         "figures without a download; the images are noise."),
@@ -84,6 +88,13 @@ def compare(
     from mlx_imgen.study.suite import load_suite
 
     with user_errors():
+        if only is not None and models:
+            raise ValueError("name the models as arguments or with --models, not both")
+        if only is not None:
+            models = [name.strip() for name in only.split(",") if name.strip()]
+            if not models:
+                raise ValueError(f"--models {only!r} names no model; give aliases or folders "
+                                 "separated by commas")
         models = list(models or study.DEFAULT_MODELS)
         check_options({"--seed": (seed, SEED), "--batch-size": (batch_size, BATCH)})
         check_compare_options(models, out, limit, random_weights)

@@ -112,10 +112,20 @@ def test_compare_runs_the_three_paradigms_and_resumes(study, tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != gone)
 
 
+def test_a_class_conditional_folder_is_refused(tmp_path):
+    from tiny_pipelines import write_tiny_pipeline
+
+    folder = write_tiny_pipeline(tmp_path / "dit", "dit")
+    result = invoke("compare", folder, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "class-conditional" in result.output
+
+
 @pytest.mark.parametrize("args, phrase", [
     (["llamagen-c2i-b-256"], "class-conditional"),
     (["no-such-model"], "neither a model alias nor a converted folder"),
     (["amused-256", "--limit", "0"], "--limit 0"),
+    (["--models", " , "], "names no model"),
+    (["amused-256", "--models", "sana-0.6b-512"], "not both"),
 ])
 def test_bad_compare_options_are_one_sentence(tmp_path, args, phrase):
     result = invoke("compare", *args, "--out", tmp_path / "out")
