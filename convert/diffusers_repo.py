@@ -100,16 +100,12 @@ def weights_names(stem: str, variant: str | None = None) -> list[str]:
 
 def shard_names(index: Path, where: str) -> list[str]:
     """The shard files a sharded checkpoint's index names (its weight_map's values), each a
-    plain file name beside the index."""
+    plain file name beside the index, each once."""
     weight_map = read_json(index, "download it again").get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index.name} in {where} has no weight_map naming its shards; "
-                         "download it again")
-    names = sorted(set(weight_map.values()))
-    bad = next((n for n in names if not isinstance(n, str) or Path(n).name != n), None)
-    if bad is not None:
-        raise ValueError(f"{index.name} in {where} names the shard {bad!r}, which is not a file "
-                         "beside it; download the index again")
+    names = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+    if not names or not all(isinstance(n, str) and n and n == Path(n).name for n in names):
+        raise ValueError(f"{index.name} in {where} is damaged (no weight_map of shard file "
+                         "names beside it); download it again")
     return names
 
 

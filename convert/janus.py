@@ -27,6 +27,7 @@ from mlx_imgen.weights.readers import read_checkpoint
 
 from . import autoencoder_store as store
 from .clip import copied
+from .diffusers_repo import shard_names
 from .hub import HUB_ID, download_hint, fetch, fetch_optional, is_family_source, require
 from .streaming import stream_weights
 from .writer import sha256_of, write_pipeline
@@ -75,16 +76,6 @@ def _hint(repo: str, out: Path | None) -> str:
     return download_hint(repo, files, out)
 
 
-def _shard_names(index: Path, where: str) -> list[str]:
-    """The shard files an index lists: plain file names, each once."""
-    weight_map = read_json(index, "download it again").get("weight_map")
-    names = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
-    if not names or not all(isinstance(n, str) and n == Path(n).name and n for n in names):
-        raise ValueError(f"{index.name} in {where} is damaged (no weight_map of shard file "
-                         "names); download it again")
-    return names
-
-
 def hub_files(repo: str, revision: str | None, out: Path | None,
               first: str | None = None) -> JanusFiles:
     """A Janus repo's files fetched into the hub cache (failing at once offline when they are
@@ -102,7 +93,7 @@ def hub_files(repo: str, revision: str | None, out: Path | None,
     if name in INDEX_FILES:
         index = path
         weights = [fetch(repo, shard, revision, local_hint=hint)
-                   for shard in _shard_names(index, where)]
+                   for shard in shard_names(index, where)]
     else:
         index, weights = None, [path]
     tokenizer = {n: p for n in TOKENIZER_FILES if (p := fetch_optional(repo, n, revision, hint))}
@@ -124,7 +115,7 @@ def local_files(path: Path) -> JanusFiles:
     index, weights = None, [chosen]
     if chosen.name.endswith(".index.json"):
         index = chosen
-        weights = [folder / n for n in _shard_names(index, where)]
+        weights = [folder / n for n in shard_names(index, where)]
         missing = [w.name for w in weights if not w.is_file()]
         if missing:
             raise ValueError(f"{folder} lacks the shard {missing[0]} that {index.name} lists; "
