@@ -12,28 +12,40 @@ from .generate import model_family
 from .validate import BATCH, SEED, check_options
 
 console = Console(stderr=True)
+NO_SCORER = "none"
+# where --stand-in-tokenizers writes each alias's stand-in, in the output folder
+STAND_IN_FOLDER = "stand-in-tokenizers"
 
 
-def random_pipeline(alias: str, dtype: str | None, seed: int):
+def random_pipeline(alias: str, dtype: str | None, seed: int, stand_in_folder: Path | None):
     """The alias's architecture with random weights drawn from `seed` (so a resumed run draws
-    the same), reading prompts with the repo's own tokenizer."""
+    the same), reading prompts with the repo's own tokenizer, or with a stand-in written into
+    `stand_in_folder` (convert/tokenizers.py) where one is given."""
     import mlx.core as mx
 
-    from mlx_imgen.convert.tokenizers import fetch_tokenizer
+    from mlx_imgen.convert.tokenizers import fetch_tokenizer, write_stand_in_tokenizer
     from mlx_imgen.pipeline import Pipeline
     from mlx_imgen.weights.dtypes import resolve_dtype
 
-    tokenizer = fetch_tokenizer(alias)
+    if stand_in_folder is None:
+        tokenizer = fetch_tokenizer(alias)
+    else:
+        tokenizer = write_stand_in_tokenizer(alias, stand_in_folder / alias)
     mx.random.seed(seed)
-    return Pipeline.random(alias, resolve_dtype(dtype), tokenizer=tokenizer)
+    pipe = Pipeline.random(alias, resolve_dtype(dtype), tokenizer=tokenizer)
+    pipe.index["stand_in_tokenizer"] = stand_in_folder is not None
+    return pipe
 
 
 def check_compare_options(models: list[str], out: Path, limit: int | None,
-                          random_weights: bool = False) -> None:
+                          random_weights: bool = False, stand_in_tokenizers: bool = False) -> None:
     """Refusals before anything loads: an output folder without its parent, a class model, a
-    folder given for random weights."""
+    folder given for random weights, stand-in tokenizers for real weights."""
     from mlx_imgen.registry import CARDS
 
+    if stand_in_tokenizers and not random_weights:
+        raise ValueError("--stand-in-tokenizers goes with --random-weights (a converted model "
+                         "reads prompts with its own tokenizer); add --random-weights or drop it")
     if not out.parent.exists():
         raise ValueError(f"folder {out.parent} does not exist; create it first or choose "
                          "another --out")
@@ -68,7 +80,7 @@ def compare(
     batch_size: int = typer.Option(4, help="The most images in the throughput batch (lowered "
                                    "to what the memory estimate fits)."),
     scorer: str = typer.Option("clip-vit-large-patch14", help="The CLIP scorer (alias, hub id "
-                               "or converted folder)."),
+                               "or converted folder), or none: cost figures alone."),
     dtype: str = typer.Option(None, help="Weights dtype when converting an alias on first use "
                               "(or of random weights)."),
     only: str = typer.Option(None, "--models", help="Comma-separated models, instead of "
@@ -76,6 +88,10 @@ def compare(
     random_weights: bool = typer.Option(False, help="Random weights of the aliases' published "
                                         "shapes (only their tokenizers are fetched): cost "
                                         "figures without a download; the images are noise."),
+    stand_in_tokenizers: bool = typer.Option(False, help="With --random-weights, on a machine "
+                                             "that cannot reach the hub: read prompts one "
+                                             "token a word with each family's special tokens "
+                                             "instead of fetching the repos' tokenizers."),
 ):
     """Run text-to-image models on one prompt suite and compare them."""
     import mlx.core as mx
@@ -97,7 +113,8 @@ def compare(
                                  "separated by commas")
         models = list(models or study.DEFAULT_MODELS)
         check_options({"--seed": (seed, SEED), "--batch-size": (batch_size, BATCH)})
-        check_compare_options(models, out, limit, random_weights)
+        check_compare_options(models, out, limit, random_weights, stand_in_tokenizers)
+        score = scorer.lower() != NO_SCORER
         suite = load_suite(prompts)[:limit]
         out.mkdir(exist_ok=True)
         runs = []
@@ -106,18 +123,27 @@ def compare(
             for model in models:
                 task = progress.add_task(model, total=len(suite))
                 with loading(model):
-                    pipe = random_pipeline(model, dtype, seed) if random_weights else \
-                        load(model, dtype=dtype)
-                runs.append(study.run_model(
+                    stand_ins = out / STAND_IN_FOLDER if stand_in_tokenizers else None
+                    pipe = random_pipeline(model, dtype, seed, stand_ins) if random_weights \
+                        else load(model, dtype=dtype)
+                run = study.run_model(
                     pipe, model, suite, out, seed=seed, batch=batch_size, dtype=dtype,
-                    on_image=lambda done, total, t=task: progress.update(t, completed=done)))
+                    on_image=lambda done, total, t=task: progress.update(t, completed=done))
+                runs.append(run)
+                if not console.is_terminal:  # a log's progress: a line per model
+                    console.print(f"{model}: {len(suite)} images "
+                                  f"({sum(run.generated)} generated) in "
+                                  f"{run.measures['suite_seconds']:.0f} s")
                 del pipe  # one generator in memory at a time
                 mx.clear_cache()
-        with console.status(f"scoring with {scorer}"), loading(scorer):
-            study.score_runs(runs, suite, CLIPScorer.load(scorer))
+        if score:
+            with console.status(f"scoring with {scorer}"), loading(scorer):
+                study.score_runs(runs, suite, CLIPScorer.load(scorer))
         results = study.results_of(runs, suite, out, suite=str(prompts or "built-in"),
                                    settings={"models": models, "seed": seed, "limit": limit,
-                                             "batch_size": batch_size, "scorer": scorer})
+                                             "batch_size": batch_size, "scorer": scorer,
+                                             "random_weights": random_weights,
+                                             "stand_in_tokenizers": stand_in_tokenizers})
         written = write_reports(out, results) + [write_gallery(out, results)]
         written += write_plots(out, results)
         console.print(markdown(results))

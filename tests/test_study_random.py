@@ -5,6 +5,7 @@ offline). The run ends with the same reports as one on converted models, twice a
 
 import dataclasses
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +15,7 @@ from clip_files import TEXT as CLIP_TEXT, write_tiny_clip
 from clip_tokenizer_files import write_clip_tokenizer
 from diffusers_vq_files import TINY_VQ
 from gemma_tokenizer_files import write_gemma_tokenizer
+from headless import rendered_images
 from hubcache import add_to_hub_cache, go_offline
 from janus_tokenizer_files import vocab_size as janus_vocab_size, write_janus_tokenizer
 from mlx_imgen import families
@@ -26,6 +28,7 @@ from mlx_imgen.families.janus import backbone_config
 from mlx_imgen.registry import get_card
 from mlx_imgen.text.clip import configs_from_hf
 from test_sana_profile import TINY as TINY_SANA, TINY_DC_AE, TINY_GEMMA
+from test_study_compare import Images
 from uvit_files import tiny_config as tiny_uvit_config
 
 runner = CliRunner()
@@ -101,6 +104,8 @@ def test_random_weights_compare_runs_the_three_aliases(tiny_families, tokenizers
     assert all(m["random_weights"] for m in results["models"])
     assert {m["paradigm"] for m in results["models"]} == {"next-token", "masked-token",
                                                           "diffusion"}
+    assert all(m["tokenizer"] == "model's" for m in results["models"])
+    check_reports(tmp_path / "out", results, scored=True)
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("images/*/*.png")}
     assert len(stamps) == len(MODELS) * len(SUITE)
     # the random weights come from the seed: a second run finds its images made alike
@@ -113,3 +118,54 @@ def test_random_weights_take_aliases_only(tmp_path):
     result = runner.invoke(app, ["compare", str(tmp_path), "--random-weights", "--out",
                                  str(tmp_path / "out")])
     assert result.exit_code == 2 and "--random-weights takes model aliases" in result.output
+
+
+def check_reports(out, results, *, scored):
+    """The table, JSON and HTML page are whole: a table row per model with its cost, an image
+    per (prompt, model) that exists, and every image drawn by a browser engine."""
+    table = (out / "results.md").read_text()
+    for m in results["models"]:
+        assert m["flops_per_image"] > 0 and m["latency_s"] > 0 and m["images_per_s"] > 0
+        assert m["peak_gb"] > 0 and m["suite_seconds"] > 0
+        row = next(line for line in table.splitlines() if line.startswith(f"| {m['model']} "))
+        assert len(row.split(" | ")) == 12 and re.search(r"\| \d[\d,.]* \|", row)
+        assert (m["clip_score"] is not None) == scored
+    assert len(results["images"]) == len(MODELS) * len(SUITE)
+    assert all(isinstance(i["ranked_first"], bool) == scored for i in results["images"])
+    assert len(results["findings"]) == 5
+    page = Images()
+    page.feed((out / "index.html").read_text())
+    assert sorted(page.sources) == sorted(i["path"] for i in results["images"])
+    assert all((out / src).is_file() for src in page.sources)
+    count = len(MODELS) * len(SUITE)
+    assert rendered_images(out / "index.html") == (count, count)
+
+
+def test_stand_in_tokenizers_run_the_aliases_without_the_hub(tiny_families, tmp_path,
+                                                             monkeypatch):
+    """With no hub and nothing cached, --stand-in-tokenizers and --scorer none still give every
+    model's cost, each prompt read one token a word; the images say so in their records, so a
+    later run with the real tokenizers makes them anew."""
+    go_offline(monkeypatch, tmp_path / "empty" / "hub", tmp_path / "cache")
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text("".join(json.dumps(p) + "\n" for p in SUITE))
+    out = tmp_path / "out"
+    args = ["compare", *MODELS, "--random-weights", "--prompts", str(suite), "--out", str(out),
+            "--batch-size", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "could not get" in result.output
+    result = runner.invoke(app, args + ["--stand-in-tokenizers", "--scorer", "none"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert all(m["tokenizer"] == "stand-in" and m["batch"] == 1 for m in results["models"])
+    check_reports(out, results, scored=False)
+    table = (out / "results.md").read_text()
+    assert "Stand-in tokenizers" in table and "Not scored" in table
+    assert sorted(p.name for p in (out / "stand-in-tokenizers").iterdir()) == sorted(MODELS)
+
+
+def test_stand_in_tokenizers_need_random_weights(tmp_path):
+    result = runner.invoke(app, ["compare", "amused-256", "--stand-in-tokenizers", "--out",
+                                 str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--stand-in-tokenizers goes with --random-weights" in \
+        result.output

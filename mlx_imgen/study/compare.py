@@ -16,6 +16,7 @@ import datetime
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,10 +52,18 @@ def model_slug(model: str) -> str:
 
 def image_record(pipe, model: str, prompt: SuitePrompt, seed: int, sampling: dict) -> dict:
     """What made an image; a later run reuses the image when it asks for the same."""
-    return {"model": model, "source": pipe.sources.get("transformer"),
-            "random_weights": bool(pipe.index.get("random_weights")),
-            "prompt_id": prompt.id, "prompt": prompt.text, "seed": seed,
-            "sampling": sampling}
+    record = {"model": model, "source": pipe.sources.get("transformer"),
+              "random_weights": bool(pipe.index.get("random_weights")),
+              "prompt_id": prompt.id, "prompt": prompt.text, "seed": seed,
+              "sampling": sampling}
+    if stand_in_tokenizer(pipe):
+        record["tokenizer"] = "stand-in"
+    return record
+
+
+def stand_in_tokenizer(pipe) -> bool:
+    """Whether `pipe` reads prompts with a stand-in tokenizer (convert/tokenizers.py)."""
+    return bool(pipe.index.get("stand_in_tokenizer"))
 
 
 def reusable(path: Path, record: dict) -> float | None:
@@ -87,27 +96,41 @@ def write_image(path: Path, image: Image.Image, record: dict, seconds: float) ->
 
 
 def generate_suite(pipe, model: str, prompts: list[SuitePrompt], out: Path, *, seed: int,
-                   on_image: Callable[[int, int], None] | None = None) -> ModelRun:
-    """Every prompt's image (reused where an earlier run made it alike), one at a time."""
+                   on_image: Callable[[int, int], None] | None = None,
+                   overlap: bool = True) -> ModelRun:
+    """Every prompt's image (reused where an earlier run made it alike), one at a time. With
+    `overlap`, an image's PNG is encoded and written on a writer thread while the next one
+    samples (one write in flight, so a failed write stops the run at the next image)."""
     plan, sampling = pipe.plan()
     run = ModelRun(model, pipe.paradigm)
     folder = out / IMAGES_FOLDER / model_slug(model)
-    for i, prompt in enumerate(prompts):
-        path = folder / f"{prompt.id}.png"
-        record = image_record(pipe, model, prompt, seed, sampling)
-        seconds = reusable(path, record)
-        run.generated.append(seconds is None)
-        if seconds is None:
-            start = time.perf_counter()
-            image = pipe.generate(prompts=[Prompt(prompt.text)], seed=seed, first_index=i,
-                                  plan=plan)[0]
-            seconds = time.perf_counter() - start
-            write_image(path, image, record, seconds)
-        run.seconds.append(seconds)
-        run.paths.append(path)
-        if on_image:
-            on_image(i + 1, len(prompts))
+    mx.reset_peak_memory()
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        writing = None
+        for i, prompt in enumerate(prompts):
+            path = folder / f"{prompt.id}.png"
+            record = image_record(pipe, model, prompt, seed, sampling)
+            seconds = reusable(path, record)
+            run.generated.append(seconds is None)
+            if seconds is None:
+                start = time.perf_counter()
+                image = pipe.generate(prompts=[Prompt(prompt.text)], seed=seed, first_index=i,
+                                      plan=plan)[0]
+                seconds = time.perf_counter() - start
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(write_image, path, image, record, seconds)
+                if not overlap:
+                    writing.result()
+            run.seconds.append(seconds)
+            run.paths.append(path)
+            if on_image:
+                on_image(i + 1, len(prompts))
+        if writing is not None:
+            writing.result()
     run.measures["plan"] = type(plan).__name__
+    if any(run.generated):
+        run.measures["suite_peak_gb"] = mx.get_peak_memory() / 1e9
     return run
 
 
@@ -148,6 +171,15 @@ def throughput(pipe, prompts: list[SuitePrompt], batch: int, seed: int) -> dict:
             "peak_gb": mx.get_peak_memory() / 1e9}
 
 
+def batch_one_throughput(run: ModelRun) -> dict | None:
+    """Batch 1's throughput from the suite itself, which ran at batch 1 (None where this run
+    generated nothing, so no peak memory was seen): no image is generated twice."""
+    if "suite_peak_gb" not in run.measures:
+        return None
+    return {"batch": 1, "images_per_s": 1 / batch_latency(run),
+            "peak_gb": run.measures["suite_peak_gb"]}
+
+
 def cost(pipe, model: str) -> dict:
     """FLOPs per image as `profile` counts them, and parameters apart."""
     from ..memory import counted_parameters
@@ -164,16 +196,21 @@ def cost(pipe, model: str) -> dict:
 
 def run_model(pipe, model: str, prompts: list[SuitePrompt], out: Path, *, seed: int,
               batch: int, dtype: str | None = None,
-              on_image: Callable[[int, int], None] | None = None) -> ModelRun:
+              on_image: Callable[[int, int], None] | None = None,
+              overlap: bool = True) -> ModelRun:
     """Generate the suite with the loaded `pipe` and measure its cost and throughput."""
     start = time.perf_counter()
     measures = cost(pipe, model)
-    run = generate_suite(pipe, model, prompts, out, seed=seed, on_image=on_image)
+    run = generate_suite(pipe, model, prompts, out, seed=seed, on_image=on_image,
+                         overlap=overlap)
     run.measures.update(measures)
-    run.measures.update(throughput(pipe, prompts, fitting_batch(model, dtype, batch), seed))
+    fits = fitting_batch(model, dtype, batch)
+    run.measures.update((fits == 1 and batch_one_throughput(run)) or
+                        throughput(pipe, prompts, fits, seed))
     run.measures["latency_s"] = batch_latency(run)
     run.measures["suite_seconds"] = time.perf_counter() - start
     run.measures["random_weights"] = bool(pipe.index.get("random_weights"))
+    run.measures["tokenizer"] = "stand-in" if stand_in_tokenizer(pipe) else "model's"
     return run
 
 
@@ -206,11 +243,12 @@ def results_of(runs: list[ModelRun], prompts: list[SuitePrompt], out: Path, *, s
                        "parameters": m["parameters"], "flops_per_image": m["flops_per_image"],
                        "latency_s": m["latency_s"], "images_per_s": m["images_per_s"],
                        "batch": m["batch"], "peak_gb": m["peak_gb"],
-                       "clip_score": m["clip_score"], "following": m["following"],
+                       "clip_score": m.get("clip_score"), "following": m.get("following"),
                        "suite_seconds": m["suite_seconds"],
-                       "random_weights": m["random_weights"]})
+                       "random_weights": m["random_weights"], "tokenizer": m["tokenizer"]})
+        unscored = [(None, None)] * len(run.paths)  # a run with no scorer
         for prompt, path, seconds, (score, first) in zip(prompts, run.paths, run.seconds,
-                                                         m["per_image"]):
+                                                         m.get("per_image", unscored)):
             images.append({"prompt_id": prompt.id, "category": prompt.category,
                            "prompt": prompt.text, "model": run.model,
                            "path": str(path.relative_to(out)), "seconds": seconds,

@@ -71,6 +71,7 @@ def _model_header(m: dict) -> str:
                     "following {:.0%}")
     details = ", ".join(s for s in (clip, share) if s)
     random = "<br>random weights" if m.get("random_weights") else ""
+    random += "<br>stand-in tokenizer" if m.get("tokenizer") == "stand-in" else ""
     return (f'<th class="model">{_e(m["model"])}<br><small>{_e(m["paradigm"])}'
             f'{"<br>" + _e(details) if details else ""}{random}</small></th>')
 

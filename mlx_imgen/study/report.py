@@ -25,7 +25,9 @@ could not be measured, e.g. no batch fitted or nothing was scored):
                                            # share (0-1) of images whose true prompt ranked
                                            # first among its distractors
          "suite_seconds": float?,          # the whole suite's run time for this model
-         "random_weights": bool}],
+         "random_weights": bool,
+         "tokenizer": "model's" | "stand-in"?}],  # stand-in: one token a word, for a
+                                           # random-weight run that could not fetch the repo's
      "images": [{
          "prompt_id": str | int, "category": str, "prompt": str,
          "model": str,                     # one of models[].model
@@ -212,6 +214,14 @@ def markdown(results: dict) -> str:
     if any(m.get("random_weights") for m in results["models"]):
         lines += ["Random weights: the CLIP scores and prompt following below measure nothing "
                   "about the models; only the cost figures mean something.", ""]
+    stand_ins = [m["model"] for m in results["models"] if m.get("tokenizer") == "stand-in"]
+    if stand_ins:
+        lines += [f"Stand-in tokenizers ({', '.join(stand_ins)}): the repos' tokenizers could "
+                  "not be fetched, so each word of a prompt read as one token; a prompt's token "
+                  "count, and so its cost, is close to but not the model's own.", ""]
+    if not any(_clip_mean(m) is not None for m in results["models"]):
+        lines += ["Not scored: no CLIP scorer ran (--scorer none), so there is no CLIP score "
+                  "or prompt following.", ""]
     lines += _table(MODEL_COLUMNS, [_model_row(m) for m in results["models"]])
     lines += ["", "CLIP score: mean of 100 x cosine, with its 95% bootstrap interval. Prompt "
               "following: the share of images whose true prompt CLIP ranks first among its "
