@@ -35,7 +35,8 @@ def fetch_tokenizer(alias: str, revision: str | None = None) -> Path:
     if missing:
         raise ValueError(f"could not get {folder}{missing[0]} of {repo} (not cached, and the hub "
                          f"could not be reached or lacks it); a random-weight {alias} needs its "
-                         "tokenizer to read prompts: connect once, or convert the model")
+                         "tokenizer to read prompts: connect once, convert the model, or "
+                         "pass --stand-in-tokenizers for its cost alone")
     return next(iter(found.values())).parent
 
 
