@@ -23,22 +23,12 @@ from pathlib import Path
 import mlx.core as mx
 from PIL import Image
 
+from clip_towers import hub_config as vit_l14_config  # beside this script
 from mlx_imgen.cli.compare import random_pipeline
 from mlx_imgen.devices import cpu_description
 from mlx_imgen.io import atomic_write_text
 from mlx_imgen.study.compare import generate_suite, write_image
 from mlx_imgen.study.suite import load_suite
-
-# openai/clip-vit-large-patch14's config.json, the fields mlx-imgen's CLIP reads
-VIT_L14 = {"model_type": "clip", "projection_dim": 768,
-           "text_config": {"hidden_size": 768, "intermediate_size": 3072,
-                           "num_attention_heads": 12, "num_hidden_layers": 12,
-                           "max_position_embeddings": 77, "vocab_size": 49408,
-                           "hidden_act": "quick_gelu", "eos_token_id": 49407},
-           "vision_config": {"hidden_size": 1024, "intermediate_size": 4096,
-                             "num_attention_heads": 16, "num_hidden_layers": 24,
-                             "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu"}}
-
 
 def random_scorer(folder: Path):
     """CLIPScorer of ViT-L/14's shape with random weights, reading a stand-in CLIP tokenizer."""
@@ -47,7 +37,7 @@ def random_scorer(folder: Path):
     from mlx_imgen.text.clip import CLIPModel, configs_from_hf
     from mlx_imgen.text.tokenizer import PromptTokenizer
 
-    text, vision = configs_from_hf(VIT_L14)
+    text, vision = configs_from_hf(vit_l14_config())
     model = CLIPModel(text, vision)
     mx.eval(model.parameters())
     tokenizer = PromptTokenizer.from_folder(write_stand_in_tokenizer("amused-256",

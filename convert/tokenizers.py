@@ -50,7 +50,7 @@ def fetch_tokenizer(alias: str, revision: str | None = None) -> Path:
 # stand in for the repo's, which cannot be read here.
 STAND_IN_UNK = "<unk>"
 # family -> (special token name -> (text, id), the id unknown words read as, model_max_length,
-# the tokens the post-processor puts around a text: (before, after))
+# the post-processor's template: special token names around the text, "$A")
 STAND_IN_LAYOUTS = {
     "janus": ({"bos_token": ("<｜begin▁of▁sentence｜>", 100000),
                "eos_token": ("<｜end▁of▁sentence｜>", 100001),
@@ -59,13 +59,13 @@ STAND_IN_LAYOUTS = {
                "<begin_of_image>": ("<begin_of_image>", 100018),
                "<end_of_image>": ("<end_of_image>", 100019),
                "<image_placeholder>": ("<image_placeholder>", 100020)},
-              1000, 16384, ("bos_token", None)),
+              1000, 16384, ("bos_token", "$A")),
     "amused": ({"bos_token": ("<|startoftext|>", 49406), "eos_token": ("<|endoftext|>", 49407),
                 "pad_token": ("<|endoftext|>", 49407)},
-               1000, 77, ("bos_token", "eos_token")),
+               1000, 77, ("bos_token", "$A", "eos_token")),
     "sana": ({"pad_token": ("<pad>", 0), "eos_token": ("<eos>", 1), "bos_token": ("<bos>", 2),
               "unk_token": ("<unk>", 3)},
-             1000, 1 << 60, ("bos_token", None)),
+             1000, 1 << 60, ("bos_token", "$A")),
 }
 SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -79,18 +79,16 @@ def write_stand_in_tokenizer(alias: str, folder: Path) -> Path:
     if card.family not in STAND_IN_LAYOUTS:
         raise ValueError(f"{alias} reads no prompts (a {card.family} model); only a "
                          "text-to-image model has a stand-in tokenizer")
-    specials, unk_id, max_length, (before, after) = STAND_IN_LAYOUTS[card.family]
+    specials, unk_id, max_length, template = STAND_IN_LAYOUTS[card.family]
     vocab = {text: i for text, i in specials.values()}
     vocab.setdefault(STAND_IN_UNK, unk_id)
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=STAND_IN_UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.add_special_tokens([AddedToken(text, special=True, normalized=False)
                                   for text in dict.fromkeys(t for t, _ in specials.values())])
-    around = [specials[name] for name in (before, after) if name]
-    single = " ".join(([specials[before][0]] if before else []) + ["$A"] +
-                      ([specials[after][0]] if after else []))
-    tokenizer.post_processor = processors.TemplateProcessing(single=single,
-                                                             special_tokens=around)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=" ".join(specials[n][0] if n in specials else n for n in template),
+        special_tokens=[specials[n] for n in template if n in specials])
     folder.mkdir(parents=True, exist_ok=True)
     named = {k: text for k, (text, _) in specials.items() if k in SPECIAL_NAMES}
     config = {**named, "model_max_length": max_length, "stand_in": True,
